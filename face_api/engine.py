@@ -1,0 +1,210 @@
+"""Face detection and encoding: pure functions over RGB numpy arrays (or a lazily decoded Photo).
+
+Same pipeline as ageitgey/face_recognition with the original server's multi-scale loop:
+
+    for scale in scales (1200, 1600, 2000):
+        img = photo scaled so its longer side is `scale` (never enlarged)
+        boxes = dlib HOG frontal face detector(img, upsample=1), clamped to the image
+        stop if faces were found, or if the photo is not larger than `scale`
+    encodings = dlib ResNet(img, 5-point landmarks(img, box), jitters=1)   # on the same img
+    locations = boxes mapped back to pixels of the (EXIF-oriented) photo
+
+`load_models()` loads the three dlib models once per process (call it before forking to share
+their pages); `encode_image(image, settings)` is the whole pipeline and is what the HTTP API
+and the embedded mode of the workers call.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import dlib
+import numpy as np
+from PIL import Image
+
+from .models import ModelFiles, find_model_files
+
+
+@dataclass
+class Models:
+    detector: object
+    shape_predictor: object
+    encoder: object
+    files: ModelFiles
+    load_seconds: float
+
+
+_models: Models | None = None
+_models_lock = threading.Lock()
+
+
+def load_models() -> Models:
+    """Load (once per process) the HOG detector, 5-point predictor and ResNet encoder."""
+    global _models
+    with _models_lock:
+        if _models is None:
+            started = time.monotonic()
+            files = find_model_files()
+            _models = Models(
+                detector=dlib.get_frontal_face_detector(),
+                shape_predictor=dlib.shape_predictor(str(files.shape_predictor_5)),
+                encoder=dlib.face_recognition_model_v1(str(files.face_recognition)),
+                files=files,
+                load_seconds=time.monotonic() - started,
+            )
+        return _models
+
+
+def models_loaded() -> bool:
+    return _models is not None
+
+
+# ---------------------------------------------------------------- building blocks (numpy in/out)
+
+def _trim(rect, shape) -> tuple[int, int, int, int]:
+    """dlib rectangle -> (top, right, bottom, left) clamped like face_recognition._trim_css_to_bounds."""
+    return (
+        max(rect.top(), 0),
+        min(rect.right(), shape[1]),
+        min(rect.bottom(), shape[0]),
+        max(rect.left(), 0),
+    )
+
+
+def face_locations(rgb: np.ndarray, upsample: int = 1, models: Models | None = None,
+                   grey: bool = False) -> list[tuple[int, int, int, int]]:
+    """HOG face boxes as (top, right, bottom, left), same as face_recognition.face_locations."""
+    models = models or load_models()
+    img = np.ascontiguousarray(rgb)
+    if grey and img.ndim == 3:
+        img = np.ascontiguousarray(np.asarray(Image.fromarray(img).convert("L")))
+    return [_trim(r, rgb.shape) for r in models.detector(img, upsample)]
+
+
+def face_encodings(rgb: np.ndarray, locations, jitters: int = 1,
+                   models: Models | None = None) -> list[np.ndarray]:
+    """128-d encodings for the given boxes, same as face_recognition.face_encodings(model='small')."""
+    models = models or load_models()
+    img = np.ascontiguousarray(rgb)
+    out = []
+    for top, right, bottom, left in locations:
+        shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
+        out.append(np.array(models.encoder.compute_face_descriptor(img, shape, jitters)))
+    return out
+
+
+def face_distance(known, candidate) -> np.ndarray:
+    known = np.asarray(known, dtype=np.float64)
+    if known.size == 0:
+        return np.empty(0)
+    return np.linalg.norm(known - np.asarray(candidate, dtype=np.float64), axis=1)
+
+
+# ---------------------------------------------------------------- sources and the pipeline
+
+class Source(Protocol):
+    width: int
+    height: int
+
+    def scaled(self, max_side: int) -> np.ndarray: ...
+
+
+class ArraySource:
+    """Wraps an RGB array; scaled() resizes it with LANCZOS like a plain PIL resize."""
+
+    def __init__(self, rgb: np.ndarray):
+        rgb = np.asarray(rgb)
+        if rgb.ndim == 2:
+            rgb = np.stack([rgb] * 3, axis=-1)
+        if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
+            raise ValueError("expected an RGB uint8 array of shape (H, W, 3)")
+        self.rgb = np.ascontiguousarray(rgb[:, :, :3])
+        self.height, self.width = self.rgb.shape[:2]
+
+    def scaled(self, max_side: int) -> np.ndarray:
+        long_side = max(self.width, self.height)
+        if long_side <= max_side:
+            return self.rgb
+        f = max_side / long_side
+        size = (max(1, round(self.width * f)), max(1, round(self.height * f)))
+        return np.asarray(Image.fromarray(self.rgb).resize(size, Image.LANCZOS))
+
+
+@dataclass
+class EncodeResult:
+    encodings: list[list[float]]
+    locations: list[list[int]]          # (top, right, bottom, left) in pixels of the photo
+    scale: int | None                   # the scale whose pass found the faces
+    width: int
+    height: int
+    scales_tried: list[int] = field(default_factory=list)
+    detection_image: np.ndarray | None = None   # image of the last pass (for the debug JPEG)
+    detection_locations: list[tuple[int, int, int, int]] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"encodings": self.encodings, "locations": self.locations, "scale": self.scale,
+                "width": self.width, "height": self.height}
+
+
+def _passes(long_side: int, scales: list[int], skip_covered: bool) -> list[int]:
+    """Scales to try, in order. A scale >= the photo's size is the last one (larger ones would
+    see the same pixels). With skip_covered, a middle scale is dropped when a larger one follows
+    (its face sizes are covered by the larger pass) - faster on photos without faces, not exact."""
+    out = []
+    for s in scales:
+        out.append(s)
+        if long_side <= s:
+            break
+    if skip_covered and len(out) > 2:
+        out = [out[0], out[-1]]
+    return out
+
+
+def encode_image(image, settings=None, models: Models | None = None) -> EncodeResult:
+    """Detect and encode faces in an RGB array (H, W, 3) or a lazily decoded Photo."""
+    if settings is None:
+        from .settings import get_settings
+        settings = get_settings()
+    models = models or load_models()
+    source = image if hasattr(image, "scaled") and hasattr(image, "width") else ArraySource(image)
+    width, height = int(source.width), int(source.height)
+    long_side = max(width, height)
+    timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
+    tried, boxes, img, used = [], [], None, None
+    for scale in _passes(long_side, list(settings.face_scales), settings.face_skip_covered_scales):
+        t = time.monotonic()
+        img = source.scaled(scale)
+        timings["decode"] += time.monotonic() - t
+        t = time.monotonic()
+        boxes = face_locations(img, settings.face_upsample, models, grey=settings.face_grey_hog)
+        timings["detect"] += time.monotonic() - t
+        tried.append(scale)
+        if boxes:
+            used = scale
+            break
+    t = time.monotonic()
+    encodings = face_encodings(img, boxes, settings.face_jitters, models) if boxes else []
+    timings["encode"] = time.monotonic() - t
+    locations = []
+    if boxes:
+        fy = height / img.shape[0]
+        fx = width / img.shape[1]
+        for top, right, bottom, left in boxes:
+            locations.append([
+                min(height, round(top * fy)), min(width, round(right * fx)),
+                min(height, round(bottom * fy)), min(width, round(left * fx)),
+            ])
+    return EncodeResult(
+        encodings=[e.tolist() for e in encodings],
+        locations=locations,
+        scale=used,
+        width=width,
+        height=height,
+        scales_tried=tried,
+        detection_image=img,
+        detection_locations=boxes,
+        timings=timings,
+    )

@@ -1,0 +1,60 @@
+"""gunicorn settings for the face API:  gunicorn -c face_api/gunicorn.conf.py face_api.app:app
+
+Every value can be overridden by an environment variable (FACE_API_BIND, FACE_API_WORKERS, ...)
+and, as always with gunicorn, by GUNICORN_CMD_ARGS / command-line flags, which win over this file.
+The app is preloaded: the dlib models are loaded once in the master and shared by the forked
+workers (copy-on-write pages).
+"""
+import os
+import tempfile
+from pathlib import Path
+
+_root = Path(__file__).resolve().parent.parent
+
+
+def _env(name, default):
+    return os.environ.get(name, default)
+
+
+_log_dir = Path(_env("PHOTO_LOG_DIR", str(_root / "storage" / "logs")))
+
+bind = _env("FACE_API_BIND", "127.0.0.1:5000")
+workers = int(_env("FACE_API_WORKERS", "16"))
+threads = int(_env("FACE_API_THREADS", "2"))
+worker_class = _env("FACE_API_WORKER_CLASS", "uvicorn.workers.UvicornWorker")
+timeout = int(_env("FACE_API_TIMEOUT", "300"))
+graceful_timeout = int(_env("FACE_API_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(_env("FACE_API_KEEPALIVE", "5"))
+max_requests = int(_env("FACE_API_MAX_REQUESTS", "2000"))          # recycle: dlib RSS creep (#1501)
+max_requests_jitter = int(_env("FACE_API_MAX_REQUESTS_JITTER", "200"))
+preload_app = _env("FACE_API_PRELOAD", "1") not in ("0", "false", "False")
+accesslog = _env("FACE_API_ACCESS_LOG", str(_log_dir / "face-api-access.log"))
+errorlog = _env("FACE_API_ERROR_LOG", str(_log_dir / "face-api-error.log"))
+loglevel = _env("FACE_API_LOG_LEVEL", "info")
+umask = int(_env("FACE_API_UMASK", "0o002"), 0)
+proc_name = _env("FACE_API_PROC_NAME", "face-api")
+
+for _log in (accesslog, errorlog):
+    if _log and _log != "-":
+        Path(_log).parent.mkdir(parents=True, exist_ok=True)
+
+# Prometheus multiprocess mode: one directory shared by the workers, wiped at start.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="face-api-metrics-")
+else:
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def on_starting(server):
+    d = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    for f in d.glob("*.db"):
+        f.unlink()
+
+
+def child_exit(server, worker):
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+    except Exception:
+        pass

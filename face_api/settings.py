@@ -1,0 +1,62 @@
+"""One settings object for the face API; environment variables with prefix PHOTO_ (and .env)."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int_list(value):
+    if isinstance(value, str):
+        return [int(v) for v in value.replace(",", " ").split()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PHOTO_", env_file=".env", extra="ignore")
+
+    # Files the API may read by `path`: one or more roots separated by ':'.
+    storage_root: Annotated[list[Path], NoDecode] = [PROJECT_ROOT / "storage"]
+    debug_dir: Path = PROJECT_ROOT / "storage" / "face-debug"
+    debug_images: bool = True          # write a JPEG with the boxes drawn
+    debug_max_side: int = 2000         # debug JPEG is drawn on the detection image, at most this size
+    log_dir: Path = PROJECT_ROOT / "storage" / "logs"
+
+    # Detection as the original server: HOG, upsample 1, scales 1200/1600/2000, 1 jitter.
+    face_scales: Annotated[list[int], NoDecode] = [1200, 1600, 2000]
+    face_upsample: int = Field(1, ge=0, le=3)
+    face_jitters: int = Field(1, ge=1, le=100)
+    # Speed options (see README in face_api/engine.py docstring).
+    face_draft_decode: bool = True     # JPEG DCT-domain downscale to the smallest size >= scale
+    face_skip_covered_scales: bool = False  # skip a middle scale when a larger one will be run
+    face_grey_hog: bool = False        # HOG on luminance (~30% faster, boxes differ slightly)
+
+    # Input limits.
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 120_000_000      # decompression-bomb budget (width*height)
+
+    @field_validator("storage_root", mode="before")
+    @classmethod
+    def _split_roots(cls, value):
+        if isinstance(value, str):
+            return [Path(p) for p in value.split(":") if p.strip()]
+        return value
+
+    @field_validator("face_scales", mode="before")
+    @classmethod
+    def _split_scales(cls, value):
+        value = _int_list(value)
+        if not value or any(int(v) <= 0 for v in value):
+            raise ValueError("face_scales must be positive integers")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
