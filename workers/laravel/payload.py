@@ -139,11 +139,14 @@ class JobClass:
         return self.data_visibility
 
     def declared_props(self) -> list[tuple[str, Any]]:
-        """Class-level property defaults, in the order the test job classes declare them."""
+        """Class-level property defaults, in the order the test job classes declare them.
+
+        ``retry_until`` is left out: jobs normally define ``retryUntil()`` as a method.
+        """
         out = []
         for name, v in (("tries", self.tries), ("maxExceptions", self.max_exceptions),
                         ("backoff", self.backoff), ("timeout", self.timeout),
-                        ("failOnTimeout", self.fail_on_timeout), ("retryUntil", self.retry_until)):
+                        ("failOnTimeout", self.fail_on_timeout)):
             if v is not None:
                 out.append((name, list(v) if isinstance(v, (list, tuple)) else v))
         return out
