@@ -33,6 +33,8 @@ errorlog = _env("FACE_API_ERROR_LOG", str(_log_dir / "face-api-error.log"))
 loglevel = _env("FACE_API_LOG_LEVEL", "info")
 umask = int(_env("FACE_API_UMASK", "0o002"), 0)
 proc_name = _env("FACE_API_PROC_NAME", "face-api")
+# gunicorn 27 opens a control socket in ~/.gunicorn by default; several instances would share it.
+control_socket_disable = _env("FACE_API_CONTROL_SOCKET", "0") in ("0", "false", "False")
 
 for _log in (accesslog, errorlog):
     if _log and _log != "-":

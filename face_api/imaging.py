@@ -153,14 +153,14 @@ def resolve_under_roots(path: str, roots: list[Path]) -> Path:
         raise PathDenied("invalid path")
     real_roots = [Path(os.path.realpath(r)) for r in roots]
     candidates = [Path(path)] if os.path.isabs(path) else [r / path for r in real_roots]
-    inside_any = False
+    denied = False
     for candidate in candidates:
         real = Path(os.path.realpath(candidate))
         if not any(real == r or r in real.parents for r in real_roots):
+            denied = True  # '..', an absolute path elsewhere, or a symlink that escapes
             continue
-        inside_any = True
         if real.is_file():
             return real
-    if not inside_any:
+    if denied:
         raise PathDenied("path is outside the storage roots")
     raise FileNotFoundError("file not found under the storage roots")

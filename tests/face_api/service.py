@@ -1,0 +1,93 @@
+"""Start a real face API (gunicorn + uvicorn workers) for tests; reusable by other test suites.
+
+    url, stop = start_face_api(tmpdir, [storage_root], workers=2)
+    ...
+    stop()
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", "/work/shared/testdata"))
+FACES = TESTDATA / "faces"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_face_api(tmpdir, storage_roots, workers: int = 2, env: dict | None = None,
+                   ready_timeout: float = 60.0):
+    """Start gunicorn with face_api/gunicorn.conf.py on a free port; wait for /health == 200.
+
+    Returns (url, stop). Logs go to tmpdir/logs; debug images to tmpdir/debug.
+    """
+    tmpdir = Path(tmpdir)
+    (tmpdir / "logs").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full_env = dict(os.environ)
+    full_env.update({
+        "PHOTO_STORAGE_ROOT": ":".join(str(r) for r in storage_roots),
+        "PHOTO_DEBUG_DIR": str(tmpdir / "debug"),
+        "PHOTO_LOG_DIR": str(tmpdir / "logs"),
+        "FACE_API_BIND": f"127.0.0.1:{port}",
+        "FACE_API_WORKERS": str(workers),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmpdir / "metrics"),
+        "GUNICORN_CMD_ARGS": "",
+    })
+    full_env.update(env or {})
+    stdout = open(tmpdir / "logs" / "gunicorn.out", "ab")
+    proc = subprocess.Popen(
+        [str(GUNICORN), "-c", str(PROJECT_ROOT / "face_api" / "gunicorn.conf.py"), "face_api.app:app"],
+        cwd=PROJECT_ROOT, env=full_env, stdout=stdout, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def stop():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        stdout.close()
+
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if proc.poll() is not None:
+            stop()
+            log = (tmpdir / "logs" / "gunicorn.out").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"face API exited with {proc.returncode}:\n{log}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop()
+            raise RuntimeError("face API did not become ready")
+        time.sleep(0.2)
+    stop.pid = proc.pid
+    return url, stop
+
+
+def worker_pids(master_pid: int) -> set[int]:
+    pids = set()
+    for task in Path(f"/proc/{master_pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.update(int(p) for p in children)
+    return pids
