@@ -74,7 +74,8 @@ function mode_payloads(): void {
         use_app_key($key, $cipher);
         $job = new Jobs\Variants\EncryptedJob($ds['unicode']);
         $job->chain([new Jobs\Variants\EncryptedJob($ds['floats'])]);
-        emit(['name' => "EncryptedJob/$cipher", 'body' => $q->payloadFor($job), 'expect' => expect_of($job), 'app_key' => $key, 'profile' => 'laravel8']);
+        emit(['name' => "EncryptedJob/$cipher", 'body' => $q->payloadFor($job), 'expect' => expect_of($job), 'app_key' => $key,
+              'cipher' => $cipher, 'profile' => 'laravel8']);
     }
     use_app_key(null);
     // Metadata -> Geolocation as the app does it: Bus::chain([new NextJob($data)])->onQueue('geolocation')->dispatch()
@@ -96,10 +97,10 @@ function mode_payloads(): void {
     emit(['name' => 'chain/visibility', 'body' => $q->payloadFor($job, $job->queue), 'expect' => expect_of($job), 'profile' => 'laravel8']);
 }
 
-function command_of(array $payload, ?string $key) {
+function command_of(array $payload, ?string $key, string $cipher = 'AES-256-CBC') {
     $cmd = $payload['data']['command'];
     if (str_starts_with($cmd, 'O:')) { return unserialize($cmd); }
-    use_app_key($key);
+    use_app_key($key, $cipher);
     return unserialize(Container::getInstance()->make(\Illuminate\Contracts\Encryption\Encrypter::class)->decrypt($cmd));
 }
 
@@ -107,14 +108,14 @@ function mode_next(string $file): void {
     $q = test_queue();
     foreach (json_lines_in($file) as $row) {
         $payload = json_decode($row['body'], true);
-        $job = command_of($payload, $row['app_key'] ?? null);
+        $job = command_of($payload, $row['app_key'] ?? null, $row['cipher'] ?? 'AES-256-CBC');
         $bus = new CapturingDispatcher();
         Container::getInstance()->instance(\Illuminate\Contracts\Bus\Dispatcher::class, $bus);
         $job->dispatchNextJobInChain();
         gc_collect_cycles();
         if (!$bus->dispatched) { emit(['name' => $row['name'], 'next' => null]); continue; }
         $next = $bus->dispatched[0];
-        use_app_key($row['app_key'] ?? null);
+        use_app_key($row['app_key'] ?? null, $row['cipher'] ?? 'AES-256-CBC');
         $body = $q->payloadFor($next, $next->queue);
         emit(['name' => $row['name'], 'next' => ['serialized' => serialize($next), 'body' => $body,
               'queue' => $next->queue, 'connection' => $next->connection, 'expect' => expect_of($next)]]);
@@ -126,7 +127,7 @@ function mode_check(string $file): void {
         $payload = json_decode($row['body'], true, 512, JSON_THROW_ON_ERROR);
         $out = ['name' => $row['name'], 'payload_keys' => array_keys($payload), 'data_keys' => array_keys($payload['data'])];
         try {
-            $job = command_of($payload, $row['app_key'] ?? null);
+            $job = command_of($payload, $row['app_key'] ?? null, $row['cipher'] ?? 'AES-256-CBC');
             $out['class'] = get_class($job);
             $out['commandName'] = $payload['data']['commandName'];
             $out['is_should_queue'] = $job instanceof \Illuminate\Contracts\Queue\ShouldQueue;
