@@ -258,3 +258,26 @@ def test_metadata_to_geolocation_shape():
     assert msg.queue == "geolocation" and msg.properties["delivery_mode"] == 2
     assert make_command(GEO, data, profile="laravel8").props["middleware"] == []
     assert isinstance(cmd, PhpObject)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from workers.laravel import PhpSerializeError  # noqa: E402
+
+_BODY = build_chain_payload([(GEO, {"a": [1, "é"]}), (META, {"b": 2.5})], queue="q").body
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_BODY) - 1), st.integers(0, 127)), min_size=1, max_size=3))
+@settings(max_examples=400, deadline=None)
+def test_mutated_bodies_only_raise_named_errors(muts):
+    b = bytearray(_BODY)
+    for i, v in muts:
+        b[i] = v
+    try:
+        job = decode_payload(bytes(b), app_key=APP_KEY)
+    except (PayloadError, PhpSerializeError, DecryptError):
+        return
+    try:
+        next_chain_message(job)
+    except (PayloadError, PhpSerializeError):
+        pass

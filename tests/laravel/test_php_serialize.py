@@ -173,3 +173,29 @@ def test_php_float_format_matches_var_export_free_serialize():
     code = "foreach ([" + ",".join(repr(x) for x in xs) + "] as $x) echo serialize($x), \"\\n\";"
     out = php_run(code).decode().split()
     assert out == [f"d:{format_php_float(x)};" for x in xs]
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500, deadline=None)
+def test_random_bytes_only_raise_named_error(b):
+    try:
+        loads(b)
+    except PhpSerializeError:
+        pass
+
+
+_SEED = dumps(PhpObject("App\\Jobs\\X", {"data": {"a": [1, 2.5, "ü", None, True], "b": {"c": -1}}, "chained": ["O:1:\"A\":0:{}"]},
+                        {"data": "private:App\\Jobs\\X"}))
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_SEED) - 1), st.integers(0, 255)), min_size=1, max_size=4))
+@settings(max_examples=500, deadline=None)
+def test_mutated_commands_only_raise_named_error(muts):
+    b = bytearray(_SEED)
+    for i, v in muts:
+        b[i] = v
+    try:
+        v = loads(bytes(b))
+    except PhpSerializeError:
+        return
+    dumps(v)

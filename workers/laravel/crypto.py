@@ -100,7 +100,7 @@ def decrypt(payload: str | bytes, key: bytes | None, previous_keys: Iterable[byt
         payload = payload.encode("ascii", "replace")
     try:
         p = json.loads(base64.b64decode(payload, validate=True))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise DecryptError("The payload is invalid.") from None
     if not isinstance(p, dict) or not all(isinstance(p.get(k), str) for k in ("iv", "value", "mac")):
         raise DecryptError("The payload is invalid.")

@@ -340,7 +340,7 @@ class _Parser:
     def value(self, depth: int) -> Any:
         d = self.data
         p = self.pos
-        if p + 1 >= len(d) + 1 or p >= len(d):
+        if p >= len(d):
             raise self.fail("unexpected end of data, expected a value")
         t = d[p:p + 1]
         if t == b"N":
@@ -543,7 +543,7 @@ def _dump(v: Any, out: list[bytes], depth: int, max_depth: int) -> None:
             _dump(item, out, depth + 1, max_depth)
         out.append(b"}")
     elif isinstance(v, PhpEnum):
-        out.append(_s(_enc(f"{v.class_name}:{v.case}"))[:0] + b"E" + _s(_enc(f"{v.class_name}:{v.case}"))[1:])
+        out.append(b"E" + _s(_enc(f"{v.class_name}:{v.case}"))[1:])
     elif isinstance(v, PhpRef):
         out.append(b"%s:%d;" % (v.kind.encode(), v.index))
     else:
