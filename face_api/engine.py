@@ -186,7 +186,14 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
             used = scale
             break
     t = time.monotonic()
-    encodings = face_encodings(img, boxes, settings.face_jitters, models) if boxes else []
+    encodings = []
+    if boxes:
+        # detection may have run on JPEG-draft pixels; encode on faithfully resampled ones
+        faithful = getattr(source, "scaled_faithful", None)
+        enc_img = faithful(used) if faithful is not None else img
+        if enc_img.shape != img.shape:  # pragma: no cover - sizes are computed the same way
+            enc_img = img
+        encodings = face_encodings(enc_img, boxes, settings.face_jitters, models)
     timings["encode"] = time.monotonic() - t
     locations = []
     if boxes:

@@ -123,6 +123,21 @@ class Photo:
         """RGB uint8 C-contiguous array, longer side = min(max_side, photo's longer side)."""
         return np.ascontiguousarray(np.asarray(self.scaled_image(max_side)))
 
+    def scaled_faithful(self, max_side: int) -> np.ndarray:
+        """Like scaled(), but from a full decode (no DCT scaling): the pixels a plain
+        PIL decode + LANCZOS resize gives. Encodings are computed on these (DCT-scaled pixels
+        moved encodings of small faces by up to 0.14; boxes were identical)."""
+        if not self._draft or self.format != "JPEG" or max_side >= max(self.width, self.height):
+            return self.scaled(max_side)
+        cache, draft = self._cache, self._draft
+        try:
+            self._draft = False
+            if cache is not None and max(cache.size) < max(self.width, self.height):
+                self._cache = None
+            return self.scaled(max_side)
+        finally:
+            self._draft = draft
+
     def full(self) -> np.ndarray:
         return self.scaled(max(self.width, self.height))
 
