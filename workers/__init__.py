@@ -1,0 +1,1 @@
+"""photo-pipeline queue workers: Laravel jobs from RabbitMQ, processed in Python."""

@@ -1,0 +1,42 @@
+"""`python -m workers <command>`: the operator's entry point.
+
+Commands are registered by the module that owns them, so this file stays a table of contents."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .laravel import cli as laravel_cli
+
+
+def cmd_migrate(args) -> int:
+    from . import db
+    from .settings import get_settings
+    url = args.db or get_settings().database_url
+    applied = db.migrate(db.engine_for(url))
+    print("applied: " + ", ".join(applied) if applied else "schema up to date")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from . import db
+    sys.stdout.write(db.mysql_ddl())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("migrate", help="apply pending schema migrations (idempotent)")
+    p.add_argument("--db", help="database URL (default: PHOTO_DATABASE_URL)")
+    p.set_defaults(func=cmd_migrate)
+    sub.add_parser("schema", help="print the schema as MySQL DDL").set_defaults(func=cmd_schema)
+    laravel_cli.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
