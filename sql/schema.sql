@@ -8,7 +8,7 @@ CREATE TABLE cache_locks (
 CREATE INDEX ix_cache_locks_expiration ON cache_locks (expiration);
 
 CREATE TABLE failed_jobs (
-	id BIGINT NOT NULL AUTO_INCREMENT, 
+	id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, 
 	uuid VARCHAR(255) NOT NULL, 
 	connection TEXT NOT NULL, 
 	queue TEXT NOT NULL, 
@@ -28,7 +28,7 @@ CREATE TABLE geocode_cache (
 );
 
 CREATE TABLE images (
-	id BIGINT NOT NULL AUTO_INCREMENT, 
+	id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, 
 	path VARCHAR(1024) NOT NULL, 
 	taken_at DATETIME, 
 	camera_make VARCHAR(255), 
@@ -65,7 +65,7 @@ CREATE TABLE images (
 );
 
 CREATE TABLE queues (
-	id BIGINT NOT NULL AUTO_INCREMENT, 
+	id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, 
 	queue_key VARCHAR(32) NOT NULL, 
 	created_at DATETIME, 
 	updated_at DATETIME, 
@@ -89,9 +89,9 @@ CREATE TABLE schema_migrations (
 );
 
 CREATE TABLE faces (
-	id BIGINT NOT NULL AUTO_INCREMENT, 
-	parent_id BIGINT, 
-	image_id BIGINT NOT NULL, 
+	id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, 
+	parent_id BIGINT UNSIGNED, 
+	image_id BIGINT UNSIGNED NOT NULL, 
 	face_index INTEGER NOT NULL, 
 	name VARCHAR(255), 
 	encoding JSON, 

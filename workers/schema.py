@@ -10,7 +10,9 @@ from sqlalchemy.dialects import mysql
 
 metadata = sa.MetaData()
 
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrement needs INTEGER
+# Laravel ids are BIGINT UNSIGNED (`$table->id()`): foreign keys to the app's tables must match.
+# SQLite autoincrement needs plain INTEGER.
+BigId = sa.BigInteger().with_variant(mysql.BIGINT(unsigned=True), "mysql").with_variant(sa.Integer(), "sqlite")
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql")
 Json = sa.JSON()
 FACE_STATUSES = ("process", "unknown", "not_face", "ok")
