@@ -4,10 +4,19 @@ Commands are registered by the module that owns them, so this file stays a table
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
-from .laravel import cli as laravel_cli
+# Modules that own sub-commands; each has `add_subcommands(subparsers)`.
+COMMAND_MODULES = [
+    "workers.laravel.cli",   # inspect, queue-key, payload
+    "workers.runtime",       # consume
+    "workers.jobs.faces",    # faces rematch|stats
+    "workers.embedded",      # process, enqueue
+    "workers.deploy",        # render-config
+    "workers.monitor",       # monitor
+]
 
 
 def cmd_migrate(args) -> int:
@@ -32,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="database URL (default: PHOTO_DATABASE_URL)")
     p.set_defaults(func=cmd_migrate)
     sub.add_parser("schema", help="print the schema as MySQL DDL").set_defaults(func=cmd_schema)
-    laravel_cli.add_subcommands(sub)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:      # a real missing dependency, not a module yet to be written
+                raise
+            continue
+        if hasattr(module, "add_subcommands"):
+            module.add_subcommands(sub)
     return parser
 
 
