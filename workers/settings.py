@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     tries: int = 1                           # queue:work --tries default when a payload has no maxTries
     backoff: int = 0                         # queue:work --backoff default
     queue_timeouts: dict[str, int] = Field(default_factory=lambda: dict(QUEUE_TIMEOUTS))
+    queue_numprocs: dict[str, int] = Field(default_factory=lambda: dict(QUEUE_NUMPROCS))  # supervisor numprocs
     # Job class -> "module:function"; a handler is (context, data) -> list of follow-up jobs.
     job_handlers: dict[str, str] = Field(default_factory=lambda: {
         "App\\Jobs\\MetadataProcessJob": "workers.jobs.metadata:handle",
