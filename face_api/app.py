@@ -216,10 +216,22 @@ def _write_debug_image(data_hash: str, result: engine.EncodeResult) -> str | Non
     return str(final)
 
 
+try:  # give freed image buffers back to the OS after each photo (keeps worker RSS low)
+    import ctypes
+
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # pragma: no cover - not glibc
+    _malloc_trim = None
+
+
 def _encode(data: bytes, name: str | None) -> dict:
     photo = open_photo(data, settings.max_pixels, draft=settings.face_draft_decode, name=name)
     with _engine_lock:
-        result = engine.encode_image(photo, settings)
+        try:
+            result = engine.encode_image(photo, settings)
+        finally:
+            if _malloc_trim is not None:
+                _malloc_trim(0)
     response = result.as_dict()
     response["debug_image_path"] = None
     if settings.debug_images:
