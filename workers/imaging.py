@@ -1,0 +1,286 @@
+"""Thumbnail imaging: Intervention Image v3 geometry as pure functions, plus safe decoding,
+rendering and encoding with Pillow.
+
+Geometry (`plan`) mirrors IIv3 `RectangleResizer` / `Rectangle` and the Imagick modifiers
+(see reference/pipeline.md §1.2): PHP `round()` (half away from zero), proportional sides
+`max(1, round(...))`, centre pivots `round(w/2)`. Pixels are resampled with Pillow (LANCZOS), so
+sizes, crops and padding match Intervention exactly while pixel values cannot (Imagick uses
+ScaleImage).
+
+Decoding (`open_source` + `decode`): header checks first (pixel budget), JPEG DCT scaling via
+`Image.draft` when it keeps >= DRAFT_GAP source pixels per output pixel, EXIF orientation
+applied once (never for HEIF: libheif already applied irot/imir and pillow-heif reset the EXIF
+tag), first frame of animations. Every decoder failure becomes ImageError.
+"""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from PIL import Image, ImageCms
+
+try:  # HEIC/HEIF input
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover
+    pillow_heif = None
+
+METHODS = ("cover", "scale", "resize", "contain")
+ORIENTATION_TAG = 0x0112
+# EXIF orientation -> Pillow transpose that makes the photo upright (= ImageOps.exif_transpose).
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+             6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+SWAPS_AXES = {5, 6, 7, 8}
+# Decode JPEGs with DCT scaling only down to >= 2 source pixels per output pixel per axis: the
+# final LANCZOS pass then still averages real pixels, so the result is visually the same as a
+# full decode (Pillow's own thumbnail() uses this gap; the bench prints the pixel difference).
+DRAFT_GAP = 2.0
+WHITE = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """A photo that cannot be turned into thumbnails (corrupt, empty, too large...)."""
+
+
+# --- geometry (pure) ------------------------------------------------------------------------------
+
+def php_round(x: float) -> int:
+    """PHP round(): half away from zero, after PHP's pre-rounding to 15 significant digits."""
+    return int(Decimal(f"{x:.15g}").quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _prop_width(W: int, H: int, h: int | None) -> int:      # RectangleResizer::getProportionalWidth
+    return W if h is None else max(1, php_round(h * (W / H)))
+
+
+def _prop_height(W: int, H: int, w: int | None) -> int:     # RectangleResizer::getProportionalHeight
+    return H if w is None else max(1, php_round(w / (W / H)))
+
+
+def contain_size(W: int, H: int, w: int, h: int) -> tuple[int, int]:
+    """Size of W x H scaled to fit inside w x h (RectangleResizer::contain; may enlarge)."""
+    rw, rh = w, _prop_height(W, H, w)
+    if not (rw <= w and rh <= h):
+        rw, rh = _prop_width(W, H, h), h
+    return rw, rh
+
+
+def scale_size(W: int, H: int, w: int | None, h: int | None) -> tuple[int, int]:
+    """RectangleResizer::scale: both given -> fits inside the box; one given -> other follows."""
+    if w is not None and h is not None:
+        return min(_prop_width(W, H, h), w), min(_prop_height(W, H, w), h)
+    if w is not None:
+        return w, _prop_height(W, H, w)
+    if h is not None:
+        return _prop_width(W, H, h), h
+    return W, H
+
+
+def center_offset(outer: tuple[int, int], inner: tuple[int, int]) -> tuple[int, int]:
+    """Rectangle::alignPivotTo(center): offset of `inner` centred in `outer` (may be negative)."""
+    return (php_round(outer[0] / 2) - php_round(inner[0] / 2),
+            php_round(outer[1] / 2) - php_round(inner[1] / 2))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do to a W x H (upright) source: take `crop` (x, y, w, h), scale it to `scaled`,
+    place it at `offset` on a `canvas` (w, h) filled with white."""
+    crop: tuple[int, int, int, int]
+    scaled: tuple[int, int]
+    canvas: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)
+
+
+def plan(method: str, W: int, H: int, w: int | None, h: int | None) -> Plan:
+    full = (0, 0, W, H)
+    if method == "resize":                      # each axis independently, no aspect ratio
+        size = (w or W, h or H)
+        return Plan(full, size, size)
+    if method == "scale":
+        size = scale_size(W, H, w, h)
+        return Plan(full, size, size)
+    if w is None or h is None:
+        raise ValueError(f"{method} needs both width and height")
+    if method == "cover":                       # largest w:h rectangle inside, centred, -> w x h
+        cw, ch = contain_size(w, h, W, H)
+        x, y = center_offset((W, H), (cw, ch))
+        return Plan((x, y, cw, ch), (w, h), (w, h))
+    if method == "contain":                     # fit inside, centred on a white w x h canvas
+        size = contain_size(W, H, w, h)
+        return Plan(full, size, (w, h), center_offset((w, h), size))
+    raise ValueError(f"unsupported method {method!r}")
+
+
+def draft_request(p: Plan, stored: tuple[int, int], gap: float = DRAFT_GAP) -> tuple[int, int] | None:
+    """The size to pass to Image.draft (stored orientation) so the decoded crop keeps >= `gap`
+    pixels per output pixel on both axes (the factor is a ratio, so the orientation does not
+    matter); None when no reduction is possible."""
+    f = gap * max(p.scaled[0] / p.crop[2], p.scaled[1] / p.crop[3])
+    if f >= 0.5:                                # JPEG can only reduce by 2, 4 or 8
+        return None
+    return math.ceil(stored[0] * f), math.ceil(stored[1] * f)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+def _one_line(exc: BaseException) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+
+
+@dataclass
+class Source:
+    image: Image.Image          # opened, not yet decoded
+    width: int                  # upright (after orientation) size: what Intervention sees
+    height: int
+    orientation: int            # transpose still to apply (1 = none)
+    icc: bytes | None
+    exif: Image.Exif | None
+
+
+def open_source(path: Path, max_pixels: int) -> Source:
+    """Read the header; refuse missing, empty, unreadable and over-budget files."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(f"file not found: {path}") from None
+    except NotADirectoryError:
+        raise ImageError(f"file not found: {path}") from None
+    if not path.is_file():
+        raise ImageError(f"not a regular file: {path}")
+    if size == 0:
+        raise ImageError(f"empty file: {path}")
+    try:
+        with warnings.catch_warnings():
+            # Our own budget (max_pixels) decides; Pillow's global limit only warns below 2x.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large: {_one_line(exc)}") from exc
+    except Exception as exc:
+        raise ImageError(f"not a readable image: {_one_line(exc)}") from exc
+    W, H = im.size
+    if W <= 0 or H <= 0:
+        raise ImageError("image has no pixels")
+    if W * H > max_pixels:
+        raise ImageError(f"image too large: {W}x{H} pixels exceeds the budget of {max_pixels}")
+    try:
+        exif = im.getexif()
+        orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
+    except Exception:
+        exif, orientation = None, 1
+    if im.format in ("HEIF", "AVIF") or orientation not in TRANSPOSE:
+        orientation = 1         # libheif applied irot/imir already: never rotate twice
+    if orientation in SWAPS_AXES:
+        W, H = H, W
+    return Source(im, W, H, orientation, im.info.get("icc_profile") or None, exif)
+
+
+def decode(src: Source, draft: tuple[int, int] | None) -> Image.Image:
+    """Decode the first frame (DCT-scaled to >= `draft` for JPEG), upright, in a mode Pillow
+    resamples well (RGB, RGBA, L, LA or CMYK)."""
+    im = src.image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if draft and im.format == "JPEG":
+                im.draft(im.mode, draft)
+            im.seek(0)
+            im.load()
+        if src.orientation != 1:
+            im = im.transpose(TRANSPOSE[src.orientation])
+        return _resampleable(im)
+    except MemoryError as exc:
+        raise ImageError("image too large to decode") from exc
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"cannot decode image: {_one_line(exc)}") from exc
+
+
+def _resampleable(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode in ("RGB", "RGBA", "L", "LA", "CMYK"):
+        return im
+    if mode in ("P", "PA"):
+        return im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    if mode.startswith("I"):        # 16/32-bit greyscale: keep the top 8 bits
+        return im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if mode in ("1", "F"):
+        return im.convert("L")
+    return im.convert("RGBA" if "A" in mode or "a" in mode else "RGB")
+
+
+# --- rendering and encoding ---------------------------------------------------------------------
+
+def render(src: Source, decoded: Image.Image, p: Plan) -> Image.Image:
+    """Apply a plan to a decoded (possibly DCT-reduced) image -> RGB or RGBA in sRGB."""
+    sx, sy = decoded.width / src.width, decoded.height / src.height
+    x, y, cw, ch = p.crop
+    box = (x * sx, y * sy, (x + cw) * sx, (y + ch) * sy)
+    out = decoded.resize(p.scaled, Image.Resampling.LANCZOS, box=box, reducing_gap=DRAFT_GAP)
+    out = to_srgb(out, src.icc)
+    if p.canvas != p.scaled:
+        canvas = Image.new(out.mode, p.canvas, WHITE + (255,) * (out.mode == "RGBA"))
+        canvas.paste(out, p.offset)
+        out = canvas
+    return out
+
+
+def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
+    try:
+        return "srgb" in ImageCms.getProfileDescription(profile).lower()
+    except ImageCms.PyCMSError:
+        return False
+
+
+def to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert through the embedded ICC profile to sRGB; RGB/RGBA out. A broken profile is
+    ignored (the pixels are taken as sRGB) rather than failing the photo."""
+    if im.mode == "LA":
+        im = im.convert("RGBA")
+    if icc:
+        try:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            if not _is_srgb(profile):
+                out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
+                return ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"),
+                                                 outputMode=out_mode)
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            pass
+    return im if im.mode in ("RGB", "RGBA") else im.convert("RGB")
+
+
+def flatten(im: Image.Image) -> Image.Image:
+    """Alpha onto white (Intervention's blendingColor), for JPEG."""
+    if im.mode != "RGBA":
+        return im.convert("RGB") if im.mode != "RGB" else im
+    bg = Image.new("RGB", im.size, WHITE)
+    bg.paste(im, mask=im.getchannel("A"))
+    return bg
+
+
+def encode(im: Image.Image, fmt: str, quality: int, exif: Image.Exif | None = None) -> bytes:
+    """JPEG (baseline, alpha flattened) or WebP (alpha kept; quality 100 = lossless, as IIv3).
+    EXIF only when given, with Orientation reset to 1 so viewers do not rotate again."""
+    opts: dict = {"quality": quality}
+    if exif is not None and len(exif):
+        exif[ORIENTATION_TAG] = 1
+        blob = exif.tobytes()
+        if len(blob) < 65000:                   # must fit one APP1 segment
+            opts["exif"] = blob
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        flatten(im).save(buf, "JPEG", **opts)
+    elif fmt == "webp":
+        im.save(buf, "WEBP", lossless=quality >= 100, **opts)
+    else:
+        raise ValueError(f"unsupported thumbnail format {fmt!r}")
+    return buf.getvalue()
