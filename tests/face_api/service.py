@@ -18,7 +18,7 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", "/work/shared/testdata"))
+TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", PROJECT_ROOT.parent / "shared" / "testdata"))
 FACES = TESTDATA / "faces"
 
 
