@@ -1,0 +1,59 @@
+"""Laravel's DatabaseLock on the `cache_locks` table (reference/laravel-wire.md §5.3), so a lock
+taken here excludes PHP workers using `Cache::lock(...)` with the database store, and vice versa.
+
+Works on MySQL and SQLite: plain INSERT, then UPDATE-if-expired-or-ours on a duplicate key."""
+from __future__ import annotations
+
+import random
+import secrets
+import string
+import time
+
+import sqlalchemy as sa
+
+from .schema import cache_locks
+
+DEFAULT_TIMEOUT = 86400          # lock_timeout when seconds <= 0
+LOTTERY = (2, 100)               # lock_lottery: chance of sweeping expired locks per acquire
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_owner() -> str:
+    """`Str::random()`: 16 chars of [A-Za-z0-9]."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(16))
+
+
+class DatabaseLock:
+    def __init__(self, engine: sa.Engine, name: str, seconds: int, owner: str | None = None):
+        self.engine, self.name, self.seconds = engine, name, seconds
+        self.owner = owner or random_owner()
+
+    def acquire(self) -> bool:
+        now = int(time.time())
+        expiration = now + (self.seconds if self.seconds > 0 else DEFAULT_TIMEOUT)
+        t = cache_locks.c
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(cache_locks.insert().values(key=self.name, owner=self.owner, expiration=expiration))
+            acquired = True
+        except sa.exc.IntegrityError:
+            with self.engine.begin() as conn:
+                res = conn.execute(cache_locks.update()
+                                   .where(t.key == self.name, sa.or_(t.owner == self.owner, t.expiration <= now))
+                                   .values(owner=self.owner, expiration=expiration))
+            acquired = res.rowcount >= 1
+        if random.randint(1, LOTTERY[1]) <= LOTTERY[0]:
+            with self.engine.begin() as conn:
+                conn.execute(cache_locks.delete().where(t.expiration <= now))
+        return acquired
+
+    def release(self) -> bool:
+        """Delete the lock only if we still own it (an expired lock may belong to someone else now)."""
+        t = cache_locks.c
+        with self.engine.begin() as conn:
+            res = conn.execute(cache_locks.delete().where(t.key == self.name, t.owner == self.owner))
+        return res.rowcount >= 1
+
+    def owner_now(self) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(cache_locks.c.owner).where(cache_locks.c.key == self.name)).scalar()

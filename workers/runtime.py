@@ -1,0 +1,459 @@
+"""`python -m workers consume --queue NAME`: one queue consumer, a drop-in for
+`php artisan queue:work rabbitmq --queue=NAME` (one process per supervisor numproc).
+
+For each message (prefetch 1):
+
+    decode → checks (handler, image_id, maxTries) → lock `{QUEUE}-processing:{image_id}`
+    → handler in a thread, inside a DB transaction (the I/O loop keeps heartbeats flowing)
+    → delete own dedup row, publish follow-ups + next chain job (each confirmed by the broker)
+    → commit → ack → unlock
+
+Outcomes follow Laravel's Worker (reference/laravel-wire.md §3.7): an exception is retried with
+`backoff` through `{queue}.delay.{ms}` until `maxTries`/`retryUntil`, then recorded in failed_jobs
+with the exact body and the message rejected. Bad messages (undecodable, unknown class, invalid
+data) go to failed_jobs at once. JobReleased and a lock held elsewhere re-publish the body later
+without counting an attempt.
+
+Timeouts: a Python thread cannot be killed safely, so like Laravel's `kill()` the process records
+the attempt (re-publish with attempts+1, or failed_jobs when none are left), acks, and exits 1;
+supervisor starts a fresh one. Database outages (OperationalError and friends, from us or from a
+handler) are not the job's fault: the message is requeued after a back-off, uncounted.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pika.exceptions
+import sqlalchemy as sa
+
+from . import broker, db
+from .jobs import Context, FollowUp, JobFailed, JobReleased, image_id_of
+from .laravel import build_chain_payload, decode_payload, next_chain_message, queue_key
+from .locks import DatabaseLock
+from .schema import failed_jobs, queues
+from .settings import Settings, get_settings
+
+log = logging.getLogger("workers.runtime")
+
+AMQP_ERRORS = (pika.exceptions.AMQPError, ConnectionError, OSError)
+DB_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
+FAILED_PAYLOAD_MAX = 8 * 1024 * 1024   # below MariaDB's default max_allowed_packet (16 MB)
+EXIT_TIMEOUT = 1                        # Worker::kill(EXIT_ERROR)
+
+
+class MaxAttemptsExceeded(Exception):
+    php_class = "Illuminate\\Queue\\MaxAttemptsExceededException"
+
+
+class TimeoutExceeded(Exception):
+    php_class = "Illuminate\\Queue\\TimeoutExceededException"
+
+
+@dataclass
+class Delivery:
+    tag: int
+    headers: dict | None
+    correlation_id: str | None
+    body: bytes
+
+
+@dataclass
+class Handler:
+    func: Callable[[Context, dict], list]
+    job_type: str          # the handler module's QUEUE: the lock's `{job-type}-processing:` prefix
+
+
+class Consumer:
+    def __init__(self, settings: Settings, queue: str):
+        self.settings, self.queue = settings, queue
+        self.engine = db.engine_for(settings.database_url)
+        self.conn = self.ch = None
+        self.inbox: list[Delivery] = []
+        self.stopping = False
+        self.broken: BaseException | None = None     # AMQP connection lost while a job ran
+        self.outages = 0                               # consecutive DB outages (back-off exponent)
+        self.handlers: dict[str, Handler | None] = {}
+        self.extra: dict[str, Any] = {}                # per-process resources for handlers
+        self.metrics = _Metrics(settings.metrics_port, queue)
+
+    # --- connection -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        failures = 0
+        while not self.stopping:
+            try:
+                self._connect()
+                failures = 0
+                self._loop()
+            except AMQP_ERRORS as exc:
+                failures += 1
+                wait = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.warning("broker connection lost (%s: %s); reconnecting in %.1fs",
+                            type(exc).__name__, exc, wait)
+                self._close()
+                _sleep_unless(lambda: self.stopping, wait)
+        self._close()
+        return 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        # finish the current job, then leave; an idle consumer leaves at the next loop turn
+        self.stopping = True
+
+    def _connect(self) -> None:
+        self.conn, self.ch = broker.connect(self.settings.amqp_url, self.settings.heartbeat)
+        self.broken = None
+        self.inbox.clear()
+        broker.declare_queue(self.ch, self.queue)
+        self.ch.basic_consume(self.queue, self._on_message, auto_ack=False)
+        log.info("consuming %s", self.queue)
+
+    def _on_message(self, _ch, method, props, body) -> None:
+        self.inbox.append(Delivery(method.delivery_tag, props.headers, props.correlation_id, body))
+
+    def _close(self) -> None:
+        if self.ch is not None:
+            broker.forget_channel(self.ch)
+        try:
+            if self.conn is not None and self.conn.is_open:
+                self.conn.close()
+        except Exception:  # noqa: BLE001 - already broken
+            pass
+        self.conn = self.ch = None
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            if not self.inbox:
+                self.conn.process_data_events(time_limit=1)
+                continue
+            self._process(self.inbox.pop(0))
+            if self.broken:
+                raise self.broken
+
+    def _pump(self, seconds: float) -> None:
+        """Keep the AMQP connection serviced (heartbeats) for `seconds`, or just sleep if it broke."""
+        if self.broken or self.conn is None:
+            time.sleep(seconds)
+            return
+        try:
+            self.conn.process_data_events(time_limit=seconds)
+        except AMQP_ERRORS as exc:
+            self.broken = exc
+
+    # --- one message --------------------------------------------------------------------------
+
+    def _process(self, d: Delivery) -> None:
+        t0 = time.monotonic()
+        info: dict[str, Any] = {"queue": self.queue, "class": None, "image_id": None,
+                                "attempt": _attempts(d.headers)}
+        try:
+            outcome = self._handle(d, info)
+            self.outages = 0
+        except DB_OUTAGE as exc:
+            self.outages += 1
+            wait = min(30.0, 0.5 * 2 ** min(self.outages, 6))
+            info["error"] = f"database unavailable: {exc.__class__.__name__}: {str(exc)[:200]}"
+            outcome = "requeued"
+            self._pump_for(wait)
+            if not self.broken:
+                self.ch.basic_reject(d.tag, requeue=True)
+        info["outcome"] = outcome
+        info["ms"] = round((time.monotonic() - t0) * 1000, 1)
+        self.metrics.observe(outcome, time.monotonic() - t0)
+        print(json.dumps(info, default=str), flush=True)
+
+    def _handle(self, d: Delivery, info: dict) -> str:
+        s = self.settings
+        try:
+            job = decode_payload(d.body, d.headers, app_key=s.app_key, data_property=s.job_data_property)
+        except Exception as exc:  # noqa: BLE001 - any undecodable body is a poison message
+            return self._fail(d, None, exc, info)
+        info.update({"class": job.class_name, "attempt": job.attempts})
+        try:
+            handler = self._handler(job.class_name)
+        except Exception as exc:  # noqa: BLE001 - a broken handler setting fails the job, not us
+            return self._fail(d, job, exc, info)
+        if handler is None:
+            return self._fail(d, job, JobFailed(f"no handler for job class {job.class_name}"), info)
+        try:
+            image_id = image_id_of(job.data)
+        except JobFailed as exc:
+            return self._fail(d, job, exc, info)
+        info["image_id"] = image_id
+
+        max_tries = job.max_tries if job.max_tries is not None else s.tries
+        if (job.retry_until and time.time() > job.retry_until) or \
+                (not job.retry_until and max_tries > 0 and job.attempts > max_tries):
+            return self._fail(d, job, MaxAttemptsExceeded(f"{_name(job)} has been attempted too many times."), info)
+
+        timeout = job.timeout or s.timeout_for(self.queue)
+        lock = DatabaseLock(self.engine, f"{s.cache_prefix}{handler.job_type}-processing:{image_id}", timeout)
+        if not lock.acquire():
+            return self._release(d, job, s.lock_release_delay, "locked")
+        try:
+            return self._run_locked(d, job, handler, timeout, lock, info)
+        finally:
+            try:
+                lock.release()
+            except Exception as exc:  # noqa: BLE001 - it expires on its own
+                log.warning("could not release %s: %s", lock.name, exc)
+
+    def _run_locked(self, d, job, handler: Handler, timeout: int, lock: DatabaseLock, info) -> str:
+        conn = self.engine.connect()
+        timed_out = False
+        try:
+            tx = conn.begin()
+            ctx = Context(settings=self.settings, db=conn, engine=self.engine, queue=self.queue,
+                          attempt=job.attempts, extra=self.extra)
+            state, value = self._run_in_thread(handler.func, ctx, job.data, timeout)
+            if state == "timeout":
+                timed_out = True
+                self._timed_out(d, job, lock, info)       # does not return
+            if self.broken:
+                raise self.broken                         # cannot ack: the broker redelivers
+            if state == "error":
+                tx.rollback()
+                return self._on_exception(d, job, value, info)
+            self._finish(conn, job, value or [])
+            tx.commit()
+        finally:
+            if not timed_out:
+                conn.close()
+        self.ch.basic_ack(d.tag)
+        return "done"
+
+    def _run_in_thread(self, func, ctx, data, timeout: float) -> tuple[str, Any]:
+        result: dict[str, Any] = {}
+
+        def target():
+            try:
+                result["value"] = func(ctx, data)
+            except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+                result["error"] = exc
+
+        t = threading.Thread(target=target, name="job", daemon=True)
+        t.start()
+        deadline = time.monotonic() + timeout
+        t.join(0.05)                  # most jobs are short: don't pay a pump round-trip
+        while t.is_alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout", None
+            self._pump(min(left, 0.5))
+            t.join(0.01)
+        if "error" in result:
+            return "error", result["error"]
+        return "ok", result.get("value")
+
+    def _finish(self, conn: sa.Connection, job, follow_ups: list[FollowUp]) -> None:
+        """Inside the job's transaction: drop our dedup row, publish follow-ups and the chain."""
+        _delete_dedup(conn, job)
+        s = self.settings
+        for fu in follow_ups:
+            if fu.dedup:
+                key = queue_key(fu.class_name, fu.data)
+                ins = (queues.insert().prefix_with("IGNORE", dialect="mysql")
+                       .prefix_with("OR IGNORE", dialect="sqlite")
+                       .values(queue_key=key, created_at=db.now(), updated_at=db.now()))
+                if conn.execute(ins).rowcount == 0:
+                    continue          # already queued or running
+            msg = build_chain_payload([(fu.class_name, fu.data)], queue=fu.queue,
+                                      profile=s.laravel_profile, app_key=s.app_key)
+            broker.publish(self.ch, msg, fu.queue)
+        nxt = next_chain_message(job, app_key=s.app_key)
+        if nxt is not None:
+            broker.publish(self.ch, nxt, nxt.queue or job.chain_queue or "default")
+
+    # --- outcomes -------------------------------------------------------------------------
+
+    def _on_exception(self, d, job, exc: BaseException, info) -> str:
+        if isinstance(exc, JobReleased):
+            return self._release(d, job, exc.delay, "released")
+        if isinstance(exc, JobFailed):
+            return self._fail(d, job, exc, info)
+        if isinstance(exc, DB_OUTAGE):
+            raise exc
+        info["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        if self._no_attempts_left(job):
+            return self._fail(d, job, exc, info)
+        # Worker: release(calculateBackoff): counted (header = attempts())
+        self._republish(d, job.attempts, job.backoff_for_attempt(default=self.settings.backoff))
+        self.ch.basic_ack(d.tag)
+        return "retry"
+
+    def _no_attempts_left(self, job) -> bool:
+        max_tries = job.max_tries if job.max_tries is not None else self.settings.tries
+        if job.retry_until:
+            return job.retry_until <= time.time()
+        return max_tries > 0 and job.attempts >= max_tries
+
+    def _release(self, d, job, delay: float, outcome: str) -> str:
+        """Later, not counted: the header keeps the attempts this delivery came with."""
+        self._republish(d, job.attempts - 1, delay)
+        self.ch.basic_ack(d.tag)
+        return outcome
+
+    def _republish(self, d: Delivery, attempts: int, delay: float) -> None:
+        props: dict[str, Any] = {"content_type": "application/json", "delivery_mode": 2}
+        if d.correlation_id:
+            props["correlation_id"] = d.correlation_id
+        props["headers"] = {"laravel": {"attempts": int(attempts)}}
+        broker.publish_raw(self.ch, d.body, props, self.queue, delay)
+
+    def _fail(self, d: Delivery, job, exc: BaseException, info: dict) -> str:
+        """failed_jobs row (exact body) + dedup row gone, then reject without requeue."""
+        info.setdefault("error", f"{type(exc).__name__}: {exc}"[:500])
+        record_failure(self.engine, self.queue, d.body, exc, job)
+        self.ch.basic_reject(d.tag, requeue=False)
+        return "failed"
+
+    def _timed_out(self, d, job, lock: DatabaseLock, info) -> None:
+        """The handler thread is stuck: count the attempt, then exit (supervisor restarts us)."""
+        exc = TimeoutExceeded(f"{_name(job)} has timed out.")
+        info["error"] = str(exc)
+        try:
+            if self._no_attempts_left(job) or job.fail_on_timeout:
+                outcome = self._fail(d, job, exc, info)
+            else:
+                self._republish(d, job.attempts, 0)
+                self.ch.basic_ack(d.tag)
+                outcome = "timeout"
+            lock.release()
+        except Exception as err:  # noqa: BLE001 - unacked: the broker redelivers it
+            outcome = "timeout"
+            info["error"] += f" (and could not record it: {err})"
+        info.update({"outcome": outcome, "ms": None})
+        print(json.dumps(info, default=str), flush=True)
+        log.error("%s; exiting so the stuck job thread dies with the process", exc)
+        self._close()
+        sys.stderr.flush()
+        os._exit(EXIT_TIMEOUT)
+
+    def _pump_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._pump(min(left, 0.5))
+
+    def _handler(self, class_name: str) -> Handler | None:
+        if class_name not in self.handlers:
+            spec = self.settings.job_handlers.get(class_name)
+            self.handlers[class_name] = _load_handler(spec, self.queue) if spec else None
+        return self.handlers[class_name]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def _load_handler(spec: str, queue: str) -> Handler:
+    module_name, _, func_name = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return Handler(getattr(module, func_name or "handle"), getattr(module, "QUEUE", queue))
+
+
+def _attempts(headers) -> int:
+    from .laravel import attempts_from_headers
+    return attempts_from_headers(headers)
+
+
+def _name(job) -> str:
+    return job.display_name or job.class_name
+
+
+def _delete_dedup(conn: sa.Connection, job) -> None:
+    if job is None or not isinstance(job.data, (dict, list)):
+        return
+    try:
+        key = queue_key(job.class_name, job.data)
+    except Exception:  # noqa: BLE001 - data json_encode would reject: PHP never made a row for it
+        return
+    conn.execute(queues.delete().where(queues.c.queue_key == key))
+
+
+def exception_text(exc: BaseException) -> str:
+    """PHP's Throwable string: `Class: message in file:line`, `Stack trace:`, `#0 ...`, `#n {main}`."""
+    cls = getattr(exc, "php_class", None) or (
+        type(exc).__qualname__ if type(exc).__module__ == "builtins"
+        else f"{type(exc).__module__}.{type(exc).__qualname__}")
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else f"{__file__}:0"
+    lines = [f"{cls}: {exc} in {where}", "Stack trace:"]
+    for i, f in enumerate(reversed(frames)):
+        lines.append(f"#{i} {f.filename}({f.lineno}): {f.name}()")
+    lines.append(f"#{len(frames)} {{main}}")
+    return "\n".join(lines)
+
+
+def record_failure(engine: sa.Engine, queue: str, body: bytes, exc: BaseException, job=None) -> None:
+    """DatabaseUuidFailedJobProvider::log, plus deleting the job's dedup row, in one transaction."""
+    payload = body.decode("utf-8", "replace")
+    note = ""
+    if len(payload) > FAILED_PAYLOAD_MAX:
+        note = f"\n(payload truncated from {len(payload)} characters)"
+        payload = payload[:FAILED_PAYLOAD_MAX]
+    uuid = job.uuid if job is not None and isinstance(job.uuid, str) and job.uuid else None
+    if uuid is None:
+        try:
+            candidate = json.loads(body).get("uuid")
+            uuid = candidate if isinstance(candidate, str) and candidate else None
+        except Exception:  # noqa: BLE001 - garbage body
+            pass
+    ins = (failed_jobs.insert().prefix_with("IGNORE", dialect="mysql").prefix_with("OR IGNORE", dialect="sqlite")
+           .values(uuid=(uuid or str(uuidlib.uuid4()))[:255], connection="rabbitmq", queue=queue,
+                   payload=payload, exception=exception_text(exc) + note, failed_at=db.now()))
+    with engine.begin() as conn:
+        conn.execute(ins)     # IGNORE: a redelivery after a crash must not fail on the unique uuid
+        _delete_dedup(conn, job)
+
+
+def _sleep_unless(stop: Callable[[], bool], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not stop() and time.monotonic() < end:
+        time.sleep(min(0.2, end - time.monotonic()))
+
+
+class _Metrics:
+    """Optional Prometheus counters (jobs by outcome) and a duration histogram."""
+
+    def __init__(self, port: int | None, queue: str):
+        self.enabled = bool(port)
+        if not self.enabled:
+            return
+        from prometheus_client import Counter, Histogram, start_http_server
+        self.jobs = Counter("photo_jobs", "jobs handled", ["queue", "outcome"])
+        self.seconds = Histogram("photo_job_seconds", "job duration", ["queue"],
+                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 120, 300, 600))
+        self.queue = queue
+        start_http_server(port, addr="127.0.0.1")
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        if self.enabled:
+            self.jobs.labels(self.queue, outcome).inc()
+            self.seconds.labels(self.queue).observe(seconds)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def cmd_consume(args) -> int:
+    settings = get_settings()
+    if args.metrics_port is not None:
+        settings.metrics_port = args.metrics_port
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    return Consumer(settings, args.queue).run()
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("consume", help="consume one queue (like `php artisan queue:work rabbitmq --queue=NAME`)")
+    p.add_argument("--queue", required=True, help="queue name, e.g. thumbnails")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.set_defaults(func=cmd_consume)
