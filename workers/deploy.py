@@ -73,8 +73,13 @@ def numprocs_for(settings: Settings, queue: str, override: dict[str, int] | None
 def render(settings: Settings | None = None, *, prefix: str = "/var/www/photo", venv: str | None = None,
            user: str = "www-data", group: str = "web", app_dir: str | None = None,
            numprocs: dict[str, int] | None = None, environment: dict[str, str] | None = None,
-           env_file: str = "/etc/default/face-api", face_api: dict | None = None) -> dict[str, str]:
-    """File name -> content for the four supervisor programs and face-api.service."""
+           env_file: str = "/etc/default/face-api", face_api: dict | None = None,
+           setpriv: bool = True) -> dict[str, str]:
+    """File name -> content for the four supervisor programs and face-api.service.
+
+    setpriv=True (supervisord runs as root, as on the box): the worker runs as user:group via
+    setpriv. False: supervisor's own `user=` (group = that user's primary group); for a
+    supervisord that is not root and so can only run programs as itself."""
     settings = settings or get_settings()
     prefix = prefix.rstrip("/") or "/"
     venv = venv or f"{prefix}/face-api-venv"
@@ -92,7 +97,7 @@ def render(settings: Settings | None = None, *, prefix: str = "/var/www/photo", 
             queue=queue, timeout=settings.timeout_for(queue), margin=STOP_MARGIN,
             numprocs=numprocs_for(settings, queue, numprocs),
             command=f"{venv}/bin/python -m workers consume --queue {queue}",
-            app_dir=app_dir, environment=env, user=user, group=group,
+            app_dir=app_dir, environment=env, user=user, group=group, setpriv=setpriv,
             log_file=f"{log_dir}/supervisor-photo-{queue}.log")
     files["face-api.service"] = jinja.get_template("systemd/face-api.service.j2").render(
         user=user, group=group, app_dir=app_dir, gunicorn=f"{venv}/bin/gunicorn",
@@ -129,7 +134,8 @@ def cmd_render_config(args) -> int:
     try:
         files = render(prefix=args.prefix, venv=args.venv, user=args.user, group=args.group,
                        app_dir=args.app_dir, numprocs=_numprocs_arg(args.numprocs),
-                       environment=_pairs(args.env, "--env"), env_file=args.env_file)
+                       environment=_pairs(args.env, "--env"), env_file=args.env_file,
+                       setpriv=not args.no_setpriv)
     except ConfigError as exc:
         print(f"render-config: {exc}", file=sys.stderr)
         return 2
@@ -166,4 +172,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="extra environment variable for the workers and the face API (repeatable)")
     p.add_argument("--env-file", default="/etc/default/face-api",
                    help="optional EnvironmentFile of face-api.service")
+    p.add_argument("--no-setpriv", action="store_true",
+                   help="use supervisor's user= instead of setpriv (group = the user's primary group); "
+                        "for a supervisord not running as root")
     p.set_defaults(func=cmd_render_config)
