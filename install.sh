@@ -96,13 +96,20 @@ if [ "$APP_DIR" = "$SRC" ]; then
 else
   run mkdir -p "$APP_DIR"
   # Only this project's own paths: the app dir may be the Laravel root, whose files we never touch.
+  HAVE_RSYNC=0; command -v rsync >/dev/null && HAVE_RSYNC=1
   for d in workers face_api etc scripts sql; do
     [ -d "$SRC/$d" ] || continue
-    run rsync -rlt --delete --exclude __pycache__ --exclude '*.pyc' "$SRC/$d/" "$APP_DIR/$d/"
+    if [ "$HAVE_RSYNC" -eq 1 ]; then
+      run rsync -rlt --delete --exclude __pycache__ --exclude '*.pyc' "$SRC/$d/" "$APP_DIR/$d/"
+    else   # no rsync (--no-apt): replace the directory, keeping timestamps
+      run rm -rf "$APP_DIR/$d"
+      run cp -a "$SRC/$d" "$APP_DIR/$d"
+      run find "$APP_DIR/$d" -name __pycache__ -prune -exec rm -rf {} +
+    fi
   done
   for f in install.sh requirements.txt requirements-nodeps.txt Makefile; do
     [ -f "$SRC/$f" ] || continue
-    run rsync -lt "$SRC/$f" "$APP_DIR/$f"
+    run cp -p "$SRC/$f" "$APP_DIR/$f"
   done
 fi
 
