@@ -184,8 +184,9 @@ def open_source(path: Path, max_pixels: int) -> Source:
 
 
 def decode(src: Source, draft: tuple[int, int] | None) -> Image.Image:
-    """Decode the first frame (DCT-scaled to >= `draft` for JPEG), upright, in a mode Pillow
-    resamples well (RGB, RGBA, L, LA or CMYK)."""
+    """Decode the first frame (DCT-scaled to >= `draft` for JPEG), still in the stored
+    orientation (render() transposes the small result), in a mode Pillow resamples well
+    (RGB, RGBA, L, LA or CMYK)."""
     im = src.image
     try:
         with warnings.catch_warnings():
@@ -194,15 +195,27 @@ def decode(src: Source, draft: tuple[int, int] | None) -> Image.Image:
                 im.draft(im.mode, draft)
             im.seek(0)
             im.load()
-        if src.orientation != 1:
-            im = im.transpose(TRANSPOSE[src.orientation])
         return _resampleable(im)
     except MemoryError as exc:
         raise ImageError("image too large to decode") from exc
-    except ImageError:
-        raise
     except Exception as exc:
         raise ImageError(f"cannot decode image: {_one_line(exc)}") from exc
+
+
+def stored_box(box: tuple[float, float, float, float], upright: tuple[int, int], orientation: int
+               ) -> tuple[float, float, float, float]:
+    """A box in upright coordinates -> the same pixels in the stored (un-transposed) image, so we
+    can resample first and rotate the small result instead of the whole photo."""
+    x0, y0, x1, y1 = box
+    w, h = upright
+    return {1: (x0, y0, x1, y1),
+            2: (w - x1, y0, w - x0, y1),                # mirrored
+            3: (w - x1, h - y1, w - x0, h - y0),        # rotated 180
+            4: (x0, h - y1, x1, h - y0),                # flipped
+            5: (y0, x0, y1, x1),                        # transposed
+            6: (y0, w - x1, y1, w - x0),                # stored rotated 90 CCW
+            7: (h - y1, w - x1, h - y0, w - x0),        # transversed
+            8: (h - y1, x0, h - y0, x1)}[orientation]   # stored rotated 90 CW
 
 
 def _resampleable(im: Image.Image) -> Image.Image:
@@ -221,11 +234,18 @@ def _resampleable(im: Image.Image) -> Image.Image:
 # --- rendering and encoding ---------------------------------------------------------------------
 
 def render(src: Source, decoded: Image.Image, p: Plan) -> Image.Image:
-    """Apply a plan to a decoded (possibly DCT-reduced) image -> RGB or RGBA in sRGB."""
-    sx, sy = decoded.width / src.width, decoded.height / src.height
+    """Apply a plan to a decoded (possibly DCT-reduced, stored-orientation) image -> upright
+    RGB or RGBA in sRGB."""
     x, y, cw, ch = p.crop
-    box = (x * sx, y * sy, (x + cw) * sx, (y + ch) * sy)
-    out = decoded.resize(p.scaled, Image.Resampling.LANCZOS, box=box, reducing_gap=DRAFT_GAP)
+    box = stored_box((x, y, x + cw, y + ch), (src.width, src.height), src.orientation)
+    swap = src.orientation in SWAPS_AXES
+    sx = decoded.width / (src.height if swap else src.width)
+    sy = decoded.height / (src.width if swap else src.height)
+    box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    size = p.scaled[::-1] if swap else p.scaled
+    out = decoded.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=DRAFT_GAP)
+    if src.orientation != 1:
+        out = out.transpose(TRANSPOSE[src.orientation])
     out = to_srgb(out, src.icc)
     if p.canvas != p.scaled:
         canvas = Image.new(out.mode, p.canvas, WHITE + (255,) * (out.mode == "RGBA"))
