@@ -62,17 +62,18 @@ def delay_queue_name(queue: str, ttl_ms: int) -> str:
 
 
 def declare_delay_queue(channel: BlockingChannel, queue: str, ttl_ms: int) -> str:
-    """`laterRaw`'s delay queue: dead-letters back to `queue` after `ttl_ms`, expires when unused."""
+    """`laterRaw`'s delay queue: dead-letters back to `queue` after `ttl_ms`, expires when unused.
+
+    Declared before every publish, not once per process like the driver: the declare counts as
+    "use", so the queue cannot expire (x-expires = 2*ttl) between our declare and our publish and
+    take the message with it."""
     name = delay_queue_name(queue, ttl_ms)
-    seen = _seen(channel)
-    if name not in seen:
-        channel.queue_declare(name, durable=True, exclusive=False, auto_delete=False, arguments={
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": queue,
-            "x-message-ttl": ttl_ms,
-            "x-expires": ttl_ms * 2,
-        })
-        seen.add(name)
+    channel.queue_declare(name, durable=True, exclusive=False, auto_delete=False, arguments={
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        "x-message-ttl": ttl_ms,
+        "x-expires": ttl_ms * 2,
+    })
     return name
 
 

@@ -136,7 +136,7 @@ class Consumer:
     def _loop(self) -> None:
         while not self.stopping:
             if not self.inbox:
-                self.conn.process_data_events(time_limit=1)
+                self.conn.process_data_events(time_limit=0.5)
                 continue
             self._process(self.inbox.pop(0))
             if self.broken:
@@ -448,7 +448,7 @@ def cmd_consume(args) -> int:
     settings = get_settings()
     if args.metrics_port is not None:
         settings.metrics_port = args.metrics_port
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.ERROR)   # we log connection trouble ourselves
     return Consumer(settings, args.queue).run()
 
 

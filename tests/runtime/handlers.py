@@ -26,7 +26,7 @@ rt_calls = sa.Table("rt_calls", meta,
                     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
                     sa.Column("image_id", sa.Integer, nullable=False),
                     sa.Column("attempt", sa.Integer, nullable=False),
-                    sa.Column("at", sa.Float, nullable=False))
+                    sa.Column("at", sa.Float(precision=53), nullable=False))
 rt_done = sa.Table("rt_done", meta,
                    sa.Column("image_id", sa.Integer, primary_key=True, autoincrement=False),
                    sa.Column("attempt", sa.Integer, nullable=False))
