@@ -10,24 +10,28 @@ float64 as ||r - q||, the way face_recognition.face_distance does. dlib descript
 values, so float32 storage holds them exactly; the stored distance and the threshold test are
 float64 on those values.
 
-Refresh (`RootIndex.refresh(conn)`, run by every job before matching) costs one aggregate query,
-`COUNT(*), MAX(id), SUM(id), MAX(updated_at)` over the roots, compared with the token of the
-last refresh:
-  * unchanged -> nothing to do;
-  * changed   -> fetch only roots with `updated_at >= last MAX(updated_at)` or `id > last MAX(id)`
-                 and upsert them; if our set's count or id sum then disagrees with the database
-                 (a root was rejected, demoted or deleted) -> full reload.
-Staleness guarantee: a job matches against every root committed before its refresh query,
-provided the change that made or unmade the root either set `updated_at` (Eloquent does on every
-update) or changed the set of root ids (which COUNT/SUM(id) detect). Not detected: a raw-SQL
-change that leaves the id set, count and timestamps as they were (e.g. rewriting a root's
-encoding without touching updated_at); `faces rematch` or a process restart picks those up.
+Refresh (`RootIndex.refresh(conn)`, run by every job before matching):
+  * token: `COUNT(*), SUM(id), MAX(id)` of the roots - answered from the (parent_id, status)
+    index without reading rows (rows are ~2.6 KB of JSON each). Same token -> nothing to do.
+  * sweep, when the token changed or every SWEEP_SECONDS (60 s): fetch the roots with
+    `updated_at >= newest updated_at seen` or `id > newest id held` and upsert them; if our set's
+    count/sum/max then disagrees with the token (a root was rejected, demoted or deleted), reload
+    everything. A sweep reads the root rows (no index on updated_at), hence not on every job.
+Staleness guarantee: a job matches against every root committed before its refresh query when
+the change altered the root set's count, id sum or max id - i.e. any single approval, rejection,
+demotion or deletion. Changes that cancel out in all three (e.g. root 10 and 30 rejected while
+15 and 25 were approved, between two jobs of this process) are picked up by the periodic sweep,
+within SWEEP_SECONDS, provided the approvals set `updated_at` (Eloquent does). A raw-SQL rewrite
+of a root's encoding that leaves updated_at as it was is only seen after a restart.
+`faces rematch` forces a sweep first.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,20 +44,70 @@ ROOT = sa.and_(faces.c.parent_id.is_(None), faces.c.status == "ok")
 # Margin on approximate squared distances: float32 dot products of ~1.4-norm vectors are off by
 # ~1e-6; anything within 1e-3 of the best (or of the threshold) is rechecked exactly.
 MARGIN = 1e-3
+SWEEP_SECONDS = 60.0     # also sweep for changed roots this often, even if the token held
 CHUNK = 16384           # rows per BLAS call: small calls stay single-threaded and in cache
 
 
 def parse_encoding(value) -> np.ndarray | None:
     """A stored encoding (JSON list, or a JSON string of one) as 128 float64, or None if unusable."""
     try:
-        if isinstance(value, (bytes, str)):
-            value = json.loads(value)
+        for _ in range(2):                 # a JSON string of the list (double-encoded) too
+            if isinstance(value, (bytes, str)):
+                value = json.loads(value)
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         return None
     if arr.shape != (DIM,) or not np.isfinite(arr).all():
         return None
     return arr
+
+
+# The encoding column as raw text: parsed in bulk below rather than row by row by the JSON type.
+_ENCODING_TEXT = sa.type_coerce(faces.c.encoding, sa.Text).label("encoding")
+
+
+def parse_rows(rows) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(ids, float64 matrix, ids of unusable encodings) from (id, encoding) rows.
+
+    Well-formed JSON arrays of 128 numbers are parsed in one np.fromstring call (C strtod, the
+    same correctly rounded doubles as json.loads); anything else goes through parse_encoding."""
+    fast_ids, texts, slow = [], [], []
+    for face_id, value in rows:
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str):
+            v = value.strip()
+            if v[:1] == "[" and v[-1:] == "]" and v.count(",") == DIM - 1 and "[" not in v[1:]:
+                fast_ids.append(int(face_id))
+                texts.append(v[1:-1])
+                continue
+        slow.append((int(face_id), value))
+    mat = np.empty((0, DIM))
+    if texts:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")      # a malformed number would end the parse early
+            try:
+                flat = np.fromstring(",".join(texts), sep=",")
+            except (ValueError, DeprecationWarning):
+                flat = None
+        if flat is not None and flat.size == DIM * len(texts):
+            mat = flat.reshape(-1, DIM)
+            ok = np.isfinite(mat).all(axis=1)
+            slow += [(i, t) for i, t, good in zip(fast_ids, texts, ok) if not good]
+            fast_ids = [i for i, good in zip(fast_ids, ok) if good]
+            mat = mat[ok]
+        else:
+            slow += [(i, "[" + t + "]") for i, t in zip(fast_ids, texts)]
+            fast_ids = []
+    ids, vecs, bad = list(fast_ids), [mat], []
+    for face_id, value in slow:
+        vec = parse_encoding(value)
+        if vec is None:
+            bad.append(face_id)
+        else:
+            ids.append(face_id)
+            vecs.append(vec[None, :])
+    return np.array(ids, dtype=np.int64), np.concatenate(vecs) if ids else np.empty((0, DIM)), bad
 
 
 @dataclass(frozen=True)
@@ -77,9 +131,9 @@ class RootIndex:
         self._n = 0
         self._row: dict[int, int] = {}                  # face id -> row
         self._invalid: set[int] = set()                 # roots whose encoding is unusable
-        self._token = None
-        self._since = None                              # MAX(updated_at) at the last refresh
-        self._max_id = 0
+        self._token = None                              # (COUNT, SUM(id), MAX(id)) of the roots
+        self._since = None                              # newest updated_at seen
+        self._swept = 0.0                               # monotonic time of the last sweep
 
     def __len__(self) -> int:
         return self._n
@@ -90,84 +144,99 @@ class RootIndex:
 
     # ------------------------------------------------------------------ refresh
 
-    def refresh(self, conn: sa.Connection) -> str:
+    def refresh(self, conn: sa.Connection, force_sweep: bool = False) -> str:
         """Bring the matrix up to date; returns "unchanged", "incremental" or "full"."""
         with self._lock:
-            row = conn.execute(sa.select(sa.func.count(), sa.func.max(faces.c.id),
-                                         sa.func.sum(faces.c.id), sa.func.max(faces.c.updated_at))
-                               .where(ROOT)).one()
-            token = (int(row[0]), int(row[1] or 0), int(row[2] or 0), row[3])
-            if token == self._token:
-                kind = "unchanged"
-            elif self._token is None:
+            token = self._db_token(conn)
+            fresh = time.monotonic() - self._swept < SWEEP_SECONDS and not force_sweep
+            if self._token is None:
                 kind = self._full(conn)
+            elif token == self._token and fresh:
+                kind = "unchanged"
             else:
-                changed = faces.c.id > self._max_id
-                if self._since is not None:
-                    changed = sa.or_(changed, faces.c.updated_at >= self._since)
-                rows = conn.execute(sa.select(faces.c.id, faces.c.encoding)
-                                    .where(ROOT, changed)).all()
-                self._upsert([(r.id, r.encoding) for r in rows])
-                self._token, self._since, self._max_id = token, token[3], token[1]
-                kind = "incremental"
-                if self._count_and_sum() != (token[0], token[2]):
-                    kind = self._full(conn)     # a root left the set: rebuild
+                kind = self._sweep(conn, token)
             self.reloads[kind] += 1
             return kind
 
+    @staticmethod
+    def _db_token(conn: sa.Connection) -> tuple[int, int, int]:
+        # COUNT/SUM/MAX over ids only: answered from faces_parent_status_index, no row reads
+        row = conn.execute(sa.select(sa.func.count(), sa.func.sum(faces.c.id), sa.func.max(faces.c.id))
+                           .where(ROOT)).one()
+        return int(row[0]), int(row[1] or 0), int(row[2] or 0)
+
+    def _sweep(self, conn: sa.Connection, token) -> str:
+        """Upsert roots stamped since the last sweep or newer than our newest id; rebuild if the
+        set still disagrees with the database (a root was rejected, demoted or deleted)."""
+        max_id = int(self._ids[:self._n].max(initial=0))
+        max_id = max([max_id, *self._invalid])
+        changed = faces.c.id > max_id
+        if self._since is not None:
+            changed = sa.or_(changed, faces.c.updated_at >= self._since)
+        # ids first: rows stamped exactly `since` that we already hold need no encoding
+        # (several roots can share the last second; `>=` keeps same-second ones visible)
+        stamps = conn.execute(sa.select(faces.c.id, faces.c.updated_at).where(ROOT, changed)).all()
+        need = [r.id for r in stamps
+                if r.id not in self._row or r.updated_at is None or r.updated_at != self._since]
+        for start in range(0, len(need), 1000):
+            self._upsert(conn.execute(sa.select(faces.c.id, _ENCODING_TEXT)
+                                      .where(ROOT, faces.c.id.in_(need[start:start + 1000]))).all())
+        newest = [r.updated_at for r in stamps if r.updated_at is not None]
+        if newest:
+            self._since = max(newest + ([self._since] if self._since else []))
+        self._token, self._swept = token, time.monotonic()
+        if self._count_sum_max() != token:
+            return self._full(conn)
+        return "incremental"
+
     def _full(self, conn: sa.Connection) -> str:
-        rows = conn.execute(sa.select(faces.c.id, faces.c.encoding, faces.c.updated_at)
-                            .where(ROOT).order_by(faces.c.id)).all()
         self._clear()
+        self._swept = time.monotonic()
+        self._token = self._db_token(conn)   # may lag the rows read below; the next sweep fixes
+        rows = conn.execute(sa.select(faces.c.id, _ENCODING_TEXT, faces.c.updated_at)
+                            .where(ROOT).order_by(faces.c.id)).all()
+        self._since = max((r.updated_at for r in rows if r.updated_at is not None), default=None)
         self._upsert([(r.id, r.encoding) for r in rows])
-        stamps = [r.updated_at for r in rows if r.updated_at is not None]
-        count, id_sum = self._count_and_sum()
-        self._since = max(stamps) if stamps else None
-        self._max_id = max((r.id for r in rows), default=0)
-        self._token = (count, self._max_id, id_sum, self._since)
         return "full"
 
-    def _count_and_sum(self) -> tuple[int, int]:
-        return (self._n + len(self._invalid),
-                int(self._ids[:self._n].sum()) + sum(self._invalid))
+    def _count_sum_max(self) -> tuple[int, int, int]:
+        ids = self._ids[:self._n]
+        return (self._n + len(self._invalid), int(ids.sum()) + sum(self._invalid),
+                max([int(ids.max(initial=0)), *self._invalid]))
 
     def _upsert(self, rows) -> None:
-        new_ids, new_vecs = [], []
-        for face_id, value in rows:
-            face_id = int(face_id)
-            vec = parse_encoding(value)
-            if vec is None:
-                self._invalid.add(face_id)
-                continue
-            self._invalid.discard(face_id)
-            at = self._row.get(face_id)
-            if at is not None:
-                self._set_row(at, face_id, vec)
-            else:
-                new_ids.append(face_id)
-                new_vecs.append(vec)
-        if not new_ids:
+        """rows: (face id, encoding as stored: JSON text, list or None)."""
+        ids, mat, bad = parse_rows(rows)
+        # A held root whose encoding became unusable ends up in both sets: the count check of
+        # the sweep then disagrees and a full reload drops it.
+        self._invalid.update(bad)
+        self._invalid.difference_update(ids.tolist())
+        known = np.array([i in self._row for i in ids.tolist()], dtype=bool)
+        for face_id, vec in zip(ids[known].tolist(), mat[known]):
+            self._set_rows(self._row[face_id], np.array([face_id]), vec[None, :])
+        ids, mat = ids[~known], mat[~known]
+        if not len(ids):
             return
-        need = self._n + len(new_ids)
+        need = self._n + len(ids)
         if need > len(self._m):           # grow by doubling so appends are amortised O(1)
             cap = max(need, 2 * len(self._m), 1024)
             m = np.zeros((cap, DIM), np.float32)
             m[:self._n] = self._m[:self._n]
-            ids = np.zeros(cap, np.int64)
-            ids[:self._n] = self._ids[:self._n]
+            grown_ids = np.zeros(cap, np.int64)
+            grown_ids[:self._n] = self._ids[:self._n]
             sq = np.zeros(cap, np.float32)
             sq[:self._n] = self._sq[:self._n]
-            self._m, self._ids, self._sq = m, ids, sq
-        for face_id, vec in zip(new_ids, new_vecs):
-            self._row[face_id] = self._n
-            self._set_row(self._n, face_id, vec)
-            self._n += 1
+            self._m, self._ids, self._sq = m, grown_ids, sq
+        self._row.update(zip(ids.tolist(), range(self._n, need)))
+        self._set_rows(self._n, ids, mat)
+        self._n = need
 
-    def _set_row(self, at: int, face_id: int, vec: np.ndarray) -> None:
-        self._m[at] = vec
-        self._ids[at] = face_id
-        exact = self._m[at].astype(np.float64)
-        self._sq[at] = exact @ exact
+    def _set_rows(self, at: int, ids: np.ndarray, mat: np.ndarray) -> None:
+        block = self._m[at:at + len(ids)]
+        block[:] = mat
+        self._ids[at:at + len(ids)] = ids
+        exact = block.astype(np.float64)
+        self._sq[at:at + len(ids)] = np.einsum("ij,ij->i", exact, exact)
 
     # ------------------------------------------------------------------ matching
 

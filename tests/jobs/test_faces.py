@@ -409,3 +409,35 @@ def test_incremental_refresh_sees_approved_and_rejected_roots(dbconn):
         conn.execute(faces.delete().where(faces.c.id == bad))
         assert index.refresh(conn) == "full"
     assert len(index) == 1
+
+
+def test_changes_that_cancel_out_are_seen_by_the_sweep(dbconn):
+    engine, image_id = dbconn
+    index = RootIndex()
+    with engine.begin() as conn:
+        a, b, c, d = (insert_face(conn, image_id, unit(i, 0.25), status=s)
+                      for i, s in enumerate(["ok", "unknown", "unknown", "ok"]))
+        top = insert_face(conn, image_id, unit(9, 0.25))
+        assert index.refresh(conn) == "full"
+        # same count, same id sum, same max id: the token cannot tell
+        for face_id, status in ((a, "not_face"), (d, "not_face"), (b, "ok"), (c, "ok")):
+            conn.execute(faces.update().where(faces.c.id == face_id).values(status=status, updated_at=db.now()))
+        assert index.refresh(conn) == "unchanged"
+        assert index.refresh(conn, force_sweep=True) == "full"      # what the 60 s sweep does
+    assert sorted(index.ids) == [b, c, top]
+
+
+def test_parse_rows_bulk_and_fallbacks():
+    from workers.matching import parse_rows
+    good = np.random.default_rng(3).normal(0, 0.12, (3, 128))
+    rows = [(1, json.dumps(good[0].tolist())), (2, good[1].tolist()),
+            (3, json.dumps(json.dumps(good[2].tolist()))),           # double-encoded string
+            (4, None), (5, "[1, 2]"), (6, "[" + ",".join(["NaN"] * 128) + "]"),
+            (7, "[" + ",".join(["x"] * 128) + "]"), (8, b"[" + b",".join([b"0.5"] * 128) + b"]")]
+    ids, mat, bad = parse_rows(rows)
+    assert sorted(bad) == [4, 5, 6, 7]
+    got = dict(zip(ids.tolist(), mat))
+    assert sorted(got) == [1, 2, 3, 8]
+    for i in range(3):
+        assert np.array_equal(got[i + 1], good[i])      # bit-exact, like json.loads
+    assert np.all(got[8] == 0.5)

@@ -239,6 +239,8 @@ def rematch(engine: sa.Engine, threshold: float, batch: int = 1000) -> int:
     """Give a parent to `unknown` faces that have none; returns how many got one."""
     index = index_for(engine)
     last_id, grouped = 0, 0
+    with engine.connect() as conn:
+        index.refresh(conn, force_sweep=True)
     while True:
         with engine.begin() as conn:
             index.refresh(conn)
