@@ -1,24 +1,29 @@
 """A rate limiter shared by every process on every box: its state is one row of `rate_limits`.
 
     limiter = RateLimiter(engine, "nominatim", interval=1.0)
-    limiter.acquire()          # sleeps until this process owns the next slot, or raises Paused
-    ... one request ...
-    limiter.success()          # or limiter.pause(retry_after) on 403/429
+    with limiter.acquire(max_wait=20):     # waits for the slot; Paused / TooLong otherwise
+        ... one request ...
+    limiter.success()                      # or limiter.pause(retry_after) on 403/429
 
-Slots: in a short transaction the row is locked (MySQL `SELECT ... FOR UPDATE`; SQLite: a first
-write takes the database's single write lock), the slot is max(now, next_at), next_at becomes
-slot + interval, commit; then the caller sleeps until its slot. Two reservations can therefore
-never be closer than `interval`, however many processes compete.
+One request at a time, and the next one starts at least `interval` after the previous one
+*ended*: taking the slot sets next_at to a lease (now + lease, in case the holder dies), giving it
+back sets next_at = now + interval. Since a request has surely reached the server before its
+answer came back, the server never sees two requests closer than `interval`, whatever the
+processes' scheduling latency (spacing slots by their *start* was ~30-100 ms off at the server on
+a loaded box). Nominatim's policy also asks for a single thread: this is one, installation-wide.
+Throughput is 1 / (interval + response time).
+
+Each step is a short transaction: lock the row (MySQL `SELECT ... FOR UPDATE`; SQLite: a first
+write takes the database's single write lock), read the time, update, commit. No lock is held
+during the HTTP request itself.
 
 Clock: every comparison uses the *database's* clock (MySQL `NOW(6)`, read after the row lock is
-held - NOW() is fixed when a statement starts, so it must not be read by the locking statement
-itself). Only the remaining wait (slot - db_now) is turned into a local `time.monotonic()` sleep,
-so boxes whose clocks disagree still share one schedule. SQLite is a single-box database, so
-there `time.time()` is the database clock.
+held - NOW() is fixed when a statement starts, so the locking statement itself cannot read it).
+Only a wait (next_at - db_now) becomes a local sleep, so boxes whose clocks disagree still share
+one schedule. SQLite is a single-box database: there `time.time()` is the database clock.
 
 Pauses: `pause()` (403/429) sets paused_until for everyone, longer on each strike in a row;
-`acquire()` raises `Paused(remaining)` while it lasts - also after sleeping, so processes that
-reserved a slot before the pause do not send. `success()` clears the strikes."""
+taking the slot raises `Paused(remaining)` while it lasts. `success()` clears the strikes."""
 from __future__ import annotations
 
 import time
@@ -78,37 +83,37 @@ class RateLimiter:
 
     # --- public ---------------------------------------------------------------------------------
 
-    def reserve(self, max_wait: float | None = None) -> float:
-        """Reserve the next slot; returns when it starts, on the local `time.monotonic()` clock.
-
-        Raises Paused while paused, TooLong (nothing reserved) if the slot is beyond max_wait."""
+    def try_acquire(self, lease: float = 60.0) -> "Slot | float":
+        """Take the slot if it is free now (a Slot: send at once, then release it), else the
+        seconds until it frees (nothing taken). Raises Paused while paused."""
         self._ensure_row()
         with self.engine.begin() as conn:
             row = self._locked(conn)
             now = db_time(conn)
-            local = time.monotonic()        # the same instant locally, give or take a round trip
             if row.paused_until > now:
                 raise Paused(row.paused_until - now)
-            slot = max(now, row.next_at)
-            if max_wait is not None and slot - now > max_wait:
-                raise TooLong(slot - now, "no free slot soon")
-            conn.execute(t.update().where(t.c.name == self.name).values(next_at=slot + self.interval))
-        return local + (slot - now)
+            if row.next_at > now:
+                return row.next_at - now
+            token = now + lease
+            conn.execute(t.update().where(t.c.name == self.name).values(next_at=token))
+        return Slot(self, token)
 
-    def acquire(self, max_wait: float | None = None) -> None:
-        """Wait for our own slot; raise Paused if a pause began meanwhile."""
-        remaining = self.reserve(max_wait) - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
-            self.check()
+    def acquire(self, max_wait: float | None = None, lease: float = 60.0) -> "Slot":
+        """Wait for the slot; TooLong if that would take over max_wait seconds."""
+        start = time.monotonic()
+        while not isinstance(got := self.try_acquire(lease), Slot):
+            if max_wait is not None and time.monotonic() - start + got > max_wait:
+                raise TooLong(got, "no free slot soon")
+            time.sleep(got)
+        return got
 
-    def check(self) -> None:
-        """Raise Paused if the limiter is paused now."""
-        with self.engine.connect() as conn:
-            paused_until = conn.execute(sa.select(t.c.paused_until).where(t.c.name == self.name)).scalar()
-            now = db_time(conn)
-        if paused_until is not None and paused_until > now:
-            raise Paused(paused_until - now)
+    def _release(self, token: float) -> None:
+        with self.engine.begin() as conn:
+            row = self._locked(conn)
+            nxt = db_time(conn) + self.interval
+            if row.next_at != token:          # our lease expired and someone else holds it now,
+                nxt = max(nxt, row.next_at)   # or a pause pushed it: never shorten theirs
+            conn.execute(t.update().where(t.c.name == self.name).values(next_at=nxt))
 
     def pause(self, retry_after: float | None = None) -> float:
         """Record a 403/429: pause everyone. Returns the pause length in seconds.
@@ -140,3 +145,21 @@ class RateLimiter:
             row = conn.execute(sa.select(t).where(t.c.name == self.name)).first()
             now = db_time(conn)
         return {"now": now, **(row._asdict() if row else {})}
+
+
+class Slot:
+    """The right to send one request now; `release()` (or leaving the `with`) when it is over."""
+
+    def __init__(self, limiter: RateLimiter, token: float):
+        self.limiter, self.token, self.released = limiter, token, False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.limiter._release(self.token)
+
+    def __enter__(self) -> "Slot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -82,33 +82,36 @@ def locate(ctx: Context, lat, lon) -> dict:
 def _ask_nominatim(ctx: Context, lat: float, lon: float, key: str) -> dict:
     s = ctx.settings
     limiter, client = _limiter(ctx), _client(s)
+    lease = 3 * option(s, "nominatim_timeout") + s.nominatim_interval   # if we die mid-request
     attempts = max(1, int(option(s, "nominatim_retries")))
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:
-            limiter.acquire(max_wait=option(s, "nominatim_max_wait"))
+            slot = limiter.acquire(max_wait=option(s, "nominatim_max_wait"), lease=lease)
         except TooLong as busy:
-            raise JobReleased(math.ceil(busy.remaining), f"Nominatim busy: {busy}") from None
+            raise JobReleased(math.ceil(busy.remaining), "Nominatim busy: no free slot soon") from None
         except Paused as paused:
             return _paused(ctx, lat, lon, paused.remaining, str(paused))
-        hit = cache_get(ctx.engine, key)        # another process may have asked meanwhile
-        if hit is not None:
-            return columns(hit.place, hit.source)
-        try:
-            place = client.reverse(lat, lon)
-        except NominatimBlocked as blocked:
-            pause = limiter.pause(blocked.retry_after)
-            ctx.log.warning("%s: Nominatim paused for %.0fs for the whole installation", blocked, pause)
-            return _paused(ctx, lat, lon, pause, str(blocked))
-        except NominatimError as exc:
-            last = exc
-            ctx.log.warning("Nominatim attempt %d/%d failed: %s", attempt, attempts, exc)
-            if attempt < attempts:
-                time.sleep(2 ** (attempt - 1))
-            continue
-        limiter.success()
-        cache_put(ctx.engine, key, place, "nominatim")
-        return columns(place, "nominatim")
+        with slot:                                  # released (next slot in 1 s) on any exit
+            hit = cache_get(ctx.engine, key)        # another process may have asked meanwhile
+            if hit is not None:
+                return columns(hit.place, hit.source)
+            try:
+                place = client.reverse(lat, lon)
+            except NominatimBlocked as blocked:
+                pause = limiter.pause(blocked.retry_after)
+                ctx.log.warning("%s: Nominatim paused for %.0fs for the whole installation",
+                                blocked, pause)
+                return _paused(ctx, lat, lon, pause, str(blocked))
+            except NominatimError as exc:
+                last = exc
+                ctx.log.warning("Nominatim attempt %d/%d failed: %s", attempt, attempts, exc)
+            else:
+                limiter.success()
+                cache_put(ctx.engine, key, place, "nominatim")
+                return columns(place, "nominatim")
+        if attempt < attempts:
+            time.sleep(2 ** (attempt - 1))
     if option(s, "geocode_fallback") == "offline":
         ctx.log.warning("Nominatim unavailable after %d attempts; answering offline", attempts)
         return _offline_answer(ctx, lat, lon)
@@ -139,8 +142,7 @@ def _client(s) -> Nominatim:
 
 def _limiter(ctx: Context) -> RateLimiter:
     s = ctx.settings
-    key = (id(ctx.engine), s.nominatim_interval, option(s, "nominatim_pause"),
-           option(s, "nominatim_pause_max"))
+    key = (id(ctx.engine), s.nominatim_interval, option(s, "nominatim_pause"), option(s, "nominatim_pause_max"))
     if key not in _limiters:
         _limiters[key] = RateLimiter(ctx.engine, LIMITER, interval=s.nominatim_interval,
                                      pause_base=key[2], pause_max=key[3])
