@@ -8,7 +8,7 @@ sizes, crops and padding match Intervention exactly while pixel values cannot (I
 ScaleImage).
 
 Decoding (`open_source` + `decode`): header checks first (pixel budget), JPEG DCT scaling via
-`Image.draft` when it keeps >= DRAFT_GAP source pixels per output pixel, EXIF orientation
+`Image.draft` where it keeps the quality (see DRAFT_GAP), EXIF orientation
 applied once (never for HEIF: libheif already applied irot/imir and pillow-heif reset the EXIF
 tag), first frame of animations. Every decoder failure becomes ImageError.
 """
@@ -38,10 +38,17 @@ TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}
 SWAPS_AXES = {5, 6, 7, 8}
-# Decode JPEGs with DCT scaling only down to >= 2 source pixels per output pixel per axis: the
-# final LANCZOS pass then still averages real pixels, so the result is visually the same as a
-# full decode (Pillow's own thumbnail() uses this gap; the bench prints the pixel difference).
+# JPEG DCT scaling (Image.draft): libjpeg's 1/2 IDCT keeps each block's 4x4 lowest frequencies,
+# itself a proper low-pass, so 1/2 is used whenever the decoded crop stays >= the output size.
+# 1/4 and 1/8 keep only 2x2 / 1x1 coefficients (block averages, which alias), so they are used only
+# while the decoded crop keeps >= DRAFT_GAP pixels per output pixel for the final LANCZOS pass.
+# Measured on 8-12 MP photos (bench/thumbnails.py prints it): 0.25-0.4 grey levels mean difference
+# from a full decode, against ~3.5 levels that JPEG q75 itself moves pixels; 1/8 at gap 1 gave
+# up to 2 levels (soft, aliased foliage), so it is not used.
 DRAFT_GAP = 2.0
+# LANCZOS `reducing_gap`: for non-JPEG sources (PNG, HEIC...) first box-reduce by an integer
+# factor while >= 2 source pixels per output pixel remain (Pillow's thumbnail() default).
+RESAMPLE_GAP = 2.0
 WHITE = (255, 255, 255)
 
 
@@ -119,12 +126,16 @@ def plan(method: str, W: int, H: int, w: int | None, h: int | None) -> Plan:
     raise ValueError(f"unsupported method {method!r}")
 
 
-def draft_request(p: Plan, stored: tuple[int, int], gap: float = DRAFT_GAP) -> tuple[int, int] | None:
-    """The size to pass to Image.draft (stored orientation) so the decoded crop keeps >= `gap`
-    pixels per output pixel on both axes (the factor is a ratio, so the orientation does not
-    matter); None when no reduction is possible."""
-    f = gap * max(p.scaled[0] / p.crop[2], p.scaled[1] / p.crop[3])
-    if f >= 0.5:                                # JPEG can only reduce by 2, 4 or 8
+def draft_request(p: Plan, stored: tuple[int, int]) -> tuple[int, int] | None:
+    """The size to pass to Image.draft (stored orientation; Pillow then picks the largest
+    reduction 1/n whose result is at least that big), or None for a full decode. The factor is
+    a ratio, so the orientation does not matter."""
+    f = max(p.scaled[0] / p.crop[2], p.scaled[1] / p.crop[3])    # output px per source px
+    if f * DRAFT_GAP <= 0.25:
+        f *= DRAFT_GAP                                           # 1/4 or 1/8 with the margin
+    elif f <= 0.5:
+        f = 0.5                                                  # 1/2: crop >= output
+    else:
         return None
     return math.ceil(stored[0] * f), math.ceil(stored[1] * f)
 
@@ -239,11 +250,13 @@ def render(src: Source, decoded: Image.Image, p: Plan) -> Image.Image:
     x, y, cw, ch = p.crop
     box = stored_box((x, y, x + cw, y + ch), (src.width, src.height), src.orientation)
     swap = src.orientation in SWAPS_AXES
-    sx = decoded.width / (src.height if swap else src.width)
-    sy = decoded.height / (src.width if swap else src.height)
-    box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    # DCT scaling by 1/n yields ceil(size/n) pixels, pixel i covering source [i*n, (i+1)*n):
+    # map by the exact 1/n, not by the rounded-up size ratio (that drifts by up to a pixel).
+    stored_w = src.height if swap else src.width
+    f = 1 / round(stored_w / decoded.width) if decoded.width != stored_w else 1
+    box = (box[0] * f, box[1] * f, box[2] * f, box[3] * f)
     size = p.scaled[::-1] if swap else p.scaled
-    out = decoded.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=DRAFT_GAP)
+    out = decoded.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=RESAMPLE_GAP)
     if src.orientation != 1:
         out = out.transpose(TRANSPOSE[src.orientation])
     out = to_srgb(out, src.icc)
