@@ -10,20 +10,17 @@ float64 as ||r - q||, the way face_recognition.face_distance does. dlib descript
 values, so float32 storage holds them exactly; the stored distance and the threshold test are
 float64 on those values.
 
-Refresh (`RootIndex.refresh(conn)`, run by every job before matching):
-  * token: `COUNT(*), SUM(id), MAX(id)` of the roots - answered from the (parent_id, status)
-    index without reading rows (rows are ~2.6 KB of JSON each). Same token -> nothing to do.
-  * sweep, when the token changed or every SWEEP_SECONDS (60 s): fetch the roots with
-    `updated_at >= newest updated_at seen` or `id > newest id held` and upsert them; if our set's
-    count/sum/max then disagrees with the token (a root was rejected, demoted or deleted), reload
-    everything. A sweep reads the root rows (no index on updated_at), hence not on every job.
-Staleness guarantee: a job matches against every root committed before its refresh query when
-the change altered the root set's count, id sum or max id - i.e. any single approval, rejection,
-demotion or deletion. Changes that cancel out in all three (e.g. root 10 and 30 rejected while
-15 and 25 were approved, between two jobs of this process) are picked up by the periodic sweep,
-within SWEEP_SECONDS, provided the approvals set `updated_at` (Eloquent does). A raw-SQL rewrite
-of a root's encoding that leaves updated_at as it was is only seen after a restart.
-`faces rematch` forces a sweep first.
+Refresh (`RootIndex.refresh(conn)`, run by every job before matching). Both queries below are
+answered from the (parent_id, status) index, which carries the id: no row (~2.6 KB of JSON) is read.
+  * token: `COUNT(*), SUM(id), MAX(id)` of the roots. Same as last time -> nothing to do.
+  * sweep, when the token changed or every SWEEP_SECONDS (60 s): `SELECT id` of the roots,
+    diffed against the ids held: rejected/demoted/deleted roots are dropped, and only the new
+    roots' encodings are fetched. No reliance on updated_at. A full load happens only once.
+Staleness guarantee: a job matches against every root committed before its refresh query, except
+when the changes since the previous job cancel out in count, id sum and max id together (e.g.
+roots 10 and 30 rejected while faces 15 and 25 were approved): those are seen within
+SWEEP_SECONDS. Roots are never re-encoded in place (an approved face keeps its encoding); a raw
+SQL rewrite of a root's encoding is only seen after a restart. `faces rematch` forces a sweep.
 """
 from __future__ import annotations
 
@@ -45,7 +42,6 @@ ROOT = sa.and_(faces.c.parent_id.is_(None), faces.c.status == "ok")
 # ~1e-6; anything within 1e-3 of the best (or of the threshold) is rechecked exactly.
 MARGIN = 1e-3
 SWEEP_SECONDS = 60.0     # also sweep for changed roots this often, even if the token held
-CHUNK = 16384           # rows per BLAS call: small calls stay single-threaded and in cache
 
 
 def parse_encoding(value) -> np.ndarray | None:
@@ -132,7 +128,6 @@ class RootIndex:
         self._row: dict[int, int] = {}                  # face id -> row
         self._invalid: set[int] = set()                 # roots whose encoding is unusable
         self._token = None                              # (COUNT, SUM(id), MAX(id)) of the roots
-        self._since = None                              # newest updated_at seen
         self._swept = 0.0                               # monotonic time of the last sweep
 
     def __len__(self) -> int:
@@ -160,55 +155,44 @@ class RootIndex:
 
     @staticmethod
     def _db_token(conn: sa.Connection) -> tuple[int, int, int]:
-        # COUNT/SUM/MAX over ids only: answered from faces_parent_status_index, no row reads
         row = conn.execute(sa.select(sa.func.count(), sa.func.sum(faces.c.id), sa.func.max(faces.c.id))
                            .where(ROOT)).one()
         return int(row[0]), int(row[1] or 0), int(row[2] or 0)
 
     def _sweep(self, conn: sa.Connection, token) -> str:
-        """Upsert roots stamped since the last sweep or newer than our newest id; rebuild if the
-        set still disagrees with the database (a root was rejected, demoted or deleted)."""
-        max_id = int(self._ids[:self._n].max(initial=0))
-        max_id = max([max_id, *self._invalid])
-        changed = faces.c.id > max_id
-        if self._since is not None:
-            changed = sa.or_(changed, faces.c.updated_at >= self._since)
-        # ids first: rows stamped exactly `since` that we already hold need no encoding
-        # (several roots can share the last second; `>=` keeps same-second ones visible)
-        stamps = conn.execute(sa.select(faces.c.id, faces.c.updated_at).where(ROOT, changed)).all()
-        need = [r.id for r in stamps
-                if r.id not in self._row or r.updated_at is None or r.updated_at != self._since]
-        for start in range(0, len(need), 1000):
+        """Diff the root ids (index-only) against ours: drop the gone, fetch only the new."""
+        db_ids = np.fromiter((r[0] for r in conn.execute(sa.select(faces.c.id).where(ROOT))), np.int64)
+        held = np.concatenate([self._ids[:self._n], np.fromiter(self._invalid, np.int64)])
+        removed = np.setdiff1d(held, db_ids, assume_unique=True)
+        added = np.setdiff1d(db_ids, held, assume_unique=True).tolist()
+        if removed.size:
+            self._remove(removed)
+        for start in range(0, len(added), 1000):
             self._upsert(conn.execute(sa.select(faces.c.id, _ENCODING_TEXT)
-                                      .where(ROOT, faces.c.id.in_(need[start:start + 1000]))).all())
-        newest = [r.updated_at for r in stamps if r.updated_at is not None]
-        if newest:
-            self._since = max(newest + ([self._since] if self._since else []))
+                                      .where(ROOT, faces.c.id.in_(added[start:start + 1000]))).all())
         self._token, self._swept = token, time.monotonic()
-        if self._count_sum_max() != token:
-            return self._full(conn)
         return "incremental"
 
     def _full(self, conn: sa.Connection) -> str:
         self._clear()
-        self._swept = time.monotonic()
-        self._token = self._db_token(conn)   # may lag the rows read below; the next sweep fixes
-        rows = conn.execute(sa.select(faces.c.id, _ENCODING_TEXT, faces.c.updated_at)
-                            .where(ROOT).order_by(faces.c.id)).all()
-        self._since = max((r.updated_at for r in rows if r.updated_at is not None), default=None)
-        self._upsert([(r.id, r.encoding) for r in rows])
+        self._token, self._swept = self._db_token(conn), time.monotonic()
+        # (if roots change between these two reads the token differs next time: a sweep fixes it)
+        self._upsert(conn.execute(sa.select(faces.c.id, _ENCODING_TEXT).where(ROOT).order_by(faces.c.id)).all())
         return "full"
 
-    def _count_sum_max(self) -> tuple[int, int, int]:
-        ids = self._ids[:self._n]
-        return (self._n + len(self._invalid), int(ids.sum()) + sum(self._invalid),
-                max([int(ids.max(initial=0)), *self._invalid]))
+    def _remove(self, ids: np.ndarray) -> None:
+        self._invalid.difference_update(ids.tolist())
+        keep = ~np.isin(self._ids[:self._n], ids)
+        k = int(keep.sum())
+        self._m[:k] = self._m[:self._n][keep]
+        self._ids[:k] = self._ids[:self._n][keep]
+        self._sq[:k] = self._sq[:self._n][keep]
+        self._n = k
+        self._row = dict(zip(self._ids[:k].tolist(), range(k)))
 
     def _upsert(self, rows) -> None:
         """rows: (face id, encoding as stored: JSON text, list or None)."""
         ids, mat, bad = parse_rows(rows)
-        # A held root whose encoding became unusable ends up in both sets: the count check of
-        # the sweep then disagrees and a full reload drops it.
         self._invalid.update(bad)
         self._invalid.difference_update(ids.tolist())
         known = np.array([i in self._row for i in ids.tolist()], dtype=bool)
@@ -247,18 +231,15 @@ class RootIndex:
             n = self._n
             if n == 0 or len(q) == 0:
                 return [None] * len(q)
-            q32 = q.astype(np.float32)
-            approx = np.empty((n, len(q)), np.float32)
-            for start in range(0, n, CHUNK):
-                stop = min(n, start + CHUNK)
-                np.dot(self._m[start:stop], q32.T, out=approx[start:stop])
+            # approx[j, i] = |r_i|^2 - 2 r_i.q_j + |q_j|^2, one BLAS pass over the matrix
+            approx = np.dot(q.astype(np.float32), self._m[:n].T)
             approx *= -2
-            approx += self._sq[:n, None]
-            approx += (q * q).sum(axis=1).astype(np.float32)[None, :]
+            approx += self._sq[:n]
+            approx += (q * q).sum(axis=1).astype(np.float32)[:, None]
             out = []
             limit_thr = threshold * threshold + MARGIN
             for j in range(len(q)):
-                col = approx[:, j]
+                col = approx[j]
                 best = float(col.min())
                 if best > limit_thr:
                     out.append(None)

@@ -393,22 +393,24 @@ def test_incremental_refresh_sees_approved_and_rejected_roots(dbconn):
     assert index.nearest([unit(1, 0.125)], 0.6)[0].face_id == candidate
     assert sorted(index.ids) == [first, candidate]
 
-    with engine.begin() as conn:     # ... and rejects it again: the set shrank, full reload
+    with engine.begin() as conn:     # ... and rejects it again
         conn.execute(faces.update().where(faces.c.id == candidate).values(status="not_face", updated_at=db.now()))
-        assert index.refresh(conn) == "full"
+        assert index.refresh(conn) == "incremental"
     assert index.nearest([unit(1, 0.125)], 0.6)[0].face_id == first
 
     with engine.begin() as conn:     # a root demoted under another (merge) and a new root, no timestamps
         new = insert_face(conn, image_id, unit(2, 0.25))
         conn.execute(faces.update().where(faces.c.id == first).values(parent_id=new))
-        assert index.refresh(conn) == "full"
+        assert index.refresh(conn) == "incremental"
         assert list(index.ids) == [new]
         bad = insert_face(conn, image_id, [1.0] * 3)         # unusable encoding: counted, not matched
         assert index.refresh(conn) == "incremental"
         assert index.refresh(conn) == "unchanged"
         conn.execute(faces.delete().where(faces.c.id == bad))
-        assert index.refresh(conn) == "full"
-    assert len(index) == 1
+        assert index.refresh(conn) == "incremental"
+        assert index.refresh(conn) == "unchanged"
+    assert len(index) == 1 and index.nearest([unit(2, 0.25)], 0.6)[0].face_id == new
+    assert index.reloads["full"] == 1
 
 
 def test_changes_that_cancel_out_are_seen_by_the_sweep(dbconn):
@@ -423,8 +425,10 @@ def test_changes_that_cancel_out_are_seen_by_the_sweep(dbconn):
         for face_id, status in ((a, "not_face"), (d, "not_face"), (b, "ok"), (c, "ok")):
             conn.execute(faces.update().where(faces.c.id == face_id).values(status=status, updated_at=db.now()))
         assert index.refresh(conn) == "unchanged"
-        assert index.refresh(conn, force_sweep=True) == "full"      # what the 60 s sweep does
+        assert index.refresh(conn, force_sweep=True) == "incremental"   # what the 60 s sweep does
     assert sorted(index.ids) == [b, c, top]
+    got = index.nearest([unit(i, 0.25) for i in (0, 1, 2, 3, 9)], 0.1)
+    assert [m and m.face_id for m in got] == [None, b, c, None, top]
 
 
 def test_parse_rows_bulk_and_fallbacks():
