@@ -65,8 +65,8 @@ def detect(settings: Settings, path: Path) -> list[tuple[list[float], list[int] 
         result = _encode_inprocess(path)
     elif settings.face_engine == "http":
         result = _encode_http(settings, path)
-    else:
-        raise JobFailed(f"unknown face_engine {settings.face_engine!r} (http or inprocess)")
+    else:   # a configuration error: an ordinary failure, so the jobs retry once it is fixed
+        raise RuntimeError(f"unknown face_engine {settings.face_engine!r} (http or inprocess)")
     return _validated(result)
 
 
@@ -111,6 +111,8 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _encode_http(settings: Settings, path: Path) -> dict:
+    if settings.face_api_send not in ("path", "bytes"):
+        raise RuntimeError(f"unknown face_api_send {settings.face_api_send!r} (path or bytes)")
     url = settings.face_api_url.rstrip("/") + "/encode"
     client = _http_client(settings)
     attempts = max(0, settings.face_api_retries) + 1
