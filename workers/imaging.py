@@ -127,17 +127,19 @@ def plan(method: str, W: int, H: int, w: int | None, h: int | None) -> Plan:
 
 
 def draft_request(p: Plan, stored: tuple[int, int]) -> tuple[int, int] | None:
-    """The size to pass to Image.draft (stored orientation; Pillow then picks the largest
-    reduction 1/n whose result is at least that big), or None for a full decode. The factor is
-    a ratio, so the orientation does not matter."""
+    """The size to pass to Image.draft (stored orientation) for the strongest DCT reduction 1/n
+    allowed by DRAFT_GAP, or None for a full decode. The factor is a ratio, so the orientation
+    does not matter."""
     f = max(p.scaled[0] / p.crop[2], p.scaled[1] / p.crop[3])    # output px per source px
-    if f * DRAFT_GAP <= 0.25:
-        f *= DRAFT_GAP                                           # 1/4 or 1/8 with the margin
-    elif f <= 0.5:
-        f = 0.5                                                  # 1/2: crop >= output
-    else:
-        return None
-    return math.ceil(stored[0] * f), math.ceil(stored[1] * f)
+    W, H = stored
+    for n in (8, 4, 2):
+        if n * f * (DRAFT_GAP if n > 2 else 1) > 1:
+            continue                            # the decoded crop (>= 1/n of it) would be too small
+        # Pillow picks the largest n with n <= min(W // w, H // h): ask for floor(size/n).
+        req = (W // n, H // n)
+        if min(req) >= 1 and (n == 8 or min(W // req[0], H // req[1]) < 2 * n):
+            return req
+    return None
 
 
 # --- decoding ---------------------------------------------------------------------------------

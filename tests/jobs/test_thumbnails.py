@@ -353,24 +353,31 @@ def test_resample_then_rotate_equals_rotate_then_resample(tmp_path, orientation)
 
 # --- draft decoding --------------------------------------------------------------------------------
 
-def test_draft_request():
-    # cover 300x300 of 4000x3000: 0.1 output px per source px -> 1/4 keeps >= 2 px per output px
-    p = imaging.plan("cover", 4000, 3000, 300, 300)
-    assert imaging.draft_request(p, (4000, 3000)) == (800, 600)
-    # scale 1600 of 4000x3000: 0.4 -> only 1/2 (2000x1500 >= 1600x1200)
-    assert imaging.draft_request(imaging.plan("scale", 4000, 3000, 1600, 1600), (4000, 3000)) == (2000, 1500)
+@pytest.mark.parametrize("method,W,H,w,h,stored,decoded", [
+    # cover 300x300: 0.1 output px per source px -> 1/4 keeps >= 2 px per output px
+    ("cover", 4000, 3000, 300, 300, (4000, 3000), (1000, 750)),
+    # scale 1600: 0.4 -> only 1/2 (the crop stays >= the output)
+    ("scale", 4000, 3000, 1600, 1600, (4000, 3000), (2000, 1500)),
+    ("scale", 3651, 2739, 1600, 1600, (3651, 2739), (1826, 1370)),     # odd sizes: ceil(W/2)
+    ("scale", 2449, 3266, 1600, 1600, (2449, 3266), (1225, 1633)),
     # 0.53 output px per source px: a 1/2 decode would be enlarged -> full decode
-    assert imaging.draft_request(imaging.plan("scale", 3000, 2250, 1600, 1600), (3000, 2250)) is None
-    # resize 400x400 of 4000x3000: the vertical axis (3000 -> 400) decides
-    assert imaging.draft_request(imaging.plan("resize", 4000, 3000, 400, 400), (4000, 3000)) == (2000, 1500)
-    assert imaging.draft_request(imaging.plan("cover", 600, 450, 300, 300), (600, 450)) is None
-    # stored orientation: the same ratio applied to the stored size
-    assert imaging.draft_request(imaging.plan("cover", 3000, 4000, 100, 100), (4000, 3000)) == (267, 200)
-    for req, decoded in [((800, 600), (1000, 750)), ((2000, 1500), (2000, 1500)), ((267, 200), (500, 375))]:
-        with Image.open(io.BytesIO(_jpeg(4000, 3000))) as im:      # what Pillow then decodes
-            im.draft("RGB", req)
-            assert im.size == decoded
-        # (267, 200) -> 1/8 = 500x375: the 3000x3000 crop becomes 375 >= 2 x 100
+    ("scale", 3000, 2250, 1600, 1600, (3000, 2250), None),
+    # resize 400x400 of 4000x3000: the vertical axis (3000 -> 400, 0.133) decides -> 1/2
+    ("resize", 4000, 3000, 400, 400, (4000, 3000), (2000, 1500)),
+    ("cover", 600, 450, 300, 300, (600, 450), None),
+    # upright 3000x4000 stored 4000x3000 (orientation 6): 1/30 -> 1/8, crop 375 >= 2 x 100
+    ("cover", 3000, 4000, 100, 100, (4000, 3000), (500, 375)),
+    ("cover", 3001, 4007, 100, 100, (4007, 3001), (501, 376)),
+])
+def test_draft_request(method, W, H, w, h, stored, decoded):
+    p = imaging.plan(method, W, H, w, h)
+    req = imaging.draft_request(p, stored)
+    if decoded is None:
+        assert req is None
+        return
+    with Image.open(io.BytesIO(_jpeg(*stored))) as im:        # what Pillow then decodes
+        im.draft("RGB", req)
+        assert im.size == decoded
 
 
 def _jpeg(w: int, h: int) -> bytes:
