@@ -32,6 +32,8 @@ import sqlalchemy as sa
 
 from .schema import rate_limits as t
 
+LEASE_POLL = 0.05       # seconds between looks at a slot another process is using
+
 
 class Paused(Exception):
     """The limiter is paused (blocked by the server); try again in `remaining` seconds."""
@@ -86,6 +88,8 @@ class RateLimiter:
     def try_acquire(self, lease: float = 60.0) -> "Slot | float":
         """Take the slot if it is free now (a Slot: send at once, then release it), else the
         seconds until it frees (nothing taken). Raises Paused while paused."""
+        if lease <= self.interval:
+            raise ValueError("a lease is recognised by being longer than the interval")
         self._ensure_row()
         with self.engine.begin() as conn:
             row = self._locked(conn)
@@ -93,7 +97,10 @@ class RateLimiter:
             if row.paused_until > now:
                 raise Paused(row.paused_until - now)
             if row.next_at > now:
-                return row.next_at - now
+                wait = row.next_at - now
+                # Further than one interval away means a lease: the holder is mid-request and
+                # will give the slot back soon; look again shortly instead of sleeping it out.
+                return min(wait, LEASE_POLL) if wait > self.interval else wait
             token = now + lease
             conn.execute(t.update().where(t.c.name == self.name).values(next_at=token))
         return Slot(self, token)
@@ -111,8 +118,11 @@ class RateLimiter:
         with self.engine.begin() as conn:
             row = self._locked(conn)
             nxt = db_time(conn) + self.interval
-            if row.next_at != token:          # our lease expired and someone else holds it now,
-                nxt = max(nxt, row.next_at)   # or a pause pushed it: never shorten theirs
+            # Not our lease any more (it expired and someone else holds the slot, or a pause
+            # pushed it): never shorten theirs. Compared loosely: drivers may send doubles
+            # with 15 significant digits (PyMySQL), i.e. ~10 us at today's unix times.
+            if abs(row.next_at - token) > 0.001:
+                nxt = max(nxt, row.next_at)
             conn.execute(t.update().where(t.c.name == self.name).values(next_at=nxt))
 
     def pause(self, retry_after: float | None = None) -> float:
