@@ -475,3 +475,38 @@ def test_a_dead_holders_lease_expires_and_its_late_release_harms_nobody(sqlite_u
     assert alive.state()["next_at"] - alive.state()["now"] > 20
     fresh.release()
     assert alive.state()["next_at"] - alive.state()["now"] <= 0.2
+
+
+@pytest.mark.timeout(240)
+def test_real_consumers_share_the_limit_and_a_429_pauses_them_all(mysql_url, rabbitmq, nom, tmp_path):
+    """Four `python -m workers consume --queue geolocation` processes, jobs published like Laravel."""
+    from tests.runtime.consumers import consumer_env, publish_job, start_consumer, stop_consumer, wait_for
+    eng = db.engine_for(mysql_url)
+    coords = grid(12)
+    ids = [add_image(eng, *c) for c in coords] + [add_image(eng, lat, lon + 0.00002) for lat, lon in coords[:2]]
+    env = consumer_env(mysql_url, rabbitmq.url, nominatim_url=nom.url, nominatim_user_agent=UA,
+                       nominatim_pause=2)
+    procs = [start_consumer("geolocation", env, tmp_path / "logs") for _ in range(4)]
+    try:
+        for image_id in ids:
+            publish_job(rabbitmq.url, "App\\Jobs\\GeolocationProcessJob", {"image_id": image_id}, "geolocation")
+        wait_for(lambda: len(nom.requests) >= 4, 60, "first requests", procs[0])
+        nom.script(429)
+
+        def done() -> bool:
+            with eng.connect() as conn:
+                return conn.execute(sa.select(sa.func.count()).select_from(images)
+                                    .where(images.c.geocoded_at.isnot(None))).scalar() == len(ids)
+        wait_for(done, 150, "all images geocoded", procs[0])
+    finally:
+        codes = [stop_consumer(p) for p in procs]
+    assert codes == [0, 0, 0, 0]
+    statuses = [r.status for r in sorted(nom.requests, key=lambda r: r.at)]
+    assert statuses.count(429) == 1 and statuses.count(200) == 12, statuses
+    blocked = nom.times(429)[0]
+    assert min(t for t in nom.times() if t > blocked) - blocked >= 2.0 - JITTER
+    assert min(gaps(nom.times())) >= 1.0 - JITTER
+    with eng.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(images)
+                            .where(images.c.place_source == "nominatim")).scalar() == len(ids)
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM failed_jobs")).scalar() == 0
