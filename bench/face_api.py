@@ -247,7 +247,11 @@ def main():
         print(f"{name:34s} {r['throughput']:9.3f} {r['throughput'] / ref['throughput']:6.2f} "
               f"{r['p50']:7.2f} {r['p95']:7.2f} {c['recall']:7.1%} {c['extra']:6.1%} "
               f"{c['max_delta']:6.3f} {rss:8.0f}/{pss:<8.0f}")
-    print(f"\nreference found {compare(ref['results'], ref['results'])['ref_faces']} faces; "
+    # HOG false positives of the reference (mostly from its 2000 pass) count as faces to find: they
+    # are why skipping or gating the 1600/2000 passes cannot keep recall >= 98% on this mix
+    fp = sum(len(r["locations"]) for i, r in ref["results"].items() if "noface" in photos[i].name)
+    print(f"\nreference found {compare(ref['results'], ref['results'])['ref_faces']} faces "
+          f"({fp} on the no-face photos); "
           f"master RSS/PSS (ours) {runs[list(variants)[0]]['mem']['master']}")
     print(f"photos and debug images in {tmp}")
 
