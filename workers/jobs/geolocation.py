@@ -1,16 +1,20 @@
 """GeolocationProcessJob: reverse-geocode an image's GPS coordinates into place columns.
 
-Order of answers: no usable coordinates -> "no place"; `geocoder = "offline"` -> GeoNames;
-else the geocode_cache (by coordinates rounded to `geocode_precision`, which are also the ones
-sent, so a cached answer is exactly the answer for its key) -> Nominatim, at most one request per
-`nominatim_interval` for the whole installation (workers.ratelimit, state in the DB).
+Order of answers: no usable coordinates (missing, (0, 0), out of range) -> "no place"
+(place_source 'none'); `geocoder = "offline"` -> GeoNames; else the geocode_cache (coordinates
+rounded to `geocode_precision`; those rounded coordinates are also what is sent, so a cached
+answer is exactly the answer for its key) -> Nominatim through workers.ratelimit: one request at
+a time for the whole installation, each at least `nominatim_interval` after the previous answer.
+place_source records who answered originally ('nominatim' also for a cache hit).
 
 Failures:
   * 403/429: the limiter pauses every process (60 s, doubled per strike in a row, capped at 1 h,
     or the Retry-After) and this job is released for the remaining pause - no attempt counted.
-  * network errors, timeouts, 5xx: a bounded in-job retry (`nominatim_retries` attempts, 1 s, 2 s
-    ... apart, each taking a limiter slot). If they all fail, `geocode_fallback = "offline"`
-    (default) answers from GeoNames; "none" raises so the runtime retries per maxTries/backoff.
+  * network errors, timeouts, 5xx, other 4xx, unparseable bodies: a bounded in-job retry
+    (`nominatim_retries` attempts, 1 s, 2 s ... apart, each through the limiter, all within ~75%
+    of the queue timeout). If they all fail, `geocode_fallback = "offline"` (default) answers
+    from GeoNames; "none" raises NominatimError, an ordinary failure the runtime retries per the
+    job's maxTries/backoff.
   * paused for longer than `geocode_fallback_after` (15 min): answered offline too, rather than
     parking jobs for up to an hour. Offline fallbacks are not cached and are recorded as
     place_source 'offline', so they can be re-geocoded later.
@@ -84,10 +88,16 @@ def _ask_nominatim(ctx: Context, lat: float, lon: float, key: str) -> dict:
     limiter, client = _limiter(ctx), _client(s)
     lease = 3 * option(s, "nominatim_timeout") + s.nominatim_interval   # if we die mid-request
     attempts = max(1, int(option(s, "nominatim_retries")))
+    # Stay well inside the queue's timeout (120 s): after it the runtime kills the process.
+    # A request can take ~2 timeouts (connect + read), so stop retrying when that no longer fits.
+    deadline = time.monotonic() + 0.75 * s.timeout_for(QUEUE) - 2 * option(s, "nominatim_timeout")
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
+        budget = min(option(s, "nominatim_max_wait"), deadline - time.monotonic())
+        if budget < 0:
+            break
         try:
-            slot = limiter.acquire(max_wait=option(s, "nominatim_max_wait"), lease=lease)
+            slot = limiter.acquire(max_wait=budget, lease=lease)
         except TooLong as busy:
             raise JobReleased(math.ceil(busy.remaining), "Nominatim busy: no free slot soon") from None
         except Paused as paused:
@@ -111,11 +121,11 @@ def _ask_nominatim(ctx: Context, lat: float, lon: float, key: str) -> dict:
                 cache_put(ctx.engine, key, place, "nominatim")
                 return columns(place, "nominatim")
         if attempt < attempts:
-            time.sleep(2 ** (attempt - 1))
+            time.sleep(min(2 ** (attempt - 1), max(0.0, deadline - time.monotonic())))
     if option(s, "geocode_fallback") == "offline":
-        ctx.log.warning("Nominatim unavailable after %d attempts; answering offline", attempts)
+        ctx.log.warning("Nominatim unavailable after %d attempt(s); answering offline", attempt)
         return _offline_answer(ctx, lat, lon)
-    raise NominatimError(f"Nominatim unavailable after {attempts} attempts: {last}")
+    raise NominatimError(f"Nominatim unavailable after {attempt} attempts: {last}")
 
 
 def _paused(ctx: Context, lat: float, lon: float, remaining: float, reason: str) -> dict:
