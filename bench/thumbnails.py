@@ -45,8 +45,12 @@ PHP = r'''<?php
 // Intervention Image v3 (Imagick driver) steps, timed per job. Input: JSON jobs on argv[1].
 $jobs = json_decode(file_get_contents($argv[1]), true);
 $out = [];
+$cpu = [];
+function cpu_ms() { $r = getrusage(); return ($r['ru_utime.tv_sec'] + $r['ru_stime.tv_sec']) * 1e3
+                                            + ($r['ru_utime.tv_usec'] + $r['ru_stime.tv_usec']) / 1e3; }
 foreach ($jobs as $j) {
     $t0 = hrtime(true);
+    $c0 = cpu_ms();
     $im = new Imagick();
     $im->readImage($j['path']);
     switch ($im->getImageOrientation()) {            // AlignRotationModifier
@@ -87,8 +91,9 @@ foreach ($jobs as $j) {
     file_put_contents($j['out'], $im->getImagesBlob());
     $im->clear();
     $out[] = (hrtime(true) - $t0) / 1e6;
+    $cpu[] = cpu_ms() - $c0;
 }
-echo json_encode(['ms' => $out, 'threads' => Imagick::getResourceLimit(Imagick::RESOURCETYPE_THREAD),
+echo json_encode(['ms' => $out, 'cpu' => $cpu, 'threads' => Imagick::getResourceLimit(Imagick::RESOURCETYPE_THREAD),
                   'version' => Imagick::getVersion()['versionString']]);
 '''
 
@@ -109,7 +114,7 @@ def make_photos(tmp: Path, count: int, megapixels: float) -> list[Path]:
     return photos
 
 
-def ours_round(photos, method, w, h, out_dir: Path, draft: bool = True) -> tuple[list[float], dict]:
+def ours_round(photos, method, w, h, out_dir: Path, draft: bool = True) -> tuple[list, dict]:
     """One pass of render_files over the photos (draft=False: no DCT scaling)."""
     from workers import imaging
     from workers.jobs import thumbnails
@@ -122,15 +127,15 @@ def ours_round(photos, method, w, h, out_dir: Path, draft: bool = True) -> tuple
     try:
         times, outs = [], {}
         for p in photos:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs[p.name] = thumbnails.render_files(p, [size], settings, out_dir / p.stem)[size.key]
-            times.append((time.perf_counter() - t0) * 1000)
+            times.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
         return times, outs
     finally:
         imaging.draft_request = saved
 
 
-def imagick_round(photos, method, w, h, tmp: Path) -> tuple[list[float], dict, dict]:
+def imagick_round(photos, method, w, h, tmp: Path) -> tuple[list, dict, dict]:
     """One php process over the photos (plus one untimed warm-up job)."""
     from workers import imaging
     jobs, outs = [], {}
@@ -148,7 +153,7 @@ def imagick_round(photos, method, w, h, tmp: Path) -> tuple[list[float], dict, d
     script.write_text(PHP)
     res = json.loads(subprocess.run(["php", str(script), str(jobs_file)], check=True,
                                     capture_output=True, text=True).stdout)
-    return res["ms"][1:], outs, res
+    return list(zip(res["ms"][1:], res["cpu"][1:])), outs, res
 
 
 def draft_delta(photos, method, w, h) -> float:
@@ -181,8 +186,9 @@ def main() -> int:
             with Image.open(p) as im:
                 sizes.append(f"{im.width}x{im.height}")
         print(f"{len(photos)} photos ({', '.join(sizes)}), repeat {args.repeat}, JPEG q90 with EXIF")
-        print(f"{'method':<18}{'ours ms':>9}{'ours/full':>11}{'Δfull':>7}"
-              f"{'imagick ms':>12}{'ratio':>8}")
+        print(f"{'':<18}{'---- wall ms per photo (median) ----':>44}{'--- CPU ms per photo ---':>30}")
+        print(f"{'method':<18}{'ours':>8}{'ours/full':>11}{'imagick':>10}{'ratio':>8}{'Δfull':>7}"
+              f"{'ours':>10}{'imagick':>10}{'ratio':>8}")
         meta = None
         for method, w, h in SIZES:
             ours, full, php = [], [], []
@@ -196,12 +202,15 @@ def main() -> int:
             for name in our_out:
                 with Image.open(our_out[name]) as a, Image.open(php_out[name]) as b:
                     assert a.size == b.size, (name, method, a.size, b.size)
-            o, f, i = (statistics.median(x) for x in (ours, full, php))
-            print(f"{method}-{w}x{h:<8}{o:>9.1f}{f:>11.1f}"
-                  f"{draft_delta(photos, method, w, h):>7.2f}{i:>12.1f}{i / o:>7.1f}x")
-        print(f"imagick: {meta['version']}, thread limit {meta['threads']}; ms = median per photo; "
-              f"ratio = imagick / ours; output sizes identical on both sides; Δfull = mean grey-level "
-              f"difference of our DCT-scaled render from a full decode, before encoding")
+            (o, oc), (f, _), (i, ic) = ((statistics.median(x[0] for x in r), statistics.median(x[1] for x in r))
+                                        for r in (ours, full, php))
+            print(f"{method}-{w}x{h:<8}{o:>8.1f}{f:>11.1f}{i:>10.1f}{i / o:>7.1f}x"
+                  f"{draft_delta(photos, method, w, h):>7.2f}{oc:>10.1f}{ic:>10.1f}{ic / oc:>7.1f}x")
+        print(f"imagick: {meta['version']}, thread limit {meta['threads']}; ratio = imagick / ours; "
+              f"output sizes identical on both sides;\nΔfull = mean grey-level difference of our "
+              f"DCT-scaled render from a full decode, before encoding; CPU = user+sys of the process "
+              f"(steadier than wall time on a loaded box); load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} CPUs")
     return 0
 
 

@@ -38,14 +38,13 @@ TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}
 SWAPS_AXES = {5, 6, 7, 8}
-# JPEG DCT scaling (Image.draft): libjpeg's 1/2 IDCT keeps each block's 4x4 lowest frequencies,
-# itself a proper low-pass, so 1/2 is used whenever the decoded crop stays >= the output size.
-# 1/4 and 1/8 keep only 2x2 / 1x1 coefficients (block averages, which alias), so they are used only
-# while the decoded crop keeps >= DRAFT_GAP pixels per output pixel for the final LANCZOS pass.
-# Measured on 8-12 MP photos (bench/thumbnails.py prints it): 0.25-0.4 grey levels mean difference
-# from a full decode, against ~3.5 levels that JPEG q75 itself moves pixels; 1/8 at gap 1 gave
-# up to 2 levels (soft, aliased foliage), so it is not used.
-DRAFT_GAP = 2.0
+# JPEG DCT scaling (Image.draft) by 1/n, allowed while the decoded crop keeps >= DRAFT_GAP[n]
+# pixels per output pixel, so the final LANCZOS pass always reduces. libjpeg's 1/2 and 1/4 IDCTs
+# keep each block's 4x4 / 2x2 lowest frequencies (a low-pass), 1/8 keeps only the block average
+# (aliases), hence its 2x margin. Measured on 8-12 MP photos against a full decode (mean grey
+# levels, before encoding; bench/thumbnails.py prints it): 1/2 0.4, 1/4 0.3-1.0, 1/8 with margin
+# 0.3, 1/8 without margin 1.5-2.1 (soft, aliased foliage). JPEG q75 itself moves pixels ~3.5.
+DRAFT_GAP = {2: 1.0, 4: 1.0, 8: 2.0}
 # LANCZOS `reducing_gap`: for non-JPEG sources (PNG, HEIC...) first box-reduce by an integer
 # factor while >= 2 source pixels per output pixel remain (Pillow's thumbnail() default).
 RESAMPLE_GAP = 2.0
@@ -133,7 +132,7 @@ def draft_request(p: Plan, stored: tuple[int, int]) -> tuple[int, int] | None:
     f = max(p.scaled[0] / p.crop[2], p.scaled[1] / p.crop[3])    # output px per source px
     W, H = stored
     for n in (8, 4, 2):
-        if n * f * (DRAFT_GAP if n > 2 else 1) > 1:
+        if n * f * DRAFT_GAP[n] > 1:
             continue                            # the decoded crop (>= 1/n of it) would be too small
         # Pillow picks the largest n with n <= min(W // w, H // h): ask for floor(size/n).
         req = (W // n, H // n)

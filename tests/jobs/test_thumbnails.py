@@ -354,7 +354,7 @@ def test_resample_then_rotate_equals_rotate_then_resample(tmp_path, orientation)
 # --- draft decoding --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method,W,H,w,h,stored,decoded", [
-    # cover 300x300: 0.1 output px per source px -> 1/4 keeps >= 2 px per output px
+    # cover 300x300: 0.1 output px per source px -> 1/8 would keep only 1.25 -> 1/4
     ("cover", 4000, 3000, 300, 300, (4000, 3000), (1000, 750)),
     # scale 1600: 0.4 -> only 1/2 (the crop stays >= the output)
     ("scale", 4000, 3000, 1600, 1600, (4000, 3000), (2000, 1500)),
@@ -362,8 +362,9 @@ def test_resample_then_rotate_equals_rotate_then_resample(tmp_path, orientation)
     ("scale", 2449, 3266, 1600, 1600, (2449, 3266), (1225, 1633)),
     # 0.53 output px per source px: a 1/2 decode would be enlarged -> full decode
     ("scale", 3000, 2250, 1600, 1600, (3000, 2250), None),
-    # resize 400x400 of 4000x3000: the vertical axis (3000 -> 400, 0.133) decides -> 1/2
-    ("resize", 4000, 3000, 400, 400, (4000, 3000), (2000, 1500)),
+    # resize 400x400 of 4000x3000: the vertical axis (3000 -> 400, 0.133) decides -> 1/4
+    ("resize", 4000, 3000, 400, 400, (4000, 3000), (1000, 750)),
+    ("contain", 4000, 3000, 800, 600, (4000, 3000), (1000, 750)),
     ("cover", 600, 450, 300, 300, (600, 450), None),
     # upright 3000x4000 stored 4000x3000 (orientation 6): 1/30 -> 1/8, crop 375 >= 2 x 100
     ("cover", 3000, 4000, 100, 100, (4000, 3000), (500, 375)),
@@ -388,8 +389,8 @@ def _jpeg(w: int, h: int) -> bytes:
 
 @pytest.mark.parametrize("crop", [None, (3, 5, 2452, 3266 - 3)])
 def test_draft_decoding_close_to_full_decode(tmp_path, shared_testdata, crop):
-    # Before encoding, the DCT-scaled render differs from a full decode by well under one grey
-    # level on average (measured 0.25-0.4; JPEG q75 itself moves pixels by ~3.5). The crop gives
+    # Before encoding, the DCT-scaled render differs from a full decode by about one grey level
+    # on average at most (measured 0.2-1.0; JPEG q75 itself moves pixels by ~3.5). The crop gives
     # sizes that are not multiples of 8 (2449x2433), where ceil(size/n) must not shift the box.
     path = shared_testdata / "exif/jpg/mobile/jolla.jpg"             # 3264x2448
     if crop:
@@ -405,7 +406,7 @@ def test_draft_decoding_close_to_full_decode(tmp_path, shared_testdata, crop):
         drafted = imaging.render(src, imaging.decode(src, request), p)
         full = imaging.render(full_src, imaging.decode(full_src, None), p)
         assert drafted.size == full.size
-        assert np.abs(arr(drafted) - arr(full)).mean() < 0.8, method
+        assert np.abs(arr(drafted) - arr(full)).mean() < 1.2, method
 
 
 # --- bad input (no DB) -----------------------------------------------------------------------------
