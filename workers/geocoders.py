@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import email.utils
+import json
 import math
 import os
 import threading
@@ -66,6 +67,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time()) if when else None
 
 
+MAX_BODY = 1 << 20
+
+
 class Nominatim:
     """`/reverse` client. One per process (it keeps a connection pool)."""
 
@@ -88,17 +92,23 @@ class Nominatim:
     def reverse(self, lat: float, lon: float) -> dict | None:
         """The jsonv2 place, or None when Nominatim found nothing ("Unable to geocode")."""
         try:
-            resp = self.client.get("/reverse", params=self.params(lat, lon))
+            with self.client.stream("GET", "/reverse", params=self.params(lat, lon)) as resp:
+                raw = b""
+                for chunk in resp.iter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_BODY:         # a place is a few KB; don't buffer a flood
+                        raise NominatimError(f"Nominatim answer over {MAX_BODY} bytes")
         except httpx.HTTPError as exc:
             raise NominatimError(f"Nominatim unreachable: {type(exc).__name__}: {exc}") from exc
         if resp.status_code in (403, 429):
             raise NominatimBlocked(resp.status_code, parse_retry_after(resp.headers.get("Retry-After")))
+        text = raw.decode("utf-8", "replace")
         if resp.status_code != 200:
-            raise NominatimError(f"Nominatim answered HTTP {resp.status_code}: {resp.text[:200]!r}")
+            raise NominatimError(f"Nominatim answered HTTP {resp.status_code}: {text[:200]!r}")
         try:
-            body = resp.json()
-        except ValueError:
-            raise NominatimError(f"Nominatim sent no JSON: {resp.text[:200]!r}") from None
+            body = json.loads(text)
+        except (ValueError, RecursionError):        # RecursionError: hostile deep nesting
+            raise NominatimError(f"Nominatim sent no JSON: {text[:200]!r}") from None
         if not isinstance(body, dict):
             raise NominatimError(f"Nominatim sent {type(body).__name__}, expected an object")
         if "error" in body:

@@ -266,6 +266,16 @@ def test_garbage_body_is_transient(sqlite_url, nom):
     assert len(nom.requests) == 3 and row(sqlite_url, image_id).place_source == "nominatim"
 
 
+def test_huge_or_hostile_answers_are_transient(sqlite_url, nom):
+    nom.script(200, body="[" * 100_000)                       # deep nesting
+    nom.script(200, body='{"a": "' + "x" * (2 << 20) + '"}')  # 2 MB
+    nom.script(200, body='"just a string"')
+    image_id = add_image(db.engine_for(sqlite_url), 48.85, 2.35)
+    run(settings_for(sqlite_url, nom), image_id)               # 3 attempts fail -> offline
+    assert row(sqlite_url, image_id).place_source == "offline"
+    assert row(sqlite_url, image_id).city == "Paris"
+
+
 def test_unreachable_server_falls_back_offline(sqlite_url, monkeypatch):
     monkeypatch.setenv("PHOTO_NOMINATIM_RETRIES", "2")
     s = settings_for(sqlite_url, None)                 # port 9: connection refused
@@ -428,6 +438,16 @@ def test_four_processes_share_one_request_per_second(mysql_url, nom):
         sources = c.execute(sa.select(images.c.place_source, sa.func.count())
                             .group_by(images.c.place_source)).all()
     assert sources == [("nominatim", 24)]
+
+
+@pytest.mark.timeout(120)
+def test_processes_share_the_limit_on_sqlite(sqlite_url, nom):
+    """The embedded mode's database: the write lock plays the row lock's part."""
+    eng = db.engine_for(sqlite_url)
+    ids = [add_image(eng, *c) for c in grid(6)]
+    wait_all(start_consumers(sqlite_url, nom, ids, 3), 90)
+    assert len(nom.requests) == 6
+    assert min(gaps(nom.times())) >= 1.0 - JITTER
 
 
 @pytest.mark.timeout(180)
