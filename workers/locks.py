@@ -8,6 +8,7 @@ import random
 import secrets
 import string
 import time
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 
@@ -28,31 +29,44 @@ class DatabaseLock:
         self.engine, self.name, self.seconds = engine, name, seconds
         self.owner = owner or random_owner()
 
-    def acquire(self) -> bool:
+    @contextmanager
+    def _tx(self, conn: sa.Connection | None):
+        """A committed transaction on `conn` (which must not be in one), or on a pooled connection."""
+        if conn is None:
+            with self.engine.begin() as c:
+                yield c
+        else:
+            with conn.begin():
+                yield conn
+
+    def acquire(self, conn: sa.Connection | None = None) -> bool:
         now = int(time.time())
         expiration = now + (self.seconds if self.seconds > 0 else DEFAULT_TIMEOUT)
         t = cache_locks.c
         try:
-            with self.engine.begin() as conn:
-                conn.execute(cache_locks.insert().values(key=self.name, owner=self.owner, expiration=expiration))
+            with self._tx(conn) as c:
+                c.execute(cache_locks.insert().values(key=self.name, owner=self.owner, expiration=expiration))
             acquired = True
         except sa.exc.IntegrityError:
-            with self.engine.begin() as conn:
-                res = conn.execute(cache_locks.update()
-                                   .where(t.key == self.name, sa.or_(t.owner == self.owner, t.expiration <= now))
-                                   .values(owner=self.owner, expiration=expiration))
+            with self._tx(conn) as c:
+                res = c.execute(cache_locks.update()
+                                .where(t.key == self.name, sa.or_(t.owner == self.owner, t.expiration <= now))
+                                .values(owner=self.owner, expiration=expiration))
             acquired = res.rowcount >= 1
         if random.randint(1, LOTTERY[1]) <= LOTTERY[0]:
-            with self.engine.begin() as conn:
-                conn.execute(cache_locks.delete().where(t.expiration <= now))
+            with self._tx(conn) as c:
+                c.execute(cache_locks.delete().where(t.expiration <= now))
         return acquired
 
-    def release(self) -> bool:
-        """Delete the lock only if we still own it (an expired lock may belong to someone else now)."""
+    def release_statement(self) -> sa.Delete:
+        """The release as a statement, to run inside another transaction (e.g. the job's commit)."""
         t = cache_locks.c
-        with self.engine.begin() as conn:
-            res = conn.execute(cache_locks.delete().where(t.key == self.name, t.owner == self.owner))
-        return res.rowcount >= 1
+        return cache_locks.delete().where(t.key == self.name, t.owner == self.owner)
+
+    def release(self, conn: sa.Connection | None = None) -> bool:
+        """Delete the lock only if we still own it (an expired lock may belong to someone else now)."""
+        with self._tx(conn) as c:
+            return c.execute(self.release_statement()).rowcount >= 1
 
     def owner_now(self) -> str | None:
         with self.engine.connect() as conn:

@@ -85,6 +85,8 @@ class Consumer:
         self.outages = 0                               # consecutive DB outages (back-off exponent)
         self.handlers: dict[str, Handler | None] = {}
         self.extra: dict[str, Any] = {}                # per-process resources for handlers
+        self._db: sa.Connection | None = None
+        self._db_used = 0.0
         self.metrics = _Metrics(settings.metrics_port, queue)
 
     # --- connection -------------------------------------------------------------------------
@@ -162,6 +164,7 @@ class Consumer:
             outcome = self._handle(d, info)
             self.outages = 0
         except DB_OUTAGE as exc:
+            self._drop_connection()
             self.outages += 1
             wait = min(30.0, 0.5 * 2 ** min(self.outages, 6))
             info["error"] = f"database unavailable: {exc.__class__.__name__}: {str(exc)[:200]}"
@@ -199,40 +202,59 @@ class Consumer:
             return self._fail(d, job, MaxAttemptsExceeded(f"{_name(job)} has been attempted too many times."), info)
 
         timeout = job.timeout or s.timeout_for(self.queue)
+        conn = self._connection()
         lock = DatabaseLock(self.engine, f"{s.cache_prefix}{handler.job_type}-processing:{image_id}", timeout)
-        if not lock.acquire():
+        if not lock.acquire(conn):
             return self._release(d, job, s.lock_release_delay, "locked")
+        unlocked = False
         try:
-            return self._run_locked(d, job, handler, timeout, lock, info)
-        finally:
-            try:
-                lock.release()
-            except Exception as exc:  # noqa: BLE001 - it expires on its own
-                log.warning("could not release %s: %s", lock.name, exc)
-
-    def _run_locked(self, d, job, handler: Handler, timeout: int, lock: DatabaseLock, info) -> str:
-        conn = self.engine.connect()
-        timed_out = False
-        try:
-            tx = conn.begin()
-            ctx = Context(settings=self.settings, db=conn, engine=self.engine, queue=self.queue,
+            conn.begin()
+            ctx = Context(settings=s, db=conn, engine=self.engine, queue=self.queue,
                           attempt=job.attempts, extra=self.extra)
             state, value = self._run_in_thread(handler.func, ctx, job.data, timeout)
             if state == "timeout":
-                timed_out = True
                 self._timed_out(d, job, lock, info)       # does not return
             if self.broken:
                 raise self.broken                         # cannot ack: the broker redelivers
             if state == "error":
-                tx.rollback()
+                conn.rollback()
                 return self._on_exception(d, job, value, info)
             self._finish(conn, job, value or [])
-            tx.commit()
+            conn.execute(lock.release_statement())        # unlock in the same commit
+            conn.commit()
+            unlocked = True
         finally:
-            if not timed_out:
-                conn.close()
+            if not unlocked:
+                self._unlock(conn, lock)
         self.ch.basic_ack(d.tag)
         return "done"
+
+    def _unlock(self, conn: sa.Connection, lock: DatabaseLock) -> None:
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            lock.release(conn)
+        except Exception as exc:  # noqa: BLE001 - it expires on its own
+            log.warning("could not release %s: %s", lock.name, exc)
+
+    def _connection(self) -> sa.Connection:
+        """One connection per process, reused across jobs (no pool ping/reset round trips per job);
+        after 30 s idle it goes back to the pool and a pinged one is taken."""
+        now = time.monotonic()
+        if self._db is not None and (now - self._db_used > 30 or self._db.invalidated or self._db.closed):
+            self._drop_connection()
+        if self._db is None:
+            self._db = self.engine.connect()
+        self._db_used = now
+        return self._db
+
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except Exception:  # noqa: BLE001 - the server may be gone
+                pass
+        self._db = None
 
     def _run_in_thread(self, func, ctx, data, timeout: float) -> tuple[str, Any]:
         result: dict[str, Any] = {}

@@ -3,6 +3,7 @@
 // broker, with Laravel's own payload code and php-amqplib (the driver's pushRaw, §3.3).
 //   php amqp.php push  AMQP_URL QUEUE   < {"class": ..., "data": {...}}   -> prints the body
 //   php amqp.php retry AMQP_URL         < failed_jobs row {"payload", "queue"} -> prints the body
+//   php amqp.php declare-delay AMQP_URL QUEUE TTL_MS < {}  -> laterRaw's delay-queue declare
 // `retry` is RetryCommand::retryJob for database-uuids: resetAttempts + refreshRetryUntil, each a
 // plain json_encode, then pushRaw with laravel.attempts = 0 (the caller then deletes the row, as
 // forget() would: this PHP has no pdo_mysql).
@@ -65,6 +66,19 @@ switch ($argv[1]) {
         $body = refresh_retry_until(reset_attempts($in['payload']));
         push_raw($argv[2], $body, $in['queue']);
         echo $body;
+        break;
+    case 'declare-delay':
+        $conn = amqp_connect($argv[2]);
+        $ch = $conn->channel();
+        $ttl = (int) $argv[4];
+        $ch->queue_declare("{$argv[3]}.delay.{$ttl}", false, true, false, false, false, new AMQPTable([
+            'x-dead-letter-exchange' => '',
+            'x-dead-letter-routing-key' => $argv[3],
+            'x-message-ttl' => $ttl,
+            'x-expires' => $ttl * 2,
+        ]));
+        $conn->close();
+        echo "ok";
         break;
     default:
         fwrite(STDERR, "usage: amqp.php push|retry AMQP_URL [QUEUE]\n");
