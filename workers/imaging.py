@@ -178,6 +178,14 @@ def open_source(path: Path, max_pixels: int) -> Source:
         raise ImageError(f"image too large: {_one_line(exc)}") from exc
     except Exception as exc:
         raise ImageError(f"not a readable image: {_one_line(exc)}") from exc
+    try:
+        return _inspect(im, max_pixels)
+    except BaseException:
+        im.close()
+        raise
+
+
+def _inspect(im: Image.Image, max_pixels: int) -> Source:
     W, H = im.size
     if W <= 0 or H <= 0:
         raise ImageError("image has no pixels")

@@ -125,24 +125,25 @@ def render_files(source: Path, sizes: list[Size], settings: Settings, out_dir: P
     if fmt not in FORMATS:
         raise ValueError(f"PHOTO_THUMBNAIL_FORMAT must be jpeg or webp, not {fmt!r}")
     src = imaging.open_source(source, settings.max_pixels)
-    plans = {s: imaging.plan(s.method, src.width, src.height, s.width, s.height) for s in sizes}
-    for s, p in plans.items():
-        if p.canvas[0] * p.canvas[1] > settings.max_pixels:
-            raise imaging.ImageError(f"thumbnail {s.key} would be {p.canvas[0]}x{p.canvas[1]} "
-                                     f"pixels, over the budget of {settings.max_pixels}")
-    # One decode serves all sizes: the least reduction any of them tolerates.
-    stored = src.image.size
-    requests = [imaging.draft_request(p, stored) for p in plans.values()]
-    draft = None if None in requests else max(requests)
-    decoded = imaging.decode(src, draft)
-    exif = src.exif if settings.thumbnail_keep_exif else None
-    written = {}
-    for s, p in plans.items():
-        data = imaging.encode(imaging.render(src, decoded, p), "webp" if fmt == "webp" else "jpeg",
-                              settings.thumbnail_quality, exif)
-        path = out_dir / f"{s.key}.{FORMATS[fmt]}"
-        write_atomic(path, data)
-        written[s.key] = path
+    with src.image:                       # closes the file (animations keep it open otherwise)
+        plans = {s: imaging.plan(s.method, src.width, src.height, s.width, s.height) for s in sizes}
+        for s, p in plans.items():
+            if p.canvas[0] * p.canvas[1] > settings.max_pixels:
+                raise imaging.ImageError(f"thumbnail {s.key} would be {p.canvas[0]}x{p.canvas[1]} "
+                                         f"pixels, over the budget of {settings.max_pixels}")
+        # One decode serves all sizes: the least reduction any of them tolerates.
+        stored = src.image.size
+        requests = [imaging.draft_request(p, stored) for p in plans.values()]
+        draft = None if None in requests else max(requests)
+        decoded = imaging.decode(src, draft)
+        exif = src.exif if settings.thumbnail_keep_exif else None
+        written = {}
+        for s, p in plans.items():
+            data = imaging.encode(imaging.render(src, decoded, p),
+                                  "webp" if fmt == "webp" else "jpeg", settings.thumbnail_quality, exif)
+            path = out_dir / f"{s.key}.{FORMATS[fmt]}"
+            write_atomic(path, data)
+            written[s.key] = path
     return written
 
 
