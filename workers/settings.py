@@ -60,7 +60,15 @@ class Settings(BaseSettings):
     nominatim_zoom: int = 18
     nominatim_language: str = "en"
     nominatim_interval: float = 1.0          # seconds between requests, whole installation
+    nominatim_timeout: float = 10.0          # per request
+    nominatim_retries: int = 3               # network errors / 5xx, inside one job
+    nominatim_pause: float = 60              # 403/429: first pause, doubled per repeat...
+    nominatim_pause_max: float = 3600        # ...up to this (Retry-After honoured)
+    nominatim_max_wait: float = 20           # longest wait for the installation-wide slot
     geocoder: str = "nominatim"              # "nominatim" or "offline"
+    geocode_fallback: str = "offline"        # when Nominatim stays unavailable: "offline" or "none"
+    geocode_fallback_after: float = 900      # answer offline when paused longer than this
+    offline_max_km: float = 50               # offline geocoder: farther than this = no place
     geocode_precision: int = 4               # cache key: coordinates rounded to this many decimals
     thumbnail_root: Path | None = None       # default: <storage_root>/thumbnails
     thumbnail_quality: int = 75

@@ -27,7 +27,7 @@ import time
 import sqlalchemy as sa
 
 from .. import db
-from ..geocoders import (Nominatim, NominatimBlocked, NominatimError, columns, offline, option)
+from ..geocoders import (Nominatim, NominatimBlocked, NominatimError, columns, offline)
 from ..ratelimit import Paused, RateLimiter, TooLong
 from ..schema import geocode_cache, images
 from . import Context, JobReleased, image_id_of
@@ -75,7 +75,7 @@ def locate(ctx: Context, lat, lon) -> dict:
     s = ctx.settings
     lat, lon = float(lat), float(lon)
     if s.geocoder == "offline":
-        return columns(offline().reverse(lat, lon, option(s, "offline_max_km")), "offline")
+        return columns(offline().reverse(lat, lon, s.offline_max_km), "offline")
     lat, lon, key = rounded(lat, lon, s.geocode_precision)
     hit = cache_get(ctx.engine, key)
     if hit is not None:
@@ -86,14 +86,14 @@ def locate(ctx: Context, lat, lon) -> dict:
 def _ask_nominatim(ctx: Context, lat: float, lon: float, key: str) -> dict:
     s = ctx.settings
     limiter, client = _limiter(ctx), _client(s)
-    lease = 3 * option(s, "nominatim_timeout") + s.nominatim_interval   # if we die mid-request
-    attempts = max(1, int(option(s, "nominatim_retries")))
+    lease = 3 * s.nominatim_timeout + s.nominatim_interval   # if we die mid-request
+    attempts = max(1, int(s.nominatim_retries))
     # Stay well inside the queue's timeout (120 s): after it the runtime kills the process.
     # A request can take ~2 timeouts (connect + read), so stop retrying when that no longer fits.
-    deadline = time.monotonic() + 0.75 * s.timeout_for(QUEUE) - 2 * option(s, "nominatim_timeout")
+    deadline = time.monotonic() + 0.75 * s.timeout_for(QUEUE) - 2 * s.nominatim_timeout
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
-        budget = min(option(s, "nominatim_max_wait"), deadline - time.monotonic())
+        budget = min(s.nominatim_max_wait, deadline - time.monotonic())
         if budget < 0:
             break
         try:
@@ -122,7 +122,7 @@ def _ask_nominatim(ctx: Context, lat: float, lon: float, key: str) -> dict:
                 return columns(place, "nominatim")
         if attempt < attempts:
             time.sleep(min(2 ** (attempt - 1), max(0.0, deadline - time.monotonic())))
-    if option(s, "geocode_fallback") == "offline":
+    if s.geocode_fallback == "offline":
         ctx.log.warning("Nominatim unavailable after %d attempt(s); answering offline", attempt)
         return _offline_answer(ctx, lat, lon)
     raise NominatimError(f"Nominatim unavailable after {attempt} attempts: {last}")
@@ -131,20 +131,20 @@ def _ask_nominatim(ctx: Context, lat: float, lon: float, key: str) -> dict:
 def _paused(ctx: Context, lat: float, lon: float, remaining: float, reason: str) -> dict:
     """A long pause is answered offline (if allowed); otherwise the job waits it out, released."""
     s = ctx.settings
-    if option(s, "geocode_fallback") == "offline" and remaining > option(s, "geocode_fallback_after"):
+    if s.geocode_fallback == "offline" and remaining > s.geocode_fallback_after:
         return _offline_answer(ctx, lat, lon)
     raise JobReleased(max(1, math.ceil(remaining)), f"Nominatim paused ({reason})")
 
 
 def _offline_answer(ctx: Context, lat: float, lon: float) -> dict:
-    return columns(offline().reverse(lat, lon, option(ctx.settings, "offline_max_km")), "offline")
+    return columns(offline().reverse(lat, lon, ctx.settings.offline_max_km), "offline")
 
 
 # --- per-process resources ------------------------------------------------------------------------
 
 def _client(s) -> Nominatim:
     key = (s.nominatim_url, s.nominatim_user_agent, s.nominatim_email, s.nominatim_zoom,
-           s.nominatim_language, option(s, "nominatim_timeout"))
+           s.nominatim_language, s.nominatim_timeout)
     if key not in _clients:
         _clients[key] = Nominatim(s)
     return _clients[key]
@@ -152,7 +152,7 @@ def _client(s) -> Nominatim:
 
 def _limiter(ctx: Context) -> RateLimiter:
     s = ctx.settings
-    key = (id(ctx.engine), s.nominatim_interval, option(s, "nominatim_pause"), option(s, "nominatim_pause_max"))
+    key = (id(ctx.engine), s.nominatim_interval, s.nominatim_pause, s.nominatim_pause_max)
     if key not in _limiters:
         _limiters[key] = RateLimiter(ctx.engine, LIMITER, interval=s.nominatim_interval,
                                      pause_base=key[2], pause_max=key[3])
