@@ -87,6 +87,7 @@ class Consumer:
         self.extra: dict[str, Any] = {}                # per-process resources for handlers
         self._db: sa.Connection | None = None
         self._db_used = 0.0
+        self._unreleased: list[DatabaseLock] = []
         self.metrics = _Metrics(settings.metrics_port, queue)
 
     # --- connection -------------------------------------------------------------------------
@@ -145,7 +146,8 @@ class Consumer:
                 raise self.broken
 
     def _pump(self, seconds: float) -> None:
-        """Keep the AMQP connection serviced (heartbeats) for `seconds`, or just sleep if it broke."""
+        """Service the AMQP connection (heartbeats) for up to `seconds` (0: what is due now), or
+        just sleep if it broke."""
         if self.broken or self.conn is None:
             time.sleep(seconds)
             return
@@ -203,6 +205,7 @@ class Consumer:
 
         timeout = job.timeout or s.timeout_for(self.queue)
         conn = self._connection()
+        self._release_unreleased(conn)
         lock = DatabaseLock(self.engine, f"{s.cache_prefix}{handler.job_type}-processing:{image_id}", timeout)
         if not lock.acquire(conn):
             return self._release(d, job, s.lock_release_delay, "locked")
@@ -234,8 +237,16 @@ class Consumer:
             if conn.in_transaction():
                 conn.rollback()
             lock.release(conn)
-        except Exception as exc:  # noqa: BLE001 - it expires on its own
+        except Exception as exc:  # noqa: BLE001 - retried before the next job (it also expires)
             log.warning("could not release %s: %s", lock.name, exc)
+            self._unreleased.append(lock)
+
+    def _release_unreleased(self, conn: sa.Connection) -> None:
+        """Locks we could not release during a DB outage: free them now, or our own redelivered
+        job would find its image locked until the lock expires."""
+        while self._unreleased:
+            self._unreleased[0].release(conn)
+            self._unreleased.pop(0)
 
     def _connection(self) -> sa.Connection:
         """One connection per process, reused across jobs (no pool ping/reset round trips per job);
@@ -268,13 +279,13 @@ class Consumer:
         t = threading.Thread(target=target, name="job", daemon=True)
         t.start()
         deadline = time.monotonic() + timeout
-        t.join(0.05)                  # most jobs are short: don't pay a pump round-trip
-        while t.is_alive():
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while True:
+            t.join(max(0.0, min(0.1, deadline - time.monotonic())))
+            if not t.is_alive():
+                break
+            if time.monotonic() >= deadline:
                 return "timeout", None
-            self._pump(min(left, 0.5))
-            t.join(0.01)
+            self._pump(0)             # non-blocking: heartbeats, without delaying the job's end
         if "error" in result:
             return "error", result["error"]
         return "ok", result.get("value")
