@@ -4,9 +4,9 @@ taken here excludes PHP workers using `Cache::lock(...)` with the database store
 Works on MySQL and SQLite: plain INSERT, then UPDATE-if-expired-or-ours on a duplicate key."""
 from __future__ import annotations
 
+import base64
 import random
 import secrets
-import string
 import time
 from contextlib import contextmanager
 
@@ -16,12 +16,14 @@ from .schema import cache_locks
 
 DEFAULT_TIMEOUT = 86400          # lock_timeout when seconds <= 0
 LOTTERY = (2, 100)               # lock_lottery: chance of sweeping expired locks per acquire
-_ALPHABET = string.ascii_letters + string.digits
 
 
 def random_owner() -> str:
-    """`Str::random()`: 16 chars of [A-Za-z0-9]."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(16))
+    """`Str::random()`: 16 chars of [A-Za-z0-9] (base64 of random bytes without `/+=`, like PHP)."""
+    while True:
+        out = base64.b64encode(secrets.token_bytes(24)).translate(None, b"/+=")
+        if len(out) >= 16:
+            return out[:16].decode()
 
 
 class DatabaseLock:
