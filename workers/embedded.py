@@ -189,18 +189,28 @@ def print_summary(summary: Summary, stats: dict, out=sys.stdout) -> None:
 # --- enqueue: backfill an existing library through the real workers ------------------------------
 
 def enqueue(photo_dir: Path, settings: Settings) -> Counter:
-    """Publish Laravel jobs (thumbnails, metadata, faces) for every photo, dedup rows first."""
-    from .broker import connect_publisher, publish_job
+    """Publish Laravel jobs (thumbnails, metadata, faces) for every photo, as the app's
+    pushToQueue does: the dedup row first (skipped when the job is already queued), then publish."""
+    from . import broker, dedup
+    from .laravel import build_payload
     engine = db.engine_for(settings.database_url)
     db.migrate(engine)
     photo_dir = Path(photo_dir).resolve()
     ids = ensure_images(engine, photo_dir, find_photos(photo_dir))
     counts: Counter = Counter()
-    with connect_publisher(settings) as channel:
+    connection, channel = broker.connect(settings.amqp_url)
+    try:
         for image_id in ids.values():
             for queue in ("thumbnails", "metadata", "faces"):
-                sent = publish_job(channel, engine, JOB_CLASS[queue], {"image_id": image_id}, queue, settings)
+                cls, data = JOB_CLASS[queue], {"image_id": image_id}
+                with engine.begin() as conn:    # row and publish together: a failed publish rolls back
+                    sent = dedup.claim(conn, cls, data)
+                    if sent:
+                        broker.publish(channel, build_payload(cls, data, queue=queue, profile=settings.laravel_profile,
+                                                              app_key=settings.app_key), queue)
                 counts[f"{queue} {'published' if sent else 'already queued'}"] += 1
+    finally:
+        connection.close()
     return counts
 
 

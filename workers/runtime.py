@@ -38,11 +38,11 @@ from typing import Any, Callable
 import pika.exceptions
 import sqlalchemy as sa
 
-from . import broker, db
+from . import broker, db, dedup
 from .jobs import Context, FollowUp, JobFailed, JobReleased, image_id_of
-from .laravel import build_chain_payload, decode_payload, next_chain_message, queue_key
+from .laravel import build_chain_payload, decode_payload, next_chain_message
 from .locks import DatabaseLock
-from .schema import failed_jobs, queues
+from .schema import failed_jobs
 from .settings import Settings, get_settings
 
 log = logging.getLogger("workers.runtime")
@@ -288,13 +288,8 @@ class Consumer:
         _delete_dedup(conn, job)
         s = self.settings
         for fu in follow_ups:
-            if fu.dedup:
-                key = queue_key(fu.class_name, fu.data)
-                ins = (queues.insert().prefix_with("IGNORE", dialect="mysql")
-                       .prefix_with("OR IGNORE", dialect="sqlite")
-                       .values(queue_key=key, created_at=db.now(), updated_at=db.now()))
-                if conn.execute(ins).rowcount == 0:
-                    continue          # already queued or running
+            if fu.dedup and not dedup.claim(conn, fu.class_name, fu.data):
+                continue              # already queued or running
             msg = build_chain_payload([(fu.class_name, fu.data)], queue=fu.queue,
                                       profile=s.laravel_profile, app_key=s.app_key)
             broker.publish(self.ch, msg, fu.queue)
@@ -397,13 +392,8 @@ def _name(job) -> str:
 
 
 def _delete_dedup(conn: sa.Connection, job) -> None:
-    if job is None or not isinstance(job.data, (dict, list)):
-        return
-    try:
-        key = queue_key(job.class_name, job.data)
-    except Exception:  # noqa: BLE001 - data json_encode would reject: PHP never made a row for it
-        return
-    conn.execute(queues.delete().where(queues.c.queue_key == key))
+    if job is not None:
+        dedup.forget(conn, job.class_name, job.data)
 
 
 def exception_text(exc: BaseException) -> str:

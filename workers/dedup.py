@@ -1,0 +1,29 @@
+"""Laravel's dedup rows: `queues.queue_key = md5(json_encode(['class' => $class] + $data))`.
+
+A row means "queued or running". BaseProcessJob::pushToQueue inserts it before dispatching and
+skips the dispatch when it already exists; the worker deletes it when the job ends."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from . import db
+from .laravel import queue_key
+from .schema import queues
+
+
+def claim(conn: sa.Connection, class_name: str, data) -> bool:
+    """Insert the job's dedup row; False when it already exists (the job is queued or running)."""
+    ins = (queues.insert().prefix_with("IGNORE", dialect="mysql").prefix_with("OR IGNORE", dialect="sqlite")
+           .values(queue_key=queue_key(class_name, data), created_at=db.now(), updated_at=db.now()))
+    return conn.execute(ins).rowcount > 0
+
+
+def forget(conn: sa.Connection, class_name: str, data) -> None:
+    """Delete the job's dedup row (at job end: success or final failure)."""
+    if not isinstance(data, (dict, list)):
+        return
+    try:
+        key = queue_key(class_name, data)
+    except Exception:  # noqa: BLE001 - data json_encode would reject: PHP never made a row for it
+        return
+    conn.execute(queues.delete().where(queues.c.queue_key == key))
