@@ -5,8 +5,12 @@ For each message (prefetch 1):
 
     decode → checks (handler, image_id, maxTries) → lock `{QUEUE}-processing:{image_id}`
     → handler in a thread, inside a DB transaction (the I/O loop keeps heartbeats flowing)
-    → delete own dedup row, publish follow-ups + next chain job (each confirmed by the broker)
-    → commit → ack → unlock
+    → delete own dedup row, unlock, commit
+    → follow-ups (dedup row + publish confirmed by the broker, one small transaction each)
+      and the next chain job → ack
+
+Follow-ups go out after the commit so their consumers see this job's writes (publishing inside
+the transaction let a Geolocation job read the image before Metadata's commit).
 
 Outcomes follow Laravel's Worker (reference/laravel-wire.md §3.7): an exception is retried with
 `backoff` through `{queue}.delay.{ms}` until `maxTries`/`retryUntil`, then recorded in failed_jobs
@@ -224,13 +228,14 @@ class Consumer:
             if state == "error":
                 conn.rollback()
                 return self._on_exception(d, job, value, info)
-            self._finish(conn, job, value or [])
+            _delete_dedup(conn, job)
             conn.execute(lock.release_statement())        # unlock in the same commit
             conn.commit()
             unlocked = True
         finally:
             if not unlocked:
                 self._unlock(conn, lock)
+        self._dispatch(conn, job, value or [])
         self.ch.basic_ack(d.tag)
         return "done"
 
@@ -283,16 +288,20 @@ class Consumer:
                 return "timeout", None
             self._pump(0)             # non-blocking: heartbeats, without delaying the job's end
 
-    def _finish(self, conn: sa.Connection, job, follow_ups: list[FollowUp]) -> None:
-        """Inside the job's transaction: drop our dedup row, publish follow-ups and the chain."""
-        _delete_dedup(conn, job)
+    def _dispatch(self, conn: sa.Connection, job, follow_ups: list[FollowUp]) -> None:
+        """After the job's commit (a follow-up must see what this job wrote), before the ack.
+
+        Each follow-up claims its dedup row and is published in one small transaction: a failed
+        publish rolls the row back. A crash anywhere before the ack redelivers this job, whose
+        handler is idempotent; a follow-up already published keeps its row, so it is not sent twice."""
         s = self.settings
         for fu in follow_ups:
-            if fu.dedup and not dedup.claim(conn, fu.class_name, fu.data):
-                continue              # already queued or running
-            msg = build_chain_payload([(fu.class_name, fu.data)], queue=fu.queue,
-                                      profile=s.laravel_profile, app_key=s.app_key)
-            broker.publish(self.ch, msg, fu.queue)
+            with conn.begin():
+                if fu.dedup and not dedup.claim(conn, fu.class_name, fu.data):
+                    continue          # already queued or running
+                msg = build_chain_payload([(fu.class_name, fu.data)], queue=fu.queue,
+                                          profile=s.laravel_profile, app_key=s.app_key)
+                broker.publish(self.ch, msg, fu.queue)
         nxt = next_chain_message(job, app_key=s.app_key)
         if nxt is not None:
             broker.publish(self.ch, nxt, nxt.queue or job.chain_queue or "default")

@@ -69,6 +69,28 @@ def test_followups_published_once_with_dedup_rows(rt):
     assert job.command.get("chainQueue") == follow["queue"]     # Bus::chain([...])->onQueue(...)
 
 
+def test_followup_sees_the_producers_commit(rt):
+    """A follow-up's consumer may start the instant it is published: by then the job that
+    queued it must have committed (a Geolocation job once read the image before Metadata's commit)."""
+    import pika
+    follow_queue = rt.queue + "-seen"
+    conn = pika.BlockingConnection(pika.URLParameters(rt.amqp_url))
+    ch = conn.channel()
+    ch.queue_declare(follow_queue, durable=True)
+    p = rt.start()
+    seen_committed = []
+    for image_id in range(40, 46):
+        follow = {"class_name": GEO, "data": {"image_id": 1000 + image_id}, "queue": follow_queue}
+        publish_job(rt.amqp_url, JOB, {"image_id": image_id, "followups": [follow]}, rt.queue)
+        deadline = time.monotonic() + 30
+        while (msg := ch.basic_get(follow_queue, auto_ack=True))[0] is None:
+            assert time.monotonic() < deadline, "follow-up never published"
+        seen_committed.append(image_id in handlers.done(rt.engine))   # read the moment it arrives
+    conn.close()
+    assert seen_committed == [True] * 6
+    assert stop_consumer(p) == 0
+
+
 def test_retry_with_backoff_through_delay_queue(rt, rabbitmq):
     p = rt.start()
     publish_job(rt.amqp_url, JOB, {"image_id": 3, "fail": 2}, rt.queue, tries=3, backoff=[3, 1])
