@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PHOTOS ?= ../shared/testdata
 
-.PHONY: run test serve bench deps venv clean
+.PHONY: run test serve bench deps run-deps venv clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,17 @@ venv: $(VENV)/.installed
 deps:
 	./scripts/debian-deps.sh
 
+# `make run` needs only Python and exiftool (SQLite is embedded, no broker).
+run-deps:
+	./scripts/debian-deps.sh python3 python3-venv python3-dev build-essential libimage-exiftool-perl
+
 test: deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: venv
 	$(VENV)/bin/gunicorn -c face_api/gunicorn.conf.py face_api.app:app
 
-run: venv
-	./scripts/debian-deps.sh python3 python3-venv libimage-exiftool-perl
+run: run-deps venv
 	$(PY) -m workers process $(PHOTOS)
 
 bench: deps venv
