@@ -56,9 +56,18 @@ class DatabaseLock:
                                 .values(owner=self.owner, expiration=expiration))
             acquired = res.rowcount >= 1
         if random.randint(1, LOTTERY[1]) <= LOTTERY[0]:
-            with self._tx(conn) as c:
-                c.execute(cache_locks.delete().where(t.expiration <= now))
+            self._sweep(conn, now)
         return acquired
+
+    def _sweep(self, conn: sa.Connection | None, now: int) -> None:
+        """Housekeeping only: the range DELETE can deadlock with other processes' inserts
+        (InnoDB gap locks); losing a sweep is harmless, failing the lock we just took is not."""
+        try:
+            with self._tx(conn) as c:
+                c.execute(cache_locks.delete().where(cache_locks.c.expiration <= now))
+        except sa.exc.OperationalError:
+            if conn is not None and conn.in_transaction():
+                conn.rollback()
 
     def release_statement(self) -> sa.Delete:
         """The release as a statement, to run inside another transaction (e.g. the job's commit)."""
