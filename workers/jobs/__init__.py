@@ -45,7 +45,7 @@ class Context:
     queue: str
     attempt: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("workers.job"))
-    extra: dict[str, Any] = field(default_factory=dict)   # per-process resources (see resources())
+    extra: dict[str, Any] = field(default_factory=dict)   # per-process resources, filled lazily
 
     def image(self, image_id: int) -> sa.Row:
         """The image row, or JobFailed if it does not exist."""
