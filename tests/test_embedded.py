@@ -40,6 +40,7 @@ def test_process_folder_then_resume(photo_dir, tmp_path):
     out = first.stdout
     assert "photos: 5 (5 processed, 0 already done)" in out
     assert "failures: " in out and "broken.jpg" in out and "empty.png" in out   # reported, not fatal
+    assert "not photos (skipped): 1: notes.txt" in out
     eng = db.engine_for(url)
     with eng.connect() as c:
         rows = {r.path: r for r in c.execute(sa.select(schema.images))}

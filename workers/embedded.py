@@ -37,9 +37,11 @@ HANDLERS = {"App\\Jobs\\MetadataProcessJob": "metadata", "App\\Jobs\\Geolocation
 JOB_CLASS = {queue: cls for cls, queue in HANDLERS.items()}
 
 
-def find_photos(root: Path) -> list[Path]:
-    """Every file with a photo suffix under root (sorted, symlinks not followed out of root)."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+def find_photos(root: Path) -> tuple[list[Path], list[Path]]:
+    """(photos, other files) under root: photos by suffix, sorted; the rest are reported."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    photos = [p for p in files if p.suffix.lower() in PHOTO_SUFFIXES]
+    return photos, [p for p in files if p.suffix.lower() not in PHOTO_SUFFIXES]
 
 
 def embedded_settings(photo_dir: Path, db_url: str | None) -> Settings:
@@ -121,6 +123,7 @@ class Summary:
     skipped: int = 0
     jobs: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str, str]] = field(default_factory=list)   # (path, job, reason)
+    not_photos: list[str] = field(default_factory=list)                  # files left alone
 
 
 def process(photo_dir: Path, db_url: str | None = None, workers: int | None = None,
@@ -133,7 +136,7 @@ def process(photo_dir: Path, db_url: str | None = None, workers: int | None = No
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = db.engine_for(settings.database_url)
     db.migrate(engine)
-    photos = find_photos(photo_dir)
+    photos, others = find_photos(photo_dir)
     ids = ensure_images(engine, photo_dir, photos)
     paths = {v: k for k, v in ids.items()}
     with engine.connect() as conn:
@@ -141,7 +144,8 @@ def process(photo_dir: Path, db_url: str | None = None, workers: int | None = No
         finished = {r.id for r in conn.execute(sa.select(schema.images.c.id).where(
             schema.images.c.id.in_(list(ids.values())), *[c.isnot(None) for c in done_cols]))}
     todo = [i for i in ids.values() if i not in finished]
-    summary = Summary(photos=len(photos), skipped=len(ids) - len(todo))
+    summary = Summary(photos=len(photos), skipped=len(ids) - len(todo),
+                      not_photos=[str(p.relative_to(photo_dir)) for p in others])
     workers = workers or max(1, min(os.cpu_count() or 1, len(todo)))
     with ProcessPoolExecutor(workers, initializer=_init_worker,
                              initargs=(settings.model_dump_json(),)) as pool:
@@ -181,6 +185,9 @@ def print_summary(summary: Summary, stats: dict, out=sys.stdout) -> None:
     print(f"faces: {stats['faces']}  face groups (same person in several photos): {stats['face_groups']}",
           file=out)
     print(f"places: {stats['places']} distinct, {stats['photos_with_place']} photos with a place", file=out)
+    if summary.not_photos:
+        shown = ", ".join(summary.not_photos[:5]) + (", ..." if len(summary.not_photos) > 5 else "")
+        print(f"not photos (skipped): {len(summary.not_photos)}: {shown}", file=out)
     print(f"failures: {len(summary.failures)}", file=out)
     for path, job, reason in sorted(summary.failures):
         print(f"  {path} [{job}]: {reason.splitlines()[0] if reason else ''}", file=out)
@@ -196,7 +203,7 @@ def enqueue(photo_dir: Path, settings: Settings) -> Counter:
     engine = db.engine_for(settings.database_url)
     db.migrate(engine)
     photo_dir = Path(photo_dir).resolve()
-    ids = ensure_images(engine, photo_dir, find_photos(photo_dir))
+    ids = ensure_images(engine, photo_dir, find_photos(photo_dir)[0])
     counts: Counter = Counter()
     connection, channel = broker.connect(settings.amqp_url)
     try:
