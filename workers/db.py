@@ -86,5 +86,5 @@ def mysql_ddl() -> str:
     for table in schema.metadata.sorted_tables:
         out.append(str(CreateTable(table).compile(dialect=mysql.dialect())).strip() + ";")
         out += [str(CreateIndex(ix).compile(dialect=mysql.dialect())).strip() + ";"
-                for ix in table.indexes]
+                for ix in sorted(table.indexes, key=lambda ix: ix.name)]
     return "\n\n".join(out) + "\n"
