@@ -20,3 +20,10 @@ def test_migrate_extends_the_apps_existing_tables(mariadb):
     assert {"user_id", "latitude", "thumbnails", "city"} <= cols
     with eng.begin() as c:
         assert c.execute(sa.select(schema.images.c.path)).scalar() == "a.jpg"
+
+
+def test_sql_schema_file_is_current():
+    """sql/schema.sql is what operators read: it must be the schema the code migrates to."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "sql" / "schema.sql"
+    assert path.read_text() == db.mysql_ddl(), "regenerate: python -m workers schema > sql/schema.sql"
