@@ -126,12 +126,11 @@ class Summary:
     not_photos: list[str] = field(default_factory=list)                  # files left alone
 
 
-def process(photo_dir: Path, db_url: str | None = None, workers: int | None = None,
+def process(photo_dir: Path, settings: Settings, workers: int | None = None,
             progress: bool = True) -> Summary:
     from tqdm import tqdm
 
     photo_dir = Path(photo_dir).resolve()
-    settings = embedded_settings(photo_dir, db_url)
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = db.engine_for(settings.database_url)
@@ -230,8 +229,8 @@ def cmd_process(args) -> int:
     if not args.verbose:      # per-job log lines would drown the progress bar
         logging.getLogger().setLevel(logging.WARNING)
     started = time.monotonic()
-    summary = process(Path(args.dir), args.db, args.workers, progress=not args.no_progress)
     settings = embedded_settings(Path(args.dir), args.db)
+    summary = process(Path(args.dir), settings, args.workers, progress=not args.no_progress)
     print_summary(summary, library_stats(db.engine_for(settings.database_url), settings.face_match_threshold))
     print(f"time: {time.monotonic() - started:.1f} s")
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,14 @@ from pathlib import Path
 
 import httpx
 
+from tests.services import free_port  # noqa: F401 - module global: tests patch it for same-port restarts
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", PROJECT_ROOT.parent / "shared" / "testdata"))
 FACES = TESTDATA / "faces"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_face_api(tmpdir, storage_roots, workers: int = 2, env: dict | None = None,
