@@ -38,9 +38,17 @@ settings = get_settings()
 if os.environ.get("PHOTO_LOAD_MODELS_AT_IMPORT", "1") != "0":
     engine.load_models()
 
-# dlib objects are not safe to share between threads (face_recognition#1409); one engine call
-# per process at a time. Processes give the parallelism.
-_engine_lock = threading.Lock()
+# Photos processed at once by this worker. The engine is thread-safe (a HOG detector per thread,
+# the ResNet behind a lock) and dlib releases the GIL, so each slot uses a core; the bound keeps
+# memory predictable (Starlette's thread pool has 40 threads).
+_engine_threads = settings.face_threads
+_engine_slots = threading.BoundedSemaphore(_engine_threads)
+
+
+def set_engine_slots(n: int) -> None:
+    global _engine_slots, _engine_threads
+    _engine_threads = max(1, int(n))
+    _engine_slots = threading.BoundedSemaphore(_engine_threads)
 
 
 class ApiError(Exception):
@@ -226,7 +234,7 @@ except (OSError, AttributeError):  # pragma: no cover - not glibc
 
 def _encode(data: bytes, name: str | None) -> dict:
     photo = open_photo(data, settings.max_pixels, draft=settings.face_draft_decode, name=name)
-    with _engine_lock:
+    with _engine_slots:
         try:
             result = engine.encode_image(photo, settings)
         finally:
@@ -304,6 +312,8 @@ async def health():
         "upsample": settings.face_upsample,
         "scales": settings.face_scales,
         "jitters": settings.face_jitters,
+        "rescan": "every level" if settings.face_full_rescan else f"new levels + {settings.face_rescan_overlap}",
+        "threads": _engine_threads,
         "landmarks": "5-point",
         "models": models.files.describe(),
         "versions": {"dlib": dlib.__version__, "numpy": np.__version__, "pillow": Image.__version__},

@@ -9,12 +9,26 @@ Same pipeline as ageitgey/face_recognition with the original server's multi-scal
     encodings = dlib ResNet(img, 5-point landmarks(img, box), jitters=1)   # on the same img
     locations = boxes mapped back to pixels of the (EXIF-oriented) photo
 
+Two exactness-preserving shortcuts keep this cheaper than the original (settings can turn them off):
+- A later pass scans only the HOG pyramid levels that see faces smaller than any earlier pass could
+  (plus `face_rescan_overlap` levels); larger face sizes were already searched, and found nothing.
+  dlib's pyramid shrinks by 5/6 per level, so 1600 after 1200 needs 2 new levels, 2000 after 1600 2.
+- Encodings are computed on faithful pixels (full decode + LANCZOS, as the original) of a crop
+  around each face only: PIL's `resize(box=...)` gives those pixels of the full resize (up to one
+  level on about 0.02% of them; encodings move by about 3e-5).
+
+Thread safety: each thread gets its own HOG detectors (dlib releases the GIL while detecting, so
+two threads use two cores); the landmark and ResNet models are shared behind a lock.
+
 `load_models()` loads the three dlib models once per process (call it before forking to share
 their pages); `encode_image(image, settings)` is the whole pipeline and is what the HTTP API
 and the embedded mode of the workers call.
 """
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +48,8 @@ class Models:
     encoder: object
     files: ModelFiles
     load_seconds: float
+    detector_bytes: bytes = b""          # the serialized HOG detector, to build per-thread copies
+    encode_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _models: Models | None = None
@@ -47,14 +63,68 @@ def load_models() -> Models:
         if _models is None:
             started = time.monotonic()
             files = find_model_files()
+            detector = dlib.get_frontal_face_detector()
             _models = Models(
-                detector=dlib.get_frontal_face_detector(),
+                detector=detector,
                 shape_predictor=dlib.shape_predictor(str(files.shape_predictor_5)),
                 encoder=dlib.face_recognition_model_v1(str(files.face_recognition)),
                 files=files,
                 load_seconds=time.monotonic() - started,
+                detector_bytes=_serialize(detector),
             )
         return _models
+
+
+def _serialize(detector) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="face-api-") as d:
+        path = os.path.join(d, "detector.svm")
+        detector.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+# In dlib's serialized scan_fhog_pyramid: window 80x80, max_pyramid_levels 1000, min layer 64x64
+# (each integer is a length byte then little-endian bytes).
+_LEVELS_FIELD = (b"\x01\x50\x01\x50", b"\x02\xe8\x03", b"\x01\x40\x01\x40")
+
+
+def _detector_with_levels(detector_bytes: bytes, levels: int):
+    """A copy of the HOG detector that scans only the first `levels` pyramid levels."""
+    head, old, tail = _LEVELS_FIELD
+    pattern = head + old + tail
+    if detector_bytes.count(pattern) != 1:
+        raise ValueError("unexpected dlib detector layout; set PHOTO_FACE_FULL_RESCAN=1")
+    value = int(levels).to_bytes(4, "little").rstrip(b"\0") or b"\0"
+    patched = detector_bytes.replace(pattern, head + bytes([len(value)]) + value + tail)
+    with tempfile.TemporaryDirectory(prefix="face-api-") as d:
+        path = os.path.join(d, "detector.svm")
+        with open(path, "wb") as f:
+            f.write(patched)
+        return dlib.fhog_object_detector(path)
+
+
+_local = threading.local()
+
+
+def detector(models: Models, levels: int | None = None):
+    """This thread's HOG detector, scanning every pyramid level or only the first `levels`."""
+    cache = getattr(_local, "detectors", None)
+    if cache is None or _local.models is not models:
+        cache = _local.detectors = {}
+        _local.models = models
+    if levels is not None and levels >= 1000:  # dlib's default: every level
+        levels = None
+    if levels not in cache:
+        cache[levels] = (dlib.get_frontal_face_detector() if levels is None
+                         else _detector_with_levels(models.detector_bytes, levels))
+    return cache[levels]
+
+
+def rescan_levels(scale: int, previous_scale: int, overlap: int) -> int:
+    """Pyramid levels (shrinking by 5/6 each) a pass at `scale` needs to see faces smaller than
+    the pass at `previous_scale` could, plus `overlap` levels of sizes already searched."""
+    new = math.ceil(math.log(scale / previous_scale) / math.log(6 / 5) - 1e-9)
+    return max(1, new + overlap)
 
 
 def models_loaded() -> bool:
@@ -74,13 +144,14 @@ def _trim(rect, shape) -> tuple[int, int, int, int]:
 
 
 def face_locations(rgb: np.ndarray, upsample: int = 1, models: Models | None = None,
-                   grey: bool = False) -> list[tuple[int, int, int, int]]:
-    """HOG face boxes as (top, right, bottom, left), same as face_recognition.face_locations."""
+                   grey: bool = False, levels: int | None = None) -> list[tuple[int, int, int, int]]:
+    """HOG face boxes as (top, right, bottom, left), same as face_recognition.face_locations.
+    `levels` limits the scan to the finest pyramid levels (the smallest faces)."""
     models = models or load_models()
     img = np.ascontiguousarray(rgb)
     if grey and img.ndim == 3:
         img = np.ascontiguousarray(np.asarray(Image.fromarray(img).convert("L")))
-    return [_trim(r, rgb.shape) for r in models.detector(img, upsample)]
+    return [_trim(r, rgb.shape) for r in detector(models, levels)(img, upsample)]
 
 
 def face_encodings(rgb: np.ndarray, locations, jitters: int = 1,
@@ -89,10 +160,19 @@ def face_encodings(rgb: np.ndarray, locations, jitters: int = 1,
     models = models or load_models()
     img = np.ascontiguousarray(rgb)
     out = []
-    for top, right, bottom, left in locations:
-        shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
-        out.append(np.array(models.encoder.compute_face_descriptor(img, shape, jitters)))
+    with models.encode_lock:  # the ResNet keeps per-call buffers: one thread at a time
+        for top, right, bottom, left in locations:
+            shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
+            out.append(np.array(models.encoder.compute_face_descriptor(img, shape, jitters)))
     return out
+
+
+def _face_crop(box, shape, margin: float = 1.0) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) around a face box, `margin` box sizes on every side: room for
+    the landmarks and the aligned 150-px chip (0.25 padding) the encoder samples."""
+    top, right, bottom, left = box
+    mx, my = round((right - left) * margin), round((bottom - top) * margin)
+    return max(0, left - mx), max(0, top - my), min(shape[1], right + mx), min(shape[0], bottom + my)
 
 
 def face_distance(known, candidate) -> np.ndarray:
@@ -173,27 +253,36 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
     width, height = int(source.width), int(source.height)
     long_side = max(width, height)
     timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
-    tried, boxes, img, used = [], [], None, None
+    tried, boxes, img, used, seen = [], [], None, None, None
     for scale in _passes(long_side, list(settings.face_scales), settings.face_skip_covered_scales):
         t = time.monotonic()
         img = source.scaled(scale)
         timings["decode"] += time.monotonic() - t
         t = time.monotonic()
-        boxes = face_locations(img, settings.face_upsample, models, grey=settings.face_grey_hog)
+        effective = max(img.shape[:2])
+        levels = None
+        if seen is not None and not settings.face_full_rescan:
+            levels = rescan_levels(effective, seen, settings.face_rescan_overlap)
+        boxes = face_locations(img, settings.face_upsample, models, grey=settings.face_grey_hog,
+                               levels=levels)
         timings["detect"] += time.monotonic() - t
         tried.append(scale)
+        seen = effective
         if boxes:
             used = scale
             break
     t = time.monotonic()
     encodings = []
-    if boxes:
+    faithful = getattr(source, "faithful_region", None)
+    for box in boxes:
         # detection may have run on JPEG-draft pixels; encode on faithfully resampled ones
-        faithful = getattr(source, "scaled_faithful", None)
-        enc_img = faithful(used) if faithful is not None else img
-        if enc_img.shape != img.shape:  # pragma: no cover - sizes are computed the same way
-            enc_img = img
-        encodings = face_encodings(enc_img, boxes, settings.face_jitters, models)
+        if faithful is None:
+            encodings += face_encodings(img, [box], settings.face_jitters, models)
+            continue
+        left, top, right, bottom = crop = _face_crop(box, img.shape)
+        region = faithful(used, crop)
+        shifted = (box[0] - top, box[1] - left, box[2] - top, box[3] - left)
+        encodings += face_encodings(region, [shifted], settings.face_jitters, models)
     timings["encode"] = time.monotonic() - t
     locations = []
     if boxes:

@@ -20,7 +20,7 @@ _log_dir = Path(_env("PHOTO_LOG_DIR", str(_root / "storage" / "logs")))
 
 bind = _env("FACE_API_BIND", "127.0.0.1:5000")
 workers = int(_env("FACE_API_WORKERS", "16"))
-threads = int(_env("FACE_API_THREADS", "2"))
+threads = int(_env("FACE_API_THREADS", "2"))  # uvicorn ignores it; see post_fork
 worker_class = _env("FACE_API_WORKER_CLASS", "uvicorn.workers.UvicornWorker")
 timeout = int(_env("FACE_API_TIMEOUT", "300"))
 graceful_timeout = int(_env("FACE_API_GRACEFUL_TIMEOUT", "30"))
@@ -51,6 +51,15 @@ def on_starting(server):
     d = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     for f in d.glob("*.db"):
         f.unlink()
+
+
+def post_fork(server, worker):
+    # uvicorn workers ignore `threads`: the app runs that many photos at once per worker instead
+    # (dlib releases the GIL), unless PHOTO_FACE_THREADS says otherwise.
+    if "PHOTO_FACE_THREADS" not in os.environ:
+        from face_api import app
+
+        app.set_engine_slots(server.cfg.threads)
 
 
 def child_exit(server, worker):

@@ -33,9 +33,18 @@ class Settings(BaseSettings):
     face_upsample: int = Field(1, ge=0, le=3)
     face_jitters: int = Field(1, ge=1, le=100)
     # Speed options (see README in face_api/engine.py docstring).
-    face_draft_decode: bool = True     # JPEG DCT-domain downscale to the smallest size >= scale
+    # JPEG DCT-domain downscale before the LANCZOS resize: faster, but the pixels differ from the
+    # original's full decode, which flipped 2 of 51 borderline HOG detections on the bench mix.
+    face_draft_decode: bool = False
     face_skip_covered_scales: bool = False  # skip a middle scale when a larger one will be run
     face_grey_hog: bool = False        # HOG on luminance (~30% faster, boxes differ slightly)
+    # A later scale scans only the pyramid levels for faces smaller than earlier passes could see,
+    # plus this many levels of overlap; face_full_rescan=1 scans every level like the original.
+    face_full_rescan: bool = False
+    face_rescan_overlap: int = Field(1, ge=0, le=20)
+    # Photos one API worker processes at once (dlib releases the GIL: one core each). gunicorn's
+    # `threads` (FACE_API_THREADS) sets it under gunicorn, as in the original's 16 workers x 2.
+    face_threads: int = Field(2, ge=1, le=64)
 
     # Input limits.
     max_upload_bytes: int = 50 * 1024 * 1024

@@ -1,0 +1,134 @@
+"""The engine's shortcuts keep the original's answers: level-limited later passes, faithful
+face crops for encodings, and one HOG detector per thread."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from face_api import engine
+from face_api.imaging import open_photo
+from face_api.settings import Settings
+
+from tests.face_api.service import FACES
+
+
+def test_rescan_levels_cover_only_new_face_sizes():
+    # dlib's pyramid shrinks by 5/6: 1600 after 1200 needs 2 levels (1.2^2 > 4/3), 2000 after 1600 too
+    assert engine.rescan_levels(1600, 1200, 0) == 2
+    assert engine.rescan_levels(2000, 1600, 0) == 2
+    assert engine.rescan_levels(2000, 1600, 1) == 3
+    assert engine.rescan_levels(1300, 1200, 0) == 1
+    assert engine.rescan_levels(1440, 1200, 0) == 1  # exactly one level: 1.2x
+    assert engine.rescan_levels(3000, 1200, 0) == 6
+
+
+def test_level_limited_detector_scans_only_small_faces():
+    models = engine.load_models()
+    img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
+    full = engine.face_locations(img)
+    assert full == [(142, 617, 409, 349)]  # a 268-px face: found at a coarse level only
+    assert engine.face_locations(img, levels=1000) == full
+    assert engine.face_locations(img, levels=2) == []
+    # the same face made small (about 45 px) is found by the finest level alone
+    small = np.asarray(Image.fromarray(img).resize((155, 194), Image.LANCZOS))
+    canvas = np.full((600, 800, 3), 128, np.uint8)
+    canvas[200:394, 300:455] = small
+    (fine,) = engine.face_locations(canvas, levels=1)
+    (every,) = engine.face_locations(canvas)
+    assert _iou(fine, every) >= 0.5
+    assert engine.detector(models, 1) is engine.detector(models, 1)
+
+
+def _iou(a, b):
+    t, r, b_, l = a
+    t2, r2, b2, l2 = b
+    inter = max(0, min(r, r2) - max(l, l2)) * max(0, min(b_, b2) - max(t, t2))
+    return inter / ((r - l) * (b_ - t) + (r2 - l2) * (b2 - t2) - inter)
+
+
+def test_detector_layout_is_checked():
+    with pytest.raises(ValueError, match="FULL_RESCAN"):
+        engine._detector_with_levels(b"not a detector", 2)
+
+
+def _canvas_photo(tmp_path, face_height_fraction=0.3, size=(4000, 3000), name="obama.jpg"):
+    face = Image.open(FACES / name).convert("RGB")
+    f = face_height_fraction * size[1] / face.height
+    face = face.resize((round(face.width * f), round(face.height * f)), Image.LANCZOS)
+    canvas = Image.new("RGB", size, (90, 110, 100))
+    canvas.paste(face, (size[0] // 3, size[1] // 4))
+    path = tmp_path / f"canvas-{face_height_fraction}.jpg"
+    canvas.save(path, quality=92)
+    return path
+
+
+def test_faithful_region_is_the_full_resize(tmp_path):
+    path = _canvas_photo(tmp_path)
+    photo = open_photo(path.read_bytes(), 10**8)
+    full = Image.open(path).convert("RGB").resize((1200, 900), Image.LANCZOS)
+    want = np.asarray(full)
+    for region in [(0, 0, 300, 200), (350, 180, 900, 700), (1000, 700, 1200, 900)]:
+        got = photo.faithful_region(1200, region)
+        left, top, right, bottom = region
+        diff = np.abs(got.astype(int) - want[top:bottom, left:right])
+        # the same filter taps; float rounding of the box moves a few pixels by one level
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.001
+
+
+@pytest.mark.parametrize("draft", [True, False])
+def test_encodings_on_crops_equal_whole_image(tmp_path, draft):
+    """Encodings from the face crop equal face_recognition's on the whole resized photo (the
+    crop's pixels may differ by one level in a few places: about 3e-5 per value)."""
+    path = _canvas_photo(tmp_path, 0.3)
+    settings = Settings(debug_images=False, face_draft_decode=draft)
+    photo = open_photo(path.read_bytes(), 10**8, draft=draft)
+    r = engine.encode_image(photo, settings)
+    assert r.scale == 1200 and len(r.detection_locations) == 1
+    whole = np.asarray(Image.open(path).convert("RGB").resize((1200, 900), Image.LANCZOS))
+    want = engine.face_encodings(whole, r.detection_locations)
+    np.testing.assert_allclose(r.encodings, want, atol=2e-4)
+
+
+def test_face_at_the_photo_edge_encodes_like_whole_image(tmp_path):
+    face = Image.open(FACES / "obama_partial_face.jpg").convert("RGB")  # cut at the left edge
+    big = face.resize((face.width * 3, face.height * 3), Image.LANCZOS)
+    path = tmp_path / "edge.jpg"
+    big.save(path, quality=92)
+    r = engine.encode_image(open_photo(path.read_bytes(), 10**8), Settings(debug_images=False))
+    assert len(r.encodings) == 1
+    whole = Image.open(path).convert("RGB")
+    f = 1200 / max(whole.size)
+    whole = np.asarray(whole.resize((round(whole.width * f), round(whole.height * f)), Image.LANCZOS))
+    np.testing.assert_allclose(r.encodings, engine.face_encodings(whole, r.detection_locations), atol=2e-4)
+
+
+def test_full_rescan_setting_runs_every_level(tmp_path):
+    """A face only a coarse level of the 2000 pass sees is found with face_full_rescan."""
+    grey = np.full((3000, 4000, 3), 120, np.uint8)
+    fast = engine.encode_image(grey, Settings(debug_images=False))
+    full = engine.encode_image(grey, Settings(debug_images=False, face_full_rescan=True))
+    assert fast.scales_tried == full.scales_tried == [1200, 1600, 2000]
+    assert fast.locations == full.locations == []
+
+
+def test_threads_get_their_own_detectors_and_same_answers():
+    models = engine.load_models()
+    names = ["obama.jpg", "biden.jpg", "obama2.jpg", "32bit.png"] * 2
+    imgs = [np.asarray(Image.open(FACES / n).convert("RGB")) for n in names]
+    settings = Settings(debug_images=False)
+    sequential = [engine.encode_image(i, settings) for i in imgs]
+    seen = set()
+
+    def run(img):
+        seen.add(id(engine.detector(models)))
+        return engine.encode_image(img, settings)
+    with ThreadPoolExecutor(2) as pool:
+        parallel = list(pool.map(run, imgs))
+    assert len(seen) == 2
+    for a, b in zip(sequential, parallel):
+        assert a.locations == b.locations
+        np.testing.assert_allclose(a.encodings, b.encodings, atol=1e-9)
+    assert threading.current_thread() is threading.main_thread()
