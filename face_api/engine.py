@@ -13,9 +13,8 @@ Two exactness-preserving shortcuts keep this cheaper than the original (settings
 - A later pass scans only the HOG pyramid levels that see faces smaller than any earlier pass could
   (plus `face_rescan_overlap` levels); larger face sizes were already searched, and found nothing.
   dlib's pyramid shrinks by 5/6 per level, so 1600 after 1200 needs 2 new levels, 2000 after 1600 2.
-- Encodings are computed on faithful pixels (full decode + LANCZOS, as the original) of a crop
-  around each face only: PIL's `resize(box=...)` gives those pixels of the full resize (up to one
-  level on about 0.02% of them; encodings move by about 3e-5).
+- The detection image is reused for the encodings when it is faithful (full decode + LANCZOS, as
+  the original: the default); with JPEG draft decoding on, a faithful image is made for them.
 
 Thread safety: each thread gets its own HOG detectors (dlib releases the GIL while detecting, so
 two threads use two cores); the landmark and ResNet models are shared behind a lock.
@@ -167,14 +166,6 @@ def face_encodings(rgb: np.ndarray, locations, jitters: int = 1,
     return out
 
 
-def _face_crop(box, shape, margin: float = 1.0) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) around a face box, `margin` box sizes on every side: room for
-    the landmarks and the aligned 150-px chip (0.25 padding) the encoder samples."""
-    top, right, bottom, left = box
-    mx, my = round((right - left) * margin), round((bottom - top) * margin)
-    return max(0, left - mx), max(0, top - my), min(shape[1], right + mx), min(shape[0], bottom + my)
-
-
 def face_distance(known, candidate) -> np.ndarray:
     known = np.asarray(known, dtype=np.float64)
     if known.size == 0:
@@ -273,16 +264,13 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
             break
     t = time.monotonic()
     encodings = []
-    faithful = getattr(source, "faithful_region", None)
-    for box in boxes:
+    if boxes:
         # detection may have run on JPEG-draft pixels; encode on faithfully resampled ones
-        if faithful is None:
-            encodings += face_encodings(img, [box], settings.face_jitters, models)
-            continue
-        left, top, right, bottom = crop = _face_crop(box, img.shape)
-        region = faithful(used, crop)
-        shifted = (box[0] - top, box[1] - left, box[2] - top, box[3] - left)
-        encodings += face_encodings(region, [shifted], settings.face_jitters, models)
+        faithful = getattr(source, "scaled_faithful", None)
+        enc_img = faithful(used, img) if faithful is not None else img
+        if enc_img.shape != img.shape:  # pragma: no cover - sizes are computed the same way
+            enc_img = img
+        encodings = face_encodings(enc_img, boxes, settings.face_jitters, models)
     timings["encode"] = time.monotonic() - t
     locations = []
     if boxes:

@@ -51,7 +51,6 @@ class Photo:
         self.name = name
         self._max_pixels = max_pixels
         self._cache: Image.Image | None = None  # last decoded (and oriented) image
-        self._full: Image.Image | None = None   # full decode, for faithful_region()
         im = self._open()
         self.format = im.format
         stored_w, stored_h = im.size
@@ -124,36 +123,22 @@ class Photo:
         """RGB uint8 C-contiguous array, longer side = min(max_side, photo's longer side)."""
         return np.ascontiguousarray(np.asarray(self.scaled_image(max_side)))
 
-    def faithful_region(self, max_side: int, region: tuple[int, int, int, int]) -> np.ndarray:
-        """Pixels `region` = (left, top, right, bottom) of scaled(max_side), but computed from a
-        full decode (no DCT scaling), as a plain PIL decode + LANCZOS resize of the whole photo
-        gives them: resize with `box=` samples the same input with the same filter (float rounding
-        of the box moves about 0.02% of pixels by one level). Encodings are computed on these:
-        DCT-scaled pixels moved encodings of small faces by up to 0.14."""
-        full = self._full_decode()
-        long_side = max(self.width, self.height)
-        f = min(max_side, long_side) / long_side
-        size = (max(1, round(self.width * f)), max(1, round(self.height * f)))
-        left, top, right, bottom = region
-        if size == full.size:
-            return np.ascontiguousarray(np.asarray(full.crop(region)))
-        sx, sy = full.width / size[0], full.height / size[1]
-        out = full.resize((right - left, bottom - top), Image.LANCZOS,
-                          box=(left * sx, top * sy, right * sx, bottom * sy))
-        return np.ascontiguousarray(np.asarray(out))
-
-    def _full_decode(self) -> Image.Image:
-        if self._full is None:
-            cache = self._cache
-            if cache is not None and cache.size == (self.width, self.height):
-                self._full = cache
-            else:
-                draft, self._draft, self._cache = self._draft, False, None
-                try:
-                    self._full = self._decode(max(self.width, self.height))
-                finally:
-                    self._draft, self._cache = draft, cache
-        return self._full
+    def scaled_faithful(self, max_side: int, scaled: np.ndarray | None = None) -> np.ndarray:
+        """Like scaled(), but exactly the pixels a plain PIL full decode + LANCZOS resize gives
+        (no DCT scaling). `scaled`, what scaled(max_side) returned last, is reused when it was
+        made from a full decode. Encodings are computed on these: DCT-scaled pixels moved
+        encodings of small faces by up to 0.14, and even a crop resized on its own (one level
+        off on 0.02% of pixels) moved one by 0.05, through the landmark model's pixel tests."""
+        cache = self._cache
+        if scaled is not None and cache is not None and cache.size == (self.width, self.height):
+            return scaled
+        draft, self._draft = self._draft, False
+        try:
+            if cache is not None and cache.size != (self.width, self.height):
+                self._cache = None
+            return self.scaled(max_side)
+        finally:
+            self._draft = draft
 
     def full(self) -> np.ndarray:
         return self.scaled(max(self.width, self.height))

@@ -39,6 +39,20 @@ def test_health(face_api_url):
     assert "dlib_face_recognition_resnet_model_v1.dat" in files
     assert "shape_predictor_5_face_landmarks.dat" in files
     assert body["versions"]["dlib"]
+    # gunicorn's `threads` (2 by default) becomes the photos one uvicorn worker runs at once
+    assert body["threads"] == 2 and body["rescan"] == "new levels + 1"
+
+
+def test_concurrent_requests_give_the_sequential_answers(face_api_url):
+    """More requests than workers x threads at once: every answer equals the one-at-a-time one."""
+    names = ["obama.jpg", "biden.jpg", "obama2.jpg", "32bit.png", "obama_partial_face.jpg"]
+    datas = [(FACES / n).read_bytes() for n in names]
+    sequential = [post_image(face_api_url, d).json() for d in datas]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda d: post_image(face_api_url, d).json(), datas * 2))
+    for want, got in zip(sequential * 2, parallel):
+        assert got["locations"] == want["locations"]
+        assert got["encodings"] == want["encodings"]
 
 
 def test_encode_upload_obama(face_api_url):
