@@ -16,7 +16,7 @@ Two exactness-preserving shortcuts keep this cheaper than the original (settings
 - The detection image is reused for the encodings when it is faithful (full decode + LANCZOS, as
   the original: the default); with JPEG draft decoding on, a faithful image is made for them.
 
-Thread safety: each thread gets its own HOG detectors (dlib releases the GIL while detecting, so
+Thread safety: every call builds its own HOG detector (dlib releases the GIL while detecting, so
 two threads use two cores); the landmark and ResNet models are shared behind a lock.
 
 `load_models()` loads the three dlib models once per process (call it before forking to share
@@ -87,36 +87,25 @@ def _serialize(detector) -> bytes:
 _LEVELS_FIELD = (b"\x01\x50\x01\x50", b"\x02\xe8\x03", b"\x01\x40\x01\x40")
 
 
-def _detector_with_levels(detector_bytes: bytes, levels: int):
-    """A copy of the HOG detector that scans only the first `levels` pyramid levels."""
-    head, old, tail = _LEVELS_FIELD
-    pattern = head + old + tail
-    if detector_bytes.count(pattern) != 1:
-        raise ValueError("unexpected dlib detector layout; set PHOTO_FACE_FULL_RESCAN=1")
-    value = int(levels).to_bytes(4, "little").rstrip(b"\0") or b"\0"
-    patched = detector_bytes.replace(pattern, head + bytes([len(value)]) + value + tail)
+def detector(models: Models, levels: int | None = None):
+    """A fresh HOG detector scanning every pyramid level, or only the first `levels`.
+
+    Built per call from the serialized bytes (about 3 ms; get_frontal_face_detector() takes 0.5 s):
+    a dlib detector is not safe to share between threads and keeps the last image's feature
+    pyramid (tens of MB), so a cached one per thread would pin that memory in every thread."""
+    data = models.detector_bytes
+    if levels is not None and levels < 1000:  # 1000 is dlib's default: every level
+        head, old, tail = _LEVELS_FIELD
+        pattern = head + old + tail
+        if data.count(pattern) != 1:
+            raise ValueError("unexpected dlib detector layout; set PHOTO_FACE_FULL_RESCAN=1")
+        value = int(levels).to_bytes(4, "little").rstrip(b"\0") or b"\0"
+        data = data.replace(pattern, head + bytes([len(value)]) + value + tail)
     with tempfile.TemporaryDirectory(prefix="face-api-") as d:
         path = os.path.join(d, "detector.svm")
         with open(path, "wb") as f:
-            f.write(patched)
+            f.write(data)
         return dlib.fhog_object_detector(path)
-
-
-_local = threading.local()
-
-
-def detector(models: Models, levels: int | None = None):
-    """This thread's HOG detector, scanning every pyramid level or only the first `levels`."""
-    cache = getattr(_local, "detectors", None)
-    if cache is None or _local.models is not models:
-        cache = _local.detectors = {}
-        _local.models = models
-    if levels is not None and levels >= 1000:  # dlib's default: every level
-        levels = None
-    if levels not in cache:
-        cache[levels] = (dlib.get_frontal_face_detector() if levels is None
-                         else _detector_with_levels(models.detector_bytes, levels))
-    return cache[levels]
 
 
 def rescan_levels(scale: int, previous_scale: int, overlap: int) -> int:

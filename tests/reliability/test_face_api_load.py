@@ -21,7 +21,7 @@ from tests.reliability.photos import make_sources
 CLIENTS = 32
 SECONDS = 60
 RSS_MAX_MB = 1536                 # master + 2 workers, all together
-GROWTH_MAX = 0.15                 # mean RSS of the last 20 s vs the first 20 s
+GROWTH_MAX = 0.15                 # mean RSS of the last 20 s vs 10-30 s (after the ramp-up)
 
 
 def rss_mb(pids) -> float:
@@ -114,14 +114,14 @@ def test_face_api_32_clients_60s_no_5xx_bounded_memory(shared_testdata, tmp_path
     lat = sorted(d for _, _, d in results)
     q = statistics.quantiles(lat, n=100)
     mbs = [m for _, m in rss]
-    first = statistics.mean(m for t, m in rss if t < 20)
+    first = statistics.mean(m for t, m in rss if 10 <= t < 30)
     last = statistics.mean(m for t, m in rss if t >= SECONDS - 20)
     print(f"\nrequests {len(results)} in {elapsed:.1f}s ({len(results) / elapsed:.1f} rps), "
           f"p50 {q[49] * 1000:.0f} ms, p95 {q[94] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms")
     print(f"status counts {dict(statuses)}")
     print("by input " + json.dumps({k: dict(v) for k, v in sorted(by_label.items())}, default=str))
     print(f"RSS master+workers: min {min(mbs):.0f} MB, max {max(mbs):.0f} MB, "
-          f"mean first 20 s {first:.0f} MB, last 20 s {last:.0f} MB ({(last / first - 1) * 100:+.1f}%)")
+          f"mean 10-30 s {first:.0f} MB, last 20 s {last:.0f} MB ({(last / first - 1) * 100:+.1f}%)")
 
     assert all(isinstance(s, int) and s < 500 for s in statuses), statuses
     assert all(s == 200 for lbl, c in by_label.items() if not lbl.startswith("bad") for s in c), by_label
