@@ -38,7 +38,7 @@ settings = get_settings()
 if os.environ.get("PHOTO_LOAD_MODELS_AT_IMPORT", "1") != "0":
     engine.load_models()
 
-# Photos processed at once by this worker. The engine is thread-safe (a HOG detector per thread,
+# Photos processed at once by this worker. The engine is thread-safe (a HOG detector per call,
 # the ResNet behind a lock) and dlib releases the GIL, so each slot uses a core; the bound keeps
 # memory predictable (Starlette's thread pool has 40 threads).
 _engine_threads = settings.face_threads

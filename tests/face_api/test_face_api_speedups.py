@@ -49,8 +49,7 @@ def _iou(a, b):
 
 def test_detector_layout_is_checked():
     models = engine.load_models()
-    broken = engine.Models(models.detector, models.shape_predictor, models.encoder, models.files, 0.0,
-                           detector_bytes=b"not a detector")
+    broken = engine.Models(b"not a detector", models.shape_predictor, models.encoder, models.files, 0.0)
     with pytest.raises(ValueError, match="FULL_RESCAN"):
         engine.detector(broken, 2)
 
