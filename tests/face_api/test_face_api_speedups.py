@@ -92,13 +92,23 @@ def test_face_at_the_photo_edge_encodes_like_whole_image(tmp_path):
     np.testing.assert_allclose(r.encodings, engine.face_encodings(whole, r.detection_locations), atol=1e-6)
 
 
-def test_full_rescan_setting_runs_every_level(tmp_path):
-    """Both modes try every scale on a photo without faces, and agree."""
+@pytest.mark.parametrize("overrides, want", [
+    ({}, [None, 3, 3]),                                  # new levels (2 each) + 1 overlap
+    ({"face_rescan_overlap": 0}, [None, 2, 2]),
+    ({"face_full_rescan": True}, [None, None, None]),    # every level, like the original
+])
+def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides, want):
+    asked = []
+    real = engine.detector
+
+    def recording(models, levels=None):
+        asked.append(levels)
+        return real(models, levels)
+    monkeypatch.setattr(engine, "detector", recording)
     grey = np.full((3000, 4000, 3), 120, np.uint8)
-    fast = engine.encode_image(grey, Settings(debug_images=False))
-    full = engine.encode_image(grey, Settings(debug_images=False, face_full_rescan=True))
-    assert fast.scales_tried == full.scales_tried == [1200, 1600, 2000]
-    assert fast.locations == full.locations == []
+    r = engine.encode_image(grey, Settings(debug_images=False, **overrides))
+    assert r.scales_tried == [1200, 1600, 2000] and r.locations == []
+    assert asked == want
 
 
 def test_threads_give_the_same_answers():
