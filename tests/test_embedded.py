@@ -59,6 +59,17 @@ def test_process_folder_then_resume(photo_dir, tmp_path):
     with eng.connect() as c:
         assert c.execute(sa.select(sa.func.count()).select_from(schema.faces)).scalar() == len(faces)
 
+    # A photo whose geolocation did not finish is not "already done": the next run geocodes it.
+    with eng.begin() as c:
+        c.execute(schema.images.update().where(schema.images.c.id == gps.id).values(geocoded_at=None))
+    third = run_process(photo_dir, url)
+    assert third.returncode == 0, third.stderr
+    assert "photos: 5 (3 processed, 2 already done)" in third.stdout
+    assert "geolocation 1" in third.stdout and "metadata 1," not in third.stdout
+    with eng.connect() as c:
+        again = c.execute(sa.select(schema.images).where(schema.images.c.id == gps.id)).one()
+    assert again.geocoded_at is not None and again.city == gps.city
+
 
 def test_enqueue_publishes_laravel_jobs_once(photo_dir, mysql_url, rabbitmq):
     env = {**__import__("os").environ, "PHOTO_AMQP_URL": rabbitmq.url}

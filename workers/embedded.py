@@ -30,8 +30,6 @@ from .settings import PROJECT_ROOT, Settings
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".heic", ".heif", ".tif", ".tiff", ".webp", ".gif", ".bmp"}
 # (job module, image column that marks it done). Geolocation runs as Metadata's follow-up.
 PIPELINE = [("metadata", "metadata_at"), ("thumbnails", "thumbnails_at"), ("faces", "faces_at")]
-DONE_COLUMN = {"metadata": "metadata_at", "geolocation": "geocoded_at",
-               "thumbnails": "thumbnails_at", "faces": "faces_at"}
 HANDLERS = {"App\\Jobs\\MetadataProcessJob": "metadata", "App\\Jobs\\GeolocationProcessJob": "geolocation",
             "App\\Jobs\\ThumbnailProcessJob": "thumbnails", "App\\Jobs\\FaceProcessJob": "faces"}
 JOB_CLASS = {queue: cls for cls, queue in HANDLERS.items()}
@@ -71,11 +69,22 @@ def ensure_images(engine: sa.Engine, root: Path, photos: list[Path]) -> dict[str
 # --- one photo, in a pool process ---------------------------------------------------------------
 
 _settings: Settings | None = None
+_engine: sa.Engine | None = None   # one per pool process, not one per photo
 
 
 def _init_worker(settings_json: str) -> None:
-    global _settings
+    global _settings, _engine
     _settings = Settings.model_validate_json(settings_json)
+    _engine = db.engine_for(_settings.database_url)
+
+
+def pending_jobs(row) -> list[str]:
+    """Jobs an images row still needs, in order; Geolocation when Metadata ran but its
+    follow-up did not finish. The run's "already done" filter and the pool use this one rule."""
+    pending = [queue for queue, column in PIPELINE if row[column] is None]
+    if row["metadata_at"] is not None and row["geocoded_at"] is None and row["latitude"] is not None:
+        pending.insert(1, "geolocation")
+    return pending
 
 
 def run_job(settings: Settings, engine: sa.Engine, queue: str, data: dict) -> list[FollowUp]:
@@ -88,14 +97,11 @@ def run_job(settings: Settings, engine: sa.Engine, queue: str, data: dict) -> li
 
 def process_photo(image_id: int) -> dict:
     """All pending jobs for one image; returns {"done": [...], "failed": {queue: reason}}."""
-    settings = _settings
-    engine = db.engine_for(settings.database_url)
+    settings, engine = _settings, _engine
     result: dict = {"image_id": image_id, "done": [], "failed": {}}
     with engine.connect() as conn:
         row = conn.execute(sa.select(schema.images).where(schema.images.c.id == image_id)).mappings().one()
-    pending = [queue for queue, column in PIPELINE if row[column] is None]
-    if row["metadata_at"] is not None and row["geocoded_at"] is None and row["latitude"] is not None:
-        pending.insert(1, "geolocation")     # metadata done earlier, its follow-up was not
+    pending = pending_jobs(row)
     while pending:
         queue = pending.pop(0)
         try:
@@ -139,10 +145,10 @@ def process(photo_dir: Path, settings: Settings, workers: int | None = None,
     ids = ensure_images(engine, photo_dir, photos)
     paths = {v: k for k, v in ids.items()}
     with engine.connect() as conn:
-        done_cols = [schema.images.c[c] for _, c in PIPELINE]
-        finished = {r.id for r in conn.execute(sa.select(schema.images.c.id).where(
-            schema.images.c.id.in_(list(ids.values())), *[c.isnot(None) for c in done_cols]))}
-    todo = [i for i in ids.values() if i not in finished]
+        rows = conn.execute(sa.select(schema.images).where(
+            schema.images.c.id.in_(list(ids.values())))).mappings().all()
+    unfinished = {r["id"] for r in rows if pending_jobs(r)}
+    todo = [i for i in ids.values() if i in unfinished]
     summary = Summary(photos=len(photos), skipped=len(ids) - len(todo),
                       not_photos=[str(p.relative_to(photo_dir)) for p in others])
     workers = workers or max(1, min(os.cpu_count() or 1, len(todo)))

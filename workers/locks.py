@@ -66,8 +66,7 @@ class DatabaseLock:
             with self._tx(conn) as c:
                 c.execute(cache_locks.delete().where(cache_locks.c.expiration <= now))
         except sa.exc.OperationalError:
-            if conn is not None and conn.in_transaction():
-                conn.rollback()
+            pass  # _tx's `begin()` already rolled the sweep back
 
     def release_statement(self) -> sa.Delete:
         """The release as a statement, to run inside another transaction (e.g. the job's commit)."""

@@ -89,7 +89,6 @@ class Consumer:
         self.broken: BaseException | None = None     # AMQP connection lost while a job ran
         self.outages = 0                               # consecutive DB outages (back-off exponent)
         self.handlers: dict[str, Handler | None] = {}
-        self.extra: dict[str, Any] = {}                # per-process resources for handlers
         self._db: sa.Connection | None = None
         self._db_used = 0.0
         self._unreleased: list[DatabaseLock] = []
@@ -219,7 +218,7 @@ class Consumer:
         try:
             conn.begin()
             ctx = Context(settings=s, db=conn, engine=self.engine, queue=self.queue,
-                          attempt=job.attempts, extra=self.extra)
+                          attempt=job.attempts)
             state, value = self._run_in_thread(handler.func, ctx, job.data, timeout)
             if state == "timeout":
                 self._timed_out(d, job, lock, info)       # does not return

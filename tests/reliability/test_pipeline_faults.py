@@ -22,10 +22,10 @@ from tests.face_api import service as face_service
 from tests.fake_nominatim import FakeNominatim
 from tests.reliability.photos import make_sources
 from tests.runtime.consumers import Supervised, consumer_env, queue_depth
-from workers import broker, db, exif
+from workers import broker, db, dedup, exif
 from workers.runtime import AMQP_ERRORS
 from workers.jobs import metadata as metadata_job
-from workers.laravel import JobClass, build_payload, queue_key
+from workers.laravel import JobClass, build_payload
 from workers.schema import failed_jobs, faces, images, queues
 
 N_IMAGES = 300
@@ -63,12 +63,8 @@ class Publisher:
                 image_id, queue = self.todo[0]
                 cls, data = JOBS[queue], {"image_id": image_id}
                 if (image_id, queue) not in self.with_row:
-                    try:
-                        with self.engine.begin() as c:
-                            c.execute(queues.insert().values(queue_key=queue_key(cls, data),
-                                                             created_at=db.now(), updated_at=db.now()))
-                    except sa.exc.IntegrityError:
-                        pass          # committed before an outage hid the answer
+                    with self.engine.begin() as c:
+                        dedup.claim(c, cls, data)  # False: committed before an outage hid the answer
                     self.with_row.add((image_id, queue))
                 if self.ch is None:
                     self.conn, self.ch = broker.connect(self.amqp_url)
@@ -93,9 +89,9 @@ def progress(engine) -> dict:
         row = c.execute(sa.select(
             sa.func.count(c_.metadata_at), sa.func.count(c_.thumbnails_at),
             sa.func.count(c_.faces_at), sa.func.count(c_.geocoded_at))).one()
-        dedup = c.execute(sa.select(sa.func.count()).select_from(queues)).scalar()
+        rows = c.execute(sa.select(sa.func.count()).select_from(queues)).scalar()
     return {"metadata": row[0], "thumbnails": row[1], "faces": row[2], "geolocation": row[3],
-            "dedup": dedup}
+            "dedup": rows}
 
 
 @pytest.mark.slow

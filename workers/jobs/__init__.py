@@ -5,8 +5,8 @@
 
 The runtime (workers/runtime.py) decodes the Laravel payload, takes the lock
 `{QUEUE}-processing:{image_id}`, opens a DB transaction (`ctx.db`, committed by the runtime after
-`handle` returns), publishes the follow-ups (with their dedup rows, in that same transaction),
-then acks. Handlers therefore only do their work and write through `ctx.db`; they must be
+`handle` returns), then publishes the follow-ups, each claiming its dedup row in a small
+transaction of its own, so their consumers see this job's writes, then acks. Handlers therefore only do their work and write through `ctx.db`; they must be
 idempotent (a redelivery after a crash runs them again).
 
 Outcomes other than success are exceptions:
@@ -45,7 +45,6 @@ class Context:
     queue: str
     attempt: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("workers.job"))
-    extra: dict[str, Any] = field(default_factory=dict)   # per-process resources, filled lazily
 
     def image(self, image_id: int) -> sa.Row:
         """The image row, or JobFailed if it does not exist."""
