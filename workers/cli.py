@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "workers.embedded",      # process, enqueue
     "workers.deploy",        # render-config
     "workers.monitor",       # monitor
+    "workers.reprocess",     # reprocess
 ]
 
 

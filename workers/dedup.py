@@ -27,3 +27,9 @@ def forget(conn: sa.Connection, class_name: str, data) -> None:
     except Exception:  # noqa: BLE001 - data json_encode would reject: PHP never made a row for it
         return
     conn.execute(queues.delete().where(queues.c.queue_key == key))
+
+
+def queued(conn: sa.Connection, class_name: str, data) -> bool:
+    """Whether the job's dedup row exists (read only: what `claim` would refuse)."""
+    key = queue_key(class_name, data)
+    return conn.execute(sa.select(queues.c.id).where(queues.c.queue_key == key)).first() is not None

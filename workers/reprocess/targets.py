@@ -1,0 +1,187 @@
+"""What `reprocess` sends: the four jobs, and the rows each mode selects, as publishable items.
+
+Rows are read in id order, in batches, up to a high-water id taken when the run starts: rows
+added later are the app's to queue, and a job that fails again during a `--failed` run is not
+retried twice by the same run."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import sqlalchemy as sa
+
+from ..embedded import JOB_CLASS
+from ..laravel import PayloadError, build_payload, decode_payload, php_json_encode
+from ..laravel.crypto import DecryptError
+from ..laravel.php_serialize import PhpSerializeError
+from ..schema import failed_jobs, images
+from ..settings import Settings
+
+MODES = ("missing", "all", "failed", "offline-source")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str              # the CLI's name and the queue the app publishes it on
+    class_name: str
+    done_column: str       # images column the job sets when it finishes ("--missing": empty)
+
+
+JOBS = {name: Job(name, JOB_CLASS[name], column) for name, column in (
+    ("thumbnails", "thumbnails_at"), ("metadata", "metadata_at"),
+    ("geolocation", "geocoded_at"), ("faces", "faces_at"))}
+
+
+@dataclass
+class Item:
+    """One job to publish. `problem` set: it cannot be sent (reported; its row is left alone)."""
+    cursor: int                                  # the row's id (items come in increasing order)
+    class_name: str
+    data: Any                                    # the job's $data: its dedup key; None = no dedup row
+    queue: str
+    message: Callable[[], tuple[bytes, dict]]    # body and AMQP properties, built when sent
+    problem: str | None = None
+    on_sent: Callable[[sa.Connection], None] | None = None   # in the dedup row's transaction
+
+
+def _batches(engine: sa.Engine, query: sa.Select, id_column: sa.Column, after: int, upto: int,
+             size: int) -> Iterator[sa.Row]:
+    """Rows of `query` with after < id <= upto, in id order, `size` per round trip (keyset)."""
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(query.where(id_column > after, id_column <= upto)
+                                .order_by(id_column).limit(size)).all()
+        yield from rows
+        if len(rows) < size:
+            return
+        after = rows[-1].id
+
+
+# --- images rows: --missing, --all, --where-source offline ---------------------------------------
+
+class ImageRows:
+    """images rows needing `job`, each a fresh `new Job(['image_id' => id])` on the job's queue."""
+
+    restartable = True      # a checkpoint file remembers how far a stopped run got
+
+    def __init__(self, job: Job, mode: str, since: dt.datetime | None, settings: Settings):
+        self.job, self.mode, self.since, self.settings = job, mode, since, settings
+
+    def _filters(self) -> list:
+        where = []
+        if self.mode == "missing":
+            where.append(images.c[self.job.done_column].is_(None))
+        elif self.mode == "offline-source":
+            where.append(images.c.place_source == "offline")
+        if self.job.name == "geolocation":     # the app queues it only for photos with a position
+            where += [images.c.latitude.isnot(None), images.c.longitude.isnot(None)]
+        if self.since is not None:
+            where.append(images.c.created_at >= self.since)
+        return where
+
+    def high_water(self, engine: sa.Engine) -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(images.c.id))).scalar() or 0
+
+    def count(self, engine: sa.Engine, after: int, upto: int) -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(images)
+                                .where(*self._filters(), images.c.id > after, images.c.id <= upto)).scalar()
+
+    def items(self, engine: sa.Engine, after: int, upto: int) -> Iterator[Item]:
+        query = sa.select(images.c.id).where(*self._filters())
+        for row in _batches(engine, query, images.c.id, after, upto, self.settings.reprocess_batch_size):
+            data = {"image_id": int(row.id)}
+            yield Item(row.id, self.job.class_name, data, self.job.name, self._message(data))
+
+    def _message(self, data: dict) -> Callable[[], tuple[bytes, dict]]:
+        s, job = self.settings, self.job
+
+        def build() -> tuple[bytes, dict]:
+            # what BaseProcessJob::pushToQueue dispatches: $class::dispatch($data)->onQueue($queue)
+            msg = build_payload(job.class_name, data, queue=job.name, profile=s.laravel_profile,
+                                app_key=s.app_key)
+            return msg.body, msg.properties
+        return build
+
+
+# --- failed_jobs rows: --failed, as `php artisan queue:retry` -------------------------------------
+
+def retry_body(payload: str) -> bytes:
+    """RetryCommand::retryJob's new payload: resetAttempts() (`attempts` = 0 if set) and
+    refreshRetryUntil(), each a json_decode and a plain json_encode, so non-ASCII comes out as
+    \\uXXXX and "/" as "\\/" exactly as PHP writes it."""
+    payload_obj = json.loads(payload)
+    if isinstance(payload_obj, dict) and payload_obj.get("attempts") is not None:
+        payload_obj["attempts"] = 0
+    return php_json_encode(payload_obj).encode("utf-8")
+
+
+def retry_properties(body: bytes) -> dict:
+    """The driver's pushRaw without options: persistent, correlation_id = payload id, attempts 0."""
+    props: dict = {"content_type": "application/json", "delivery_mode": 2}
+    msg_id = json.loads(body).get("id")
+    if msg_id is not None:
+        props["correlation_id"] = str(msg_id)
+    props["headers"] = {"laravel": {"attempts": 0}}
+    return props
+
+
+class FailedRows:
+    """failed_jobs rows of `job`'s class, re-published to the queue they failed on; each row is
+    deleted in the transaction that claims the job's dedup row, once the broker confirmed."""
+
+    restartable = False     # a re-queued row is deleted: that is its own checkpoint
+    mode = "failed"
+
+    def __init__(self, job: Job, since: dt.datetime | None, settings: Settings):
+        self.job, self.since, self.settings = job, since, settings
+
+    def _filters(self) -> list:
+        # a cheap pre-filter on the JSON text; every row is decoded and checked again below
+        name = php_json_encode(self.job.class_name)
+        where = [failed_jobs.c.payload.contains(f'"commandName":{name}', autoescape=True)]
+        if self.since is not None:
+            where.append(failed_jobs.c.failed_at >= self.since)
+        return where
+
+    def high_water(self, engine: sa.Engine) -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(failed_jobs.c.id))).scalar() or 0
+
+    def count(self, engine: sa.Engine, after: int, upto: int) -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(failed_jobs).where(
+                *self._filters(), failed_jobs.c.id > after, failed_jobs.c.id <= upto)).scalar()
+
+    def items(self, engine: sa.Engine, after: int, upto: int) -> Iterator[Item]:
+        query = sa.select(failed_jobs.c.id, failed_jobs.c.uuid, failed_jobs.c.queue,
+                          failed_jobs.c.payload).where(*self._filters())
+        for row in _batches(engine, query, failed_jobs.c.id, after, upto, self.settings.reprocess_batch_size):
+            item = self._item(row)
+            if item is not None:
+                yield item
+
+    def _item(self, row: sa.Row) -> Item | None:
+        def delete_row(conn: sa.Connection, row_id=row.id) -> None:
+            conn.execute(failed_jobs.delete().where(failed_jobs.c.id == row_id))
+
+        body, data, problem = b"", None, None
+        try:
+            body = retry_body(row.payload)
+            decoded = decode_payload(body, app_key=self.settings.app_key,
+                                     data_property=self.settings.job_data_property)
+        except (ValueError, PayloadError, PhpSerializeError, DecryptError) as exc:
+            problem = f"cannot read the payload: {type(exc).__name__}: {exc}"
+        else:
+            if decoded.class_name != self.job.class_name:
+                return None          # the pre-filter matched text inside another job's data
+            data = decoded.data if isinstance(decoded.data, (dict, list)) else None
+            if decoded.retry_until is not None and decoded.retry_until <= time.time():
+                # PHP would call the class's retryUntil() again; only PHP can
+                problem = f"retryUntil has passed: use `php artisan queue:retry {row.uuid}`"
+        return Item(row.id, self.job.class_name, data, row.queue,
+                    lambda: (body, retry_properties(body)), problem, delete_row)
