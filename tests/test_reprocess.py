@@ -379,3 +379,15 @@ def test_bad_arguments_get_one_line(settings):
         proc = cli(settings, *args)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 2 and message in err, (args, err)
+
+
+def test_offline_source_warns_while_nominatim_is_paused(settings, mysql_url):
+    from workers.schema import rate_limits
+    add_images(mysql_url, 1, latitude=1.0, longitude=2.0, geocoded_at=db.now(), place_source="offline")
+    with db.engine_for(mysql_url).begin() as conn:
+        conn.execute(rate_limits.insert().values(name="nominatim", next_at=0.0, paused_until=time.time() + 600,
+                                                 strikes=1))
+    proc = cli(settings, "geolocation", "--where-source", "offline", "--dry-run")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Nominatim is paused for the whole installation" in err and "would publish: 1" in out

@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     max_pixels: int = 120_000_000            # decompression-bomb budget
 
     # Reprocess (`python -m workers reprocess`): publishing jobs for rows that already exist.
-    reprocess_max_queue_depth: int = Field(1000, ge=1)   # ready messages in a job's queue; above it reprocess waits
-    reprocess_poll_interval: float = Field(2.0, gt=0)    # seconds between queue-depth checks while waiting
+    reprocess_max_queue_depth: int = Field(1000, ge=1)   # reprocess waits while a queue holds this many ready
+    reprocess_poll_interval: float = Field(1.0, gt=0)    # seconds between queue-depth checks while waiting
     reprocess_batch_size: int = Field(500, ge=1)         # rows read per query
     reprocess_state_dir: Path | None = None  # restart checkpoints; default <storage_root>/reprocess
 

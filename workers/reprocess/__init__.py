@@ -45,8 +45,8 @@ def cmd_reprocess(args) -> int:
         print("error: --where-source offline applies to geolocation only", file=sys.stderr)
         return 2
     settings = get_settings()
-    if mode == "offline-source" and settings.geocoder == "offline":
-        log.warning("warning: PHOTO_GEOCODER=offline here; consumers with that setting answer offline again")
+    if mode == "offline-source":
+        _warn_if_nominatim_unusable(settings)
     target = (FailedRows(job, args.since, settings) if mode == "failed"
               else ImageRows(job, mode, args.since, settings))
     if not args.no_progress:
@@ -65,6 +65,21 @@ def cmd_reprocess(args) -> int:
         return 1
     print_report(report, settings)
     return EXIT_INTERRUPTED if report.stopped == "interrupted" else 0
+
+
+def _warn_if_nominatim_unusable(settings) -> None:
+    """Re-geocoding offline answers is pointless while Nominatim cannot answer: say so (the
+    operator may still go ahead; the jobs then fall back to offline again)."""
+    from .. import db
+    from ..jobs.geolocation import LIMITER
+    from ..ratelimit import RateLimiter
+    if settings.geocoder == "offline":
+        log.warning("warning: PHOTO_GEOCODER=offline here: consumers with this setting answer offline again")
+    state = RateLimiter(db.engine_for(settings.database_url), LIMITER).state()
+    paused = state.get("paused_until", 0) - state["now"]
+    if paused > 0:
+        log.warning("warning: Nominatim is paused for the whole installation for another %.0f s (403/429): "
+                    "jobs run now wait or are answered offline again", paused)
 
 
 def _since(text: str):
