@@ -266,6 +266,38 @@ def test_interrupted_cli_resumes_without_duplicates(settings, mysql_url, amqp_ur
     assert first + second + image_ids(drain(amqp_url, "faces")) == ids
 
 
+def test_killed_run_resumes_from_its_last_confirmed_job(settings, mysql_url, amqp_url):
+    ids = add_images(mysql_url, 8)
+    proc = cli(settings, "thumbnails", "--missing", reprocess_max_queue_depth=3)
+    wait_for(lambda: queue_depth(amqp_url, "thumbnails") == 3, 60, "three jobs queued")
+    time.sleep(0.3)
+    proc.kill()                                      # no chance to save anything on the way out
+    proc.wait(30)
+    first = image_ids(drain(amqp_url, "thumbnails"))
+    forget_all(mysql_url)                            # and the consumers have finished those three
+    proc = cli(settings, "thumbnails", "--missing")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "published: 5" in out
+    assert first + image_ids(drain(amqp_url, "thumbnails")) == ids
+
+
+def test_damaged_checkpoint_is_one_clear_line(settings, mysql_url):
+    from workers.reprocess.checkpoint import Checkpoint
+    from workers.reprocess.run import run_key
+    add_images(mysql_url, 2)
+    target = ImageRows(JOBS["faces"], "all", None, settings)
+    path = Checkpoint.path_for(settings.reprocess_state_dir, run_key(settings, target))
+    path.parent.mkdir(parents=True)
+    path.write_text('{"cursor": 1')
+    proc = cli(settings, "faces", "--all")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.strip().endswith("--fresh starts over"), err
+    proc = cli(settings, "faces", "--all", "--fresh")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "published: 2" in out, err
+
+
 # --- --failed: queue:retry in bulk -------------------------------------------------------------------
 
 def add_failed(url: str, body: bytes | str, queue: str = "faces") -> str:

@@ -35,7 +35,7 @@ def cmd_reprocess(args) -> int:
     import sqlalchemy as sa
 
     from ..settings import get_settings
-    from .checkpoint import CheckpointBusy
+    from .checkpoint import CheckpointBusy, CheckpointUnreadable
     from .run import StopRequest, print_report, run
     from .targets import FailedRows, ImageRows
 
@@ -55,7 +55,7 @@ def cmd_reprocess(args) -> int:
         with StopRequest().installed() as stop:
             report = run(settings, target, dry_run=args.dry_run, limit=args.limit, fresh=args.fresh,
                          progress=not args.no_progress, stop=stop)
-    except CheckpointBusy as exc:
+    except (CheckpointBusy, CheckpointUnreadable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (pika.exceptions.AMQPError, sa.exc.OperationalError, ConnectionError, OSError) as exc:

@@ -169,21 +169,8 @@ def _publish(items: Iterator[Item], engine: sa.Engine, settings: Settings, check
         return gauges[queue]
 
     try:
-        for item in items:
-            if stop():
-                report.stopped = "interrupted"
-                break
-            if _limit_reached(report, limit, PUBLISHED):
-                report.stopped = "limit"
-                break
-            outcome = _send(item, engine, channel, gauge, report)
-            if outcome is None:
-                report.stopped = "interrupted"
-                break
-            checkpoint.advance(item.cursor, outcome)
-            report.counts[outcome] += 1
-            bar.set_postfix_str("", refresh=False)
-            bar.update()
+        with engine.connect() as conn:      # one connection: no pool checkout and ping per job
+            _publish_items(items, conn, channel, gauge, checkpoint, report, limit, bar, stop)
     finally:
         report.waits = sum(g.waits for g in gauges.values())
         report.waited = sum(g.waited for g in gauges.values())
@@ -194,14 +181,33 @@ def _publish(items: Iterator[Item], engine: sa.Engine, settings: Settings, check
             pass
 
 
-def _send(item: Item, engine: sa.Engine, channel, gauge, report: Report) -> str | None:
+def _publish_items(items: Iterator[Item], conn: sa.Connection, channel, gauge, checkpoint: Checkpoint,
+                   report: Report, limit: int | None, bar, stop: StopRequest) -> None:
+    for item in items:
+        if stop():
+            report.stopped = "interrupted"
+            return
+        if _limit_reached(report, limit, PUBLISHED):
+            report.stopped = "limit"
+            return
+        outcome = _send(item, conn, channel, gauge, report)
+        if outcome is None:
+            report.stopped = "interrupted"
+            return
+        checkpoint.advance(item.cursor, outcome)
+        report.counts[outcome] += 1
+        bar.set_postfix_str("", refresh=False)
+        bar.update()
+
+
+def _send(item: Item, conn: sa.Connection, channel, gauge, report: Report) -> str | None:
     """One item's outcome; None when a stop was requested while waiting for room."""
     if item.problem:
         return _not_sent(report, item)
     room = gauge(item.queue)
     if not room.wait_for_room():
         return None
-    with engine.begin() as conn:     # the dedup row commits only if the broker confirmed
+    with conn.begin():               # the dedup row commits only if the broker confirmed
         if item.data is not None and not dedup.claim(conn, item.class_name, item.data):
             return ALREADY_QUEUED
         body, properties = item.message()
