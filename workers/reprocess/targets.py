@@ -47,24 +47,44 @@ class Item:
     on_sent: Callable[[sa.Connection], None] | None = None   # in the dedup row's transaction
 
 
-def _batches(engine: sa.Engine, query: sa.Select, id_column: sa.Column, after: int, upto: int,
-             size: int) -> Iterator[sa.Row]:
-    """Rows of `query` with after < id <= upto, in id order, `size` per round trip (keyset)."""
-    while True:
+class _Rows:
+    """Rows of `table` matching `_filters()`, in id order, reprocess_batch_size per query (keyset)."""
+
+    table: sa.Table
+    settings: Settings
+
+    def _filters(self) -> list:
+        raise NotImplementedError
+
+    def high_water(self, engine: sa.Engine) -> int:
+        """The highest id now: the run goes no further."""
         with engine.connect() as conn:
-            rows = conn.execute(query.where(id_column > after, id_column <= upto)
-                                .order_by(id_column).limit(size)).all()
-        yield from rows
-        if len(rows) < size:
-            return
-        after = rows[-1].id
+            return conn.execute(sa.select(sa.func.max(self.table.c.id))).scalar() or 0
+
+    def count(self, engine: sa.Engine, after: int, upto: int) -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(self.table).where(
+                *self._filters(), self.table.c.id > after, self.table.c.id <= upto)).scalar()
+
+    def _rows(self, engine: sa.Engine, columns: list, after: int, upto: int) -> Iterator[sa.Row]:
+        query = sa.select(self.table.c.id, *columns).where(*self._filters())
+        size = self.settings.reprocess_batch_size
+        while True:
+            with engine.connect() as conn:
+                rows = conn.execute(query.where(self.table.c.id > after, self.table.c.id <= upto)
+                                    .order_by(self.table.c.id).limit(size)).all()
+            yield from rows
+            if len(rows) < size:
+                return
+            after = rows[-1].id
 
 
 # --- images rows: --missing, --all, --where-source offline ---------------------------------------
 
-class ImageRows:
+class ImageRows(_Rows):
     """images rows needing `job`, each a fresh `new Job(['image_id' => id])` on the job's queue."""
 
+    table = images
     restartable = True      # a checkpoint file remembers how far a stopped run got
 
     def __init__(self, job: Job, mode: str, since: dt.datetime | None, settings: Settings):
@@ -82,18 +102,8 @@ class ImageRows:
             where.append(images.c.created_at >= self.since)
         return where
 
-    def high_water(self, engine: sa.Engine) -> int:
-        with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.max(images.c.id))).scalar() or 0
-
-    def count(self, engine: sa.Engine, after: int, upto: int) -> int:
-        with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(images)
-                                .where(*self._filters(), images.c.id > after, images.c.id <= upto)).scalar()
-
     def items(self, engine: sa.Engine, after: int, upto: int) -> Iterator[Item]:
-        query = sa.select(images.c.id).where(*self._filters())
-        for row in _batches(engine, query, images.c.id, after, upto, self.settings.reprocess_batch_size):
+        for row in self._rows(engine, [], after, upto):
             data = {"image_id": int(row.id)}
             yield Item(row.id, self.job.class_name, data, self.job.name, self._message(data))
 
@@ -130,10 +140,11 @@ def retry_properties(body: bytes) -> dict:
     return props
 
 
-class FailedRows:
+class FailedRows(_Rows):
     """failed_jobs rows of `job`'s class, re-published to the queue they failed on; each row is
     deleted in the transaction that claims the job's dedup row, once the broker confirmed."""
 
+    table = failed_jobs
     restartable = False     # a re-queued row is deleted: that is its own checkpoint
     mode = "failed"
 
@@ -148,19 +159,9 @@ class FailedRows:
             where.append(failed_jobs.c.failed_at >= self.since)
         return where
 
-    def high_water(self, engine: sa.Engine) -> int:
-        with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.max(failed_jobs.c.id))).scalar() or 0
-
-    def count(self, engine: sa.Engine, after: int, upto: int) -> int:
-        with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(failed_jobs).where(
-                *self._filters(), failed_jobs.c.id > after, failed_jobs.c.id <= upto)).scalar()
-
     def items(self, engine: sa.Engine, after: int, upto: int) -> Iterator[Item]:
-        query = sa.select(failed_jobs.c.id, failed_jobs.c.uuid, failed_jobs.c.queue,
-                          failed_jobs.c.payload).where(*self._filters())
-        for row in _batches(engine, query, failed_jobs.c.id, after, upto, self.settings.reprocess_batch_size):
+        columns = [failed_jobs.c.uuid, failed_jobs.c.queue, failed_jobs.c.payload]
+        for row in self._rows(engine, columns, after, upto):
             item = self._item(row)
             if item is not None:
                 yield item
