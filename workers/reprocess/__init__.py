@@ -55,6 +55,9 @@ def cmd_reprocess(args) -> int:
         with StopRequest().installed() as stop:
             report = run(settings, target, dry_run=args.dry_run, limit=args.limit, fresh=args.fresh,
                          progress=not args.no_progress, stop=stop)
+    except KeyboardInterrupt:
+        print("aborted (second Ctrl-C): the job being sent may or may not have gone out", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (CheckpointBusy, CheckpointUnreadable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

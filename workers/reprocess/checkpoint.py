@@ -63,10 +63,14 @@ class Checkpoint:
         except BlockingIOError:
             cp._lock.close()
             raise CheckpointBusy(f"another reprocess run with these options is using {path}") from None
-        if path.exists() and not fresh:
-            cp.state = _read(path)
-        elif path.exists():
-            path.unlink()
+        try:
+            if path.exists() and not fresh:
+                cp.state = _read(path)
+            elif path.exists():
+                path.unlink()
+        except BaseException:
+            cp.close()
+            raise
         return cp
 
     @property
