@@ -5,11 +5,12 @@ Starts its own MariaDB and RabbitMQ (tests/services.py) and N images rows, then:
   publish   `reprocess faces --all` with no consumer and room for everything (dedup row,
             confirmed publish, checkpoint per job) beside the floor: the same N payloads built
             and published with confirms, nothing else (no database, no dedup, no checkpoint).
-  drain     a no-op consumer (`python -m workers consume`) taking N jobs that were all published
-            up front, beside `reprocess` feeding the same consumer under a queue-depth limit:
-            the wall time to the last job done, and the deepest the queue got (sampled).
+  drain     one consumer (`python -m workers consume`, a handler that sleeps --handler-ms, like a
+            light job) taking N jobs that were all published up front, beside `reprocess` feeding
+            the same consumer under a queue-depth limit: the wall time to the last job done, and
+            the deepest the queue got (sampled every 50 ms).
 
-    .venv/bin/python bench/reprocess.py [--jobs 5000] [--depth 100]
+    .venv/bin/python bench/reprocess.py [--jobs 3000] [--depth 100] [--handler-ms 20]
 """
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ from tests.runtime.consumers import consumer_env, queue_depth, start_consumer, s
 from tests.services import MariaDB, RabbitMQ  # noqa: E402
 
 QUEUE = "faces"
+
+
+def sleeping_handler(ctx, data) -> list:
+    """The drain runs' job: only a sleep (PHOTO_BENCH_HANDLER_MS), so the consumer is the bottleneck."""
+    time.sleep(float(os.environ.get("PHOTO_BENCH_HANDLER_MS", "0")) / 1000)
+    return []
 
 
 def add_images(db_url: str, n: int) -> None:
@@ -73,11 +80,13 @@ def consumed(proc) -> int:
     return Path(proc.log_path).read_bytes().count(b"\n")
 
 
-def drain_with_consumer(db_url: str, amqp_url: str, n: int, logs: Path, feed) -> tuple[float, int]:
+def drain_with_consumer(db_url: str, amqp_url: str, n: int, logs: Path, feed, handler_ms: float
+                        ) -> tuple[float, int]:
     """Start a no-op consumer, call `feed()` if any (in a thread), wait until it did n jobs:
     (seconds from the consumer being ready, peak depth sampled)."""
     from workers.reprocess.targets import JOBS
-    env = consumer_env(db_url, amqp_url, {JOBS[QUEUE].class_name: "tests.runtime.handlers:noop"})
+    env = consumer_env(db_url, amqp_url, {JOBS[QUEUE].class_name: "bench.reprocess:sleeping_handler"})
+    env["PHOTO_BENCH_HANDLER_MS"] = str(handler_ms)
     proc = start_consumer(QUEUE, env, logs)
     peak, done = 0, threading.Event()
 
@@ -103,8 +112,9 @@ def drain_with_consumer(db_url: str, amqp_url: str, n: int, logs: Path, feed) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--jobs", type=int, default=5000)
+    ap.add_argument("--jobs", type=int, default=3000)
     ap.add_argument("--depth", type=int, default=100, help="PHOTO_REPROCESS_MAX_QUEUE_DEPTH for the drain run")
+    ap.add_argument("--handler-ms", type=float, default=20, help="what one job takes in the drain runs")
     args = ap.parse_args()
     n = args.jobs
     base = Path(tempfile.mkdtemp(prefix="bench-reprocess-"))
@@ -130,12 +140,12 @@ def main() -> int:
         add_images(url_a, n)
         add_images(url_b, n)
         reprocess_all(settings_for(url_a, rabbit.url, base / "state", n + 1))     # before the consumer
-        upfront, peak_a = drain_with_consumer(url_a, rabbit.url, n, base / "logs", None)
+        upfront, peak_a = drain_with_consumer(url_a, rabbit.url, n, base / "logs", None, args.handler_ms)
         fed_report = {}
         fed, peak_b = drain_with_consumer(
             url_b, rabbit.url, n, base / "logs",
             lambda: fed_report.setdefault("r", reprocess_all(settings_for(url_b, rabbit.url, base / "state",
-                                                                          args.depth))))
+                                                                          args.depth))), args.handler_ms)
         load_drain = os.getloadavg()[0]
     finally:
         rabbit.stop()
@@ -146,7 +156,7 @@ def main() -> int:
     print(f"{'  bare build+publish (floor)':34} {n / floor:>8.0f} {floor * 1000 / n:>8.2f}")
     print(f"{'  reprocess faces --all':34} {n / ours:>8.0f} {ours * 1000 / n:>8.2f}"
           f"   ({ours / floor:.2f}x the floor's time; load {load_publish:.1f})")
-    print(f"{'drain by one no-op consumer':34} {'seconds':>8} {'peak depth':>11}")
+    print(f"{f'drain by one consumer ({args.handler_ms:g} ms/job)':34} {'seconds':>8} {'peak depth':>11}")
     print(f"{'  all published up front':34} {upfront:>8.1f} {peak_a:>11}")
     print(f"{f'  reprocess, depth limit {args.depth}':34} {fed:>8.1f} {peak_b:>11}"
           f"   ({fed / upfront:.2f}x; waited {r.waits} times, {r.waited:.1f} s; load {load_drain:.1f})")
