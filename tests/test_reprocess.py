@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from tests.runtime.consumers import PROJECT_ROOT, consumer_env, drain, queue_depth, wait_for
 from workers import db, dedup
-from workers.laravel import JobClass, build_payload, decode_payload, queue_key
+from workers.laravel import JobClass, PhpObject, build_payload, decode_payload, queue_key
 from workers.reprocess.run import ALREADY_QUEUED, NOT_SENT, PUBLISHED, WOULD_PUBLISH, run
 from workers.reprocess.targets import JOBS, FailedRows, ImageRows
 from workers.schema import failed_jobs, images, queues
@@ -328,17 +328,22 @@ def test_failed_requeues_like_queue_retry(settings, mysql_url, amqp_url):
         dedup.claim(conn, FACES, {"image_id": 6})                       # queued again meanwhile
     unreadable = add_failed(mysql_url, '{"data":{"commandName":"App\\\\Jobs\\\\FaceProcessJob","command":"O:3:"}}')
     expired = add_failed(mysql_url, build_payload(JobClass(FACES, retry_until=1000), {"image_id": 7}, queue="faces").body)
+    # data json_encode cannot write as PHP would (an object): no dedup row possible, sent without one
+    add_failed(mysql_url, build_payload(FACES, {"image_id": 8, "model": PhpObject("App\\Models\\Image")},
+                                        queue="faces").body)
 
     preview = reprocess(settings, "faces", "failed", dry_run=True)
-    assert (preview.counts[WOULD_PUBLISH], preview.counts[ALREADY_QUEUED], preview.counts[NOT_SENT]) == (1, 1, 2)
+    assert (preview.counts[WOULD_PUBLISH], preview.counts[ALREADY_QUEUED], preview.counts[NOT_SENT]) == (2, 1, 2)
     report = reprocess(settings, "faces", "failed")
     assert (report.rows, report.counts[PUBLISHED], report.counts[ALREADY_QUEUED], report.counts[NOT_SENT]) \
-        == (4, 1, 1, 2)
+        == (5, 2, 1, 2)
     assert any("retryUntil has passed" in why and expired in why for _, why in report.problems)
     assert failed_uuids(mysql_url) == {other_class, queued, unreadable, expired}
-    assert queue_key(FACES, data) in dedup_keys(mysql_url)
+    assert dedup_keys(mysql_url) == {queue_key(FACES, data), queue_key(FACES, {"image_id": 6})}
 
-    [(headers, republished)] = drain(amqp_url, "faces")
+    messages = {decode_payload(b, h).uuid: (h, b) for h, b in drain(amqp_url, "faces")}
+    assert len(messages) == 2
+    headers, republished = messages[retried]
     assert headers == {"laravel": {"attempts": 0}}
     assert json.loads(republished) == json.loads(body) and b"\\u00fc" in republished   # plain json_encode
     job = decode_payload(republished, headers)

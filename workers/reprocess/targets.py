@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 
 from ..embedded import JOB_CLASS
-from ..laravel import PayloadError, build_payload, decode_payload, php_json_encode
+from ..laravel import PayloadError, PhpJsonError, build_payload, decode_payload, php_json_encode, queue_key
 from ..laravel.crypto import DecryptError
 from ..laravel.php_serialize import PhpSerializeError
 from ..schema import failed_jobs, images
@@ -180,9 +180,20 @@ class FailedRows(_Rows):
         else:
             if decoded.class_name != self.job.class_name:
                 return None          # the pre-filter matched text inside another job's data
-            data = decoded.data if isinstance(decoded.data, (dict, list)) else None
+            data = decoded.data if _has_queue_key(decoded.class_name, decoded.data) else None
             if decoded.retry_until is not None and decoded.retry_until <= time.time():
                 # PHP would call the class's retryUntil() again; only PHP can
                 problem = f"retryUntil has passed: use `php artisan queue:retry {row.uuid}`"
         return Item(row.id, self.job.class_name, data, row.queue,
                     lambda: (body, retry_properties(body)), problem, delete_row)
+
+
+def _has_queue_key(class_name: str, data: Any) -> bool:
+    """Whether PHP could have made a dedup row for this data (json_encode must succeed)."""
+    if not isinstance(data, (dict, list)):
+        return False
+    try:
+        queue_key(class_name, data)
+    except (PhpJsonError, TypeError, ValueError):
+        return False
+    return True
