@@ -428,3 +428,14 @@ def test_offline_source_warns_while_nominatim_is_paused(settings, mysql_url):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Nominatim is paused for the whole installation" in err and "would publish: 1" in out
+
+
+def test_unreachable_broker_is_one_line_and_leaves_no_checkpoint(sqlite_url, tmp_path):
+    settings = Settings(database_url=sqlite_url, amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
+                        storage_root=tmp_path, reprocess_state_dir=tmp_path / "state")
+    add_images(sqlite_url, 2)
+    proc = cli(settings, "faces")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and out == ""
+    assert err.startswith("error: RabbitMQ at 127.0.0.1:1 is unreachable") and err.count("\n") == 1, err
+    assert not settings.reprocess_state_dir.exists()

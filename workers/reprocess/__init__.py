@@ -15,6 +15,7 @@ from .targets import JOBS
 
 log = logging.getLogger("workers.reprocess")
 EXIT_INTERRUPTED = 130      # like a shell's Ctrl-C
+AGAIN = "jobs the broker confirmed are recorded: run the same command again to continue"
 
 DESCRIPTION = """\
 Run a job again for images that already exist, like the ALL / MISSING buttons of Immich's job
@@ -49,8 +50,7 @@ def cmd_reprocess(args) -> int:
         _warn_if_nominatim_unusable(settings)
     target = (FailedRows(job, args.since, settings) if mode == "failed"
               else ImageRows(job, mode, args.since, settings))
-    if not args.no_progress:
-        logging.getLogger("pika").setLevel(logging.ERROR)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)     # its errors are reported below, in one line
     try:
         with StopRequest().installed() as stop:
             report = run(settings, target, dry_run=args.dry_run, limit=args.limit, fresh=args.fresh,
@@ -61,10 +61,16 @@ def cmd_reprocess(args) -> int:
     except (CheckpointBusy, CheckpointUnreadable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (pika.exceptions.AMQPError, sa.exc.OperationalError, ConnectionError, OSError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}".rstrip(": ") +
-              "; nothing after the last confirmed job was recorded: run the same command again to continue",
-              file=sys.stderr)
+    except pika.exceptions.AMQPConnectionError as exc:
+        params = pika.URLParameters(settings.amqp_url)
+        print(f"error: RabbitMQ at {params.host}:{params.port} is unreachable or went away "
+              f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}); {AGAIN}", file=sys.stderr)
+        return 1
+    except sa.exc.OperationalError as exc:
+        print(f"error: database: {exc.orig}; {AGAIN}", file=sys.stderr)
+        return 1
+    except (pika.exceptions.AMQPError, ConnectionError, OSError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}; {AGAIN}", file=sys.stderr)
         return 1
     print_report(report, settings)
     return EXIT_INTERRUPTED if report.stopped == "interrupted" else 0

@@ -79,6 +79,8 @@ def run(settings: Settings, target, *, dry_run: bool = False, limit: int | None 
     started = time.monotonic()
     engine = db.engine_for(settings.database_url)
     report = Report(target.job.name, target.mode, dry_run)
+    # the broker first: if it is down, no checkpoint of a run that never started is left behind
+    amqp = None if dry_run else broker.connect(settings.amqp_url, heartbeat=settings.heartbeat)
     checkpoint = _checkpoint(settings, target, dry_run, fresh)
     try:
         if checkpoint.resumed:
@@ -89,16 +91,25 @@ def run(settings: Settings, target, *, dry_run: bool = False, limit: int | None 
         report.rows = target.count(engine, after, upto)
         with _progress_bar(report, limit, progress) as bar:
             items = target.items(engine, after, upto)
-            if dry_run:
+            if amqp is None:
                 _preview(items, engine, report, limit, bar)
             else:
-                _publish(items, engine, settings, checkpoint, report, limit, bar, stop)
+                _publish(items, engine, amqp[1], settings, checkpoint, report, limit, bar, stop)
         if report.stopped is None and not dry_run:
             checkpoint.finish()
     finally:
         checkpoint.close()
+        if amqp is not None:
+            _close(amqp[0])
         report.seconds = time.monotonic() - started
     return report
+
+
+def _close(connection) -> None:
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - already gone: nothing left to flush
+        pass
 
 
 def run_key(settings: Settings, target) -> dict:
@@ -150,9 +161,8 @@ def _preview(items: Iterator[Item], engine: sa.Engine, report: Report, limit: in
             bar.update()
 
 
-def _publish(items: Iterator[Item], engine: sa.Engine, settings: Settings, checkpoint: Checkpoint,
+def _publish(items: Iterator[Item], engine: sa.Engine, channel, settings: Settings, checkpoint: Checkpoint,
              report: Report, limit: int | None, bar, stop: StopRequest) -> None:
-    connection, channel = broker.connect(settings.amqp_url, heartbeat=settings.heartbeat)
     gauges: dict[str, QueueGauge] = {}
 
     def on_wait(queue: str, depth: int, first: bool) -> None:
@@ -175,10 +185,6 @@ def _publish(items: Iterator[Item], engine: sa.Engine, settings: Settings, check
         report.waits = sum(g.waits for g in gauges.values())
         report.waited = sum(g.waited for g in gauges.values())
         report.peak_depth = max((g.peak for g in gauges.values()), default=0)
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - already gone: nothing left to flush
-            pass
 
 
 def _publish_items(items: Iterator[Item], conn: sa.Connection, channel, gauge, checkpoint: Checkpoint,
@@ -231,8 +237,9 @@ def print_report(report: Report, settings: Settings, out=sys.stdout) -> None:
     head = f"reprocess {report.job} {flag}{' (dry run: nothing was published)' if report.dry_run else ''}"
     print(f"{head}: {report.rows} rows to go through", file=out)
     if report.resumed:
+        earlier = _counts(report.resumed["counts"]) or "nothing sent yet"
         print(f"  resumed a run started {report.resumed['started_at']} after row id {report.resumed['cursor']} "
-              f"(earlier: {_counts(report.resumed.get('counts', {})) or 'nothing'})", file=out)
+              f"(earlier: {earlier})", file=out)
     for outcome in (PUBLISHED, WOULD_PUBLISH, ALREADY_QUEUED, NOT_SENT):
         if report.counts[outcome] or outcome == (WOULD_PUBLISH if report.dry_run else PUBLISHED):
             note = " (dedup row exists: queued or running)" if outcome == ALREADY_QUEUED else ""
