@@ -90,7 +90,8 @@ def image_ids(messages) -> list[int]:
 def reprocess(settings: Settings, job: str, mode: str = "missing", since=None, **kw):
     target = (FailedRows(JOBS[job], since, settings) if mode == "failed"
               else ImageRows(JOBS[job], mode, since, settings))
-    return run(settings, target, progress=False, **kw)
+    kw.setdefault("progress", False)
+    return run(settings, target, **kw)
 
 
 def cli(settings: Settings, *args: str, **env_settings) -> subprocess.Popen:
@@ -202,15 +203,17 @@ def test_queue_depth_stays_under_the_setting_while_consumers_catch_up(settings, 
     assert sorted(image_ids(taken)) == ids
 
 
-def test_waiting_for_consumers_shows_on_the_bar_and_stops_on_request(settings, mysql_url, amqp_url):
+def test_waiting_for_consumers_shows_on_the_bar_and_stops_on_request(settings, mysql_url, amqp_url, capsys):
     from workers.reprocess.run import StopRequest
     add_images(mysql_url, 6)
     settings.reprocess_max_queue_depth = 2
     stop = StopRequest()
     threading.Timer(0.5, lambda: setattr(stop, "requested", True)).start()    # Ctrl-C, nobody consuming
-    report = reprocess(settings, "faces", "all", stop=stop)
+    report = reprocess(settings, "faces", "all", stop=stop, progress=True)
     assert (report.counts[PUBLISHED], report.stopped, report.waits) == (2, "interrupted", 1)
     assert queue_depth(amqp_url, "faces") == 2
+    bar = capsys.readouterr().err
+    assert "faces all:" in bar and "2/6" in bar and "job/s" in bar and "waiting: faces has 2 ready" in bar
 
 
 # --- stopping and starting again -------------------------------------------------------------------
