@@ -1,4 +1,4 @@
-"""`python -m workers <command>`: the operator's entry point.
+"""`photo-pipeline <command>` (or `python -m workers <command>`): the operator's entry point.
 
 Commands are registered by the module that owns them, so this file stays a table of contents."""
 from __future__ import annotations
@@ -8,6 +8,12 @@ import importlib
 import logging
 import sys
 
+from pydantic import ValidationError
+
+from .settings import SettingsError
+
+PROG = "photo-pipeline"
+
 # Modules that own sub-commands; each has `add_subcommands(subparsers)`.
 COMMAND_MODULES = [
     "workers.laravel.cli",   # inspect, queue-key, payload
@@ -16,6 +22,7 @@ COMMAND_MODULES = [
     "workers.embedded",      # process, enqueue
     "workers.deploy",        # render-config
     "workers.monitor",       # monitor
+    "face_api.serve",        # serve-face-api
 ]
 
 
@@ -35,7 +42,7 @@ def cmd_schema(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("migrate", help="apply pending schema migrations (idempotent)")
     p.add_argument("--db", help="database URL (default: PHOTO_DATABASE_URL)")
@@ -56,4 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        if exc.title != "Settings":          # only settings errors are the operator's to fix
+            raise
+        from face_api.startup import settings_error_line
+        line = settings_error_line(exc)
+    except SettingsError as exc:
+        line = str(exc)
+    print(f"{PROG} {args.command}: refusing to start: {line}", file=sys.stderr)
+    return 2

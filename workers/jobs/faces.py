@@ -98,7 +98,7 @@ def _http_client(settings: Settings) -> httpx.Client:
     global _client
     if _client is None or _client[0] != os.getpid():
         timeout = httpx.Timeout(settings.face_api_timeout, connect=min(10.0, settings.face_api_timeout))
-        _client = (os.getpid(), httpx.Client(timeout=timeout))
+        _client = (os.getpid(), httpx.Client(timeout=timeout, headers=settings.face_api_headers))
     return _client[1]
 
 
