@@ -20,7 +20,7 @@ STORAGE = Path("storage")
 QUEUE_TIMEOUTS = {"metadata": 60, "geolocation": 120, "thumbnails": 300, "faces": 360}
 QUEUE_NUMPROCS = {"thumbnails": 2, "metadata": 1, "geolocation": 1, "faces": 8}
 
-# Settings with a closed set of values (checked at start-up, case-insensitive).
+# Operator safety: settings with a closed set of values (checked at start-up, case-insensitive).
 CHOICES = {
     "face_engine": ("http", "inprocess"),
     "face_api_send": ("path", "bytes"),
@@ -28,7 +28,6 @@ CHOICES = {
     "geocoder": ("nominatim", "offline"),
     "geocode_fallback": ("offline", "none"),
 }
-MIN_NOMINATIM_TIMEOUT = 1.0   # geopy's default; shorter ones time out on ordinary answers
 
 
 class SettingsError(ValueError):
@@ -111,11 +110,19 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(allowed)}")
         return name
 
-    @field_validator("nominatim_timeout")
+    @field_validator("nominatim_timeout", "face_api_timeout")
     @classmethod
-    def _nominatim_timeout(cls, value):
-        if value < MIN_NOMINATIM_TIMEOUT:
-            raise ValueError(f"must be at least {MIN_NOMINATIM_TIMEOUT} s (one Nominatim request)")
+    def _positive(cls, value):
+        if value <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator("laravel_env")
+    @classmethod
+    def _readable_env_file(cls, value):
+        # A mistyped path would silently fall back to the defaults (another database).
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{value} is not a file")
         return value
 
     @model_validator(mode="after")

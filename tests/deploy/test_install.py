@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from workers.settings import PROJECT_ROOT
+from tests.services import PROJECT_ROOT
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 VENV = PROJECT_ROOT / ".venv"
@@ -56,13 +56,13 @@ def test_install_into_temp_root(tmp_path):
 
     # the code, synced without caches
     for rel in ("workers/cli.py", "workers/deploy.py", "face_api/app.py", "face_api/gunicorn.conf.py",
-                "etc/supervisor/photo-worker.conf.j2", "requirements.txt", "install.sh"):
+                "workers/templates/supervisor/photo-worker.conf.j2", "requirements.txt", "install.sh"):
         assert (prefix / rel).read_bytes() == (PROJECT_ROOT / rel).read_bytes(), rel
     assert not list(prefix.rglob("__pycache__"))
 
     logs = prefix / "storage/logs"
     assert logs.is_dir()
-    managed = [logs, prefix / "storage", *(prefix / d for d in ("workers", "face_api", "etc", "scripts"))]
+    managed = [logs, prefix / "storage", *(prefix / d for d in ("workers", "face_api", "scripts"))]
     for top in managed:
         for p in [top, *top.rglob("*")] if top != prefix / "storage" else [top]:
             st = p.lstat()
