@@ -19,12 +19,11 @@ def gunicorn_command(options: list[str]) -> list[str]:
 
 
 def cmd_serve(args) -> int:
-    options = [o for o in args.gunicorn_options if o != "--"]
+    options = [o for o in args.extra if o != "--"]
     os.execv(sys.executable, gunicorn_command(options))   # gunicorn becomes this process (signals, pid)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve-face-api", help="run the face API under gunicorn (FACE_API_* settings)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("gunicorn_options", nargs=argparse.REMAINDER, help="passed to gunicorn")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, passthrough=True)   # every other option goes to gunicorn
