@@ -121,11 +121,12 @@ def test_dry_run_changes_nothing_and_prints_steps(tmp_path):
                  "==> storage/logs", "==> config:", "==> migrations", "==> services"):
         assert step in out, step
     for cmd in ("debian-deps.sh python3 python3-venv libimage-exiftool-perl supervisor",
-                f"+ python3 -m venv {tmp_path}/venv", "pip install -q -r", "pip install -q --no-deps -r",
+                f"+ python3 -m venv {tmp_path}/venv", "pip install -q -r",
                 f"+ mkdir -p {tmp_path}/var/www/photo/storage/logs", "+ chmod -R u+rwX,g+rwX,o+rX,o-w",
                 "render-config", "-m workers migrate"):
         assert cmd in out, cmd
     assert "dry run: nothing was changed" in out
+    assert "--no-deps" not in out              # the lock only: the test oracle stays off the box
 
 
 def test_dry_run_on_live_root_lists_service_commands(tmp_path):
