@@ -219,13 +219,11 @@ def process(photo_dir: Path, settings: Settings, workers: int | None = None,
     return summary
 
 
-def library_totals(engine: sa.Engine, threshold: float) -> dict[str, str]:
-    """The database's totals, every run included, as summary lines (label -> text): add a line
-    by adding an entry."""
+def library_stats(engine: sa.Engine, threshold: float) -> dict:
+    """Counts for the summary: faces, people groups (clusters of similar faces), places."""
     import numpy as np
     im, fa = schema.images, schema.faces
     with engine.connect() as conn:
-        photos = conn.execute(sa.select(sa.func.count()).select_from(im)).scalar()
         encs = [json.loads(e) if isinstance(e, str) else e
                 for e in conn.execute(sa.select(fa.c.encoding)).scalars() if e]
         places = conn.execute(sa.select(sa.func.count(sa.distinct(im.c.display_name)))
@@ -236,16 +234,18 @@ def library_totals(engine: sa.Engine, threshold: float) -> dict[str, str]:
         import dlib
         labels = dlib.chinese_whispers_clustering([dlib.vector(np.asarray(e, float)) for e in encs],
                                                    threshold)
-        groups = sum(1 for n in Counter(labels).values() if n > 1)
-    return {
-        "photos": str(photos),
-        "faces": f"{len(encs)}  face groups (same person in several photos): {groups}",
-        "places": f"{places} distinct, {with_place} photos with a place",
-    }
+        counts = Counter(labels)
+        groups = sum(1 for n in counts.values() if n > 1)
+    return {"faces": len(encs), "face_groups": groups, "places": places, "photos_with_place": with_place}
+
+
+def library_photos(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(schema.images)).scalar()
 
 
 def run_lines(summary: Summary) -> dict[str, str]:
-    """This run's figures as summary lines (label -> text)."""
+    """This run's figures as summary lines (label -> text): a new line is a new entry."""
     lines = {
         "photos": f"{summary.photos} ({summary.processed} processed, {summary.skipped} already done)",
         "jobs done": ", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none",
@@ -255,6 +255,15 @@ def run_lines(summary: Summary) -> dict[str, str]:
         lines["not photos (skipped)"] = f"{len(summary.not_photos)}: {shown}"
     lines["failures"] = str(len(summary.failures))
     return lines
+
+
+def total_lines(stats: dict, photos: int) -> dict[str, str]:
+    """The database's totals, every run included, as summary lines (label -> text)."""
+    return {
+        "photos": str(photos),
+        "faces": f"{stats['faces']}  face groups (same person in several photos): {stats['face_groups']}",
+        "places": f"{stats['places']} distinct, {stats['photos_with_place']} photos with a place",
+    }
 
 
 def print_summary(summary: Summary, totals: dict[str, str], database: str, out=sys.stdout) -> None:
@@ -320,7 +329,7 @@ def cmd_process(args) -> int:
         print(f"photo-pipeline process: {exc}", file=sys.stderr)
         return 2
     engine = db.engine_for(settings.database_url)
-    totals = library_totals(engine, settings.face_match_threshold)
+    totals = total_lines(library_stats(engine, settings.face_match_threshold), library_photos(engine))
     print_summary(summary, totals, engine.url.render_as_string())   # the password stays hidden
     print(f"time: {time.monotonic() - started:.1f} s")
     return 0
