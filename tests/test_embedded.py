@@ -109,6 +109,20 @@ def test_default_library_lives_in_the_folder(photo_dir, tmp_path):
     assert sorted(p.name for p in photo_dir.parent.iterdir()) == ["photos"]   # nothing in the cwd
 
 
+def test_configured_settings_win_over_the_folder_defaults(tmp_path, monkeypatch):
+    from workers.embedded import embedded_settings
+    monkeypatch.chdir(tmp_path)
+    for name in ("PHOTO_DATABASE_URL", "PHOTO_THUMBNAIL_ROOT", "PHOTO_GEOCODER"):
+        monkeypatch.delenv(name, raising=False)
+    folder = embedded_settings(tmp_path, None)
+    assert folder.database_url == f"sqlite:///{tmp_path / '.photo-pipeline' / 'photo.db'}"
+    assert folder.thumbnails_dir == tmp_path / ".photo-pipeline" / "thumbnails" and folder.geocoder == "offline"
+    (tmp_path / ".env").write_text("PHOTO_DATABASE_URL=sqlite:///elsewhere.db\nPHOTO_GEOCODER=nominatim\n")
+    configured = embedded_settings(tmp_path, None)             # a .env counts as much as the environment
+    assert configured.database_url == "sqlite:///elsewhere.db" and configured.geocoder == "nominatim"
+    assert embedded_settings(tmp_path, "sqlite:///cli.db").database_url == "sqlite:///cli.db"
+
+
 @pytest.mark.parametrize("make", ["missing", "file", "unreadable"])
 def test_unusable_folder_is_one_line_and_a_failure(tmp_path, make):
     target = tmp_path / "photos"

@@ -72,15 +72,16 @@ def find_photos(root: Path, skip: tuple[Path, ...] = ()) -> tuple[list[Path], li
 
 def embedded_settings(photo_dir: Path, db_url: str | None) -> Settings:
     """Settings for one machine: the photo folder is the storage root and holds the library."""
+    configured = Settings().model_fields_set     # set in the environment or .env: they win
     library = photo_dir.resolve() / LIBRARY_DIR
     defaults = {"storage_root": photo_dir.resolve(), "face_engine": "inprocess"}
-    if "PHOTO_GEOCODER" not in os.environ:
+    if "geocoder" not in configured:
         defaults["geocoder"] = "offline"
-    if "PHOTO_THUMBNAIL_ROOT" not in os.environ:
+    if "thumbnail_root" not in configured:
         defaults["thumbnail_root"] = library / "thumbnails"
     if db_url:
         defaults["database_url"] = db_url
-    elif "PHOTO_DATABASE_URL" not in os.environ:
+    elif "database_url" not in configured:
         defaults["database_url"] = f"sqlite:///{library / 'photo.db'}"
     return Settings(**defaults)
 
