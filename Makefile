@@ -3,15 +3,21 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PHOTOS ?= ../shared/testdata
+# `make run` works on a writable copy of the shared test photos: the embedded mode keeps its
+# library (.photo-pipeline/: database, thumbnails) inside the folder it processes.
+DEMO   := storage/demo-photos
+PHOTOS ?= $(DEMO)
 
 .PHONY: run test serve bench deps run-deps venv clean
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+# The lock, then the tests' face_recognition oracle without its dependencies (it would build
+# dlib from source), then this package itself (editable: the `photo-pipeline` command).
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -23,12 +29,22 @@ deps:
 run-deps:
 	./scripts/debian-deps.sh python3 python3-venv python3-dev build-essential libimage-exiftool-perl
 
+$(DEMO):
+	mkdir -p $(@D)
+	cp -R ../shared/testdata $@
+	chmod -R u+w $@
+
 test: deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The face API under gunicorn; its storage root defaults to ./storage.
 serve: venv
-	$(VENV)/bin/gunicorn -c face_api/gunicorn.conf.py face_api.app:app
+	mkdir -p storage
+	$(PY) -m workers serve-face-api
 
+ifeq ($(PHOTOS),$(DEMO))
+run: $(DEMO)
+endif
 run: run-deps venv
 	$(PY) -m workers process $(PHOTOS)
 

@@ -114,22 +114,29 @@ else
 fi
 
 step "virtualenv $VENV"
-REQ="$SRC/requirements.txt"; REQ_NODEPS="$SRC/requirements-nodeps.txt"
-# True when every pinned requirement is installed at exactly its version (offline; no pip).
+# The pinned lock only: the box needs no test oracle (requirements-nodeps.txt).
+REQ="$SRC/requirements.txt"
+# True when every pinned requirement that applies here (environment markers) is installed at
+# exactly its version (offline; no pip).
 venv_satisfied() {
   [ -x "$PY" ] || return 1
-  "$PY" - "$REQ" "$REQ_NODEPS" <<'EOF'
+  "$PY" - "$REQ" <<'EOF'
 import re, sys
 from importlib import metadata
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 have = {norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
 for path in sys.argv[1:]:
     for line in open(path):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            if have.get(norm(name)) != version.strip():
-                sys.exit(1)
+        spec, _, marker = line.split("#", 1)[0].strip().partition(";")
+        if not spec:
+            continue
+        if marker.strip():
+            from packaging.markers import Marker   # in the lock; missing means "not satisfied"
+            if not Marker(marker).evaluate():
+                continue
+        name, _, version = spec.partition("==")
+        if have.get(norm(name.strip())) != version.strip():
+            sys.exit(1)
 EOF
 }
 if venv_satisfied; then
@@ -138,7 +145,6 @@ else
   [ -x "$PY" ] || run python3 -m venv "$VENV"
   run "$PY" -m pip install -q --upgrade pip
   run "$PY" -m pip install -q -r "$REQ"
-  run "$PY" -m pip install -q --no-deps -r "$REQ_NODEPS"
 fi
 
 step "storage/logs (owner $USER_NAME:$GROUP_NAME, dirs 775, files 664)"

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import engine, metrics
+from .auth import BearerTokenMiddleware
 from .imaging import ImageError, PathDenied, open_photo, read_limited, resolve_under_roots
 from .settings import get_settings
 
@@ -109,6 +110,7 @@ class _TooLarge(Exception):
 
 app = FastAPI(title="face_api", version="2.0")
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+app.add_middleware(BearerTokenMiddleware, token=settings.face_api_token)  # outside the body limit
 
 
 @app.middleware("http")

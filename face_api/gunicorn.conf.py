@@ -1,4 +1,5 @@
 """gunicorn settings for the face API:  gunicorn -c face_api/gunicorn.conf.py face_api.app:app
+(or `photo-pipeline serve-face-api`, which runs exactly that from an installed package)
 
 Every value can be overridden by an environment variable (FACE_API_BIND, FACE_API_WORKERS, ...)
 and, as always with gunicorn, by GUNICORN_CMD_ARGS / command-line flags, which win over this file.
@@ -6,17 +7,24 @@ The app is preloaded: the dlib models are loaded once in the master and shared b
 workers (copy-on-write pages).
 """
 import os
+import sys
 import tempfile
 from pathlib import Path
 
-_root = Path(__file__).resolve().parent.parent
+# The directory holding the face_api package (a checkout or site-packages): the `gunicorn` script
+# does not put the working directory on sys.path before reading this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from face_api.startup import settings_or_exit  # noqa: E402
+
+# Invalid PHOTO_* settings end gunicorn here, with one line, before any worker is forked.
+settings_or_exit()
 
 
 def _env(name, default):
     return os.environ.get(name, default)
 
 
-_log_dir = Path(_env("PHOTO_LOG_DIR", str(_root / "storage" / "logs")))
+_log_dir = Path(_env("PHOTO_LOG_DIR", "storage/logs"))   # relative to the working directory
 
 bind = _env("FACE_API_BIND", "127.0.0.1:5000")
 workers = int(_env("FACE_API_WORKERS", "16"))

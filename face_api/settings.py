@@ -6,10 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Relative defaults are relative to the working directory (the Laravel app root on the box, where
+# face-api.service runs), never to the installed package.
+STORAGE = Path("storage")
 
 
 def _int_list(value):
@@ -22,11 +24,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PHOTO_", env_file=".env", extra="ignore")
 
     # Files the API may read by `path`: one or more roots separated by ':'.
-    storage_root: Annotated[list[Path], NoDecode] = [PROJECT_ROOT / "storage"]
-    debug_dir: Path = PROJECT_ROOT / "storage" / "face-debug"
+    storage_root: Annotated[list[Path], NoDecode] = [STORAGE]
+    debug_dir: Path = STORAGE / "face-debug"
     debug_images: bool = True          # write a JPEG with the boxes drawn
     debug_max_side: int = 2000         # debug JPEG is drawn on the detection image, at most this size
-    log_dir: Path = PROJECT_ROOT / "storage" / "logs"
+    log_dir: Path = STORAGE / "logs"
+    # Bearer token /encode and /compare require when set (face_api/auth.py); SecretStr keeps it
+    # out of reprs and logs.
+    face_api_token: SecretStr | None = None
 
     # Detection as the original server: HOG, upsample 1, scales 1200/1600/2000, 1 jitter.
     face_scales: Annotated[list[int], NoDecode] = [1200, 1600, 2000]

@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent   # the checkout under test
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -1,5 +1,6 @@
 """Embedded mode: `python -m workers process DIR` on SQLite, and `--enqueue` to RabbitMQ."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,13 @@ def run_process(photo_dir, db_url, *extra, env=None):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
+def blocks(out: str) -> tuple[str, str]:
+    """(this run's block, the library totals block) of the summary."""
+    run, _, totals = out.partition("library totals")
+    assert run.startswith("this run:"), out
+    return run, totals
+
+
 def test_process_folder_then_resume(photo_dir, tmp_path):
     url = f"sqlite:///{tmp_path / 'lib.db'}"
     first = run_process(photo_dir, url)
@@ -50,12 +58,19 @@ def test_process_folder_then_resume(photo_dir, tmp_path):
     assert gps.latitude == pytest.approx(43.4674, abs=1e-3) and gps.place_source == "offline" and gps.city
     assert rows["obama.jpg"].faces_count == 1 and len([f for f in faces if f.image_id == rows["obama.jpg"].id]) == 1
     assert rows["portrait_6.jpg"].thumbnails and rows["portrait_6.jpg"].orientation == 6
-    assert "faces: 1" in out and "places: 1 distinct" in out
+    run, totals = blocks(out)
+    assert "faces: 1" in totals and "places: 1 distinct" in totals and "photos: 5\n" in totals
+    # Thumbnails are stored relative to the storage root (the folder), as in the queue mode, and the
+    # library inside the folder is never taken for photos.
+    for thumbs in (json.loads(r.thumbnails) if isinstance(r.thumbnails, str) else r.thumbnails
+                   for r in rows.values() if r.thumbnails):
+        for rel in thumbs.values():
+            assert rel.startswith(".photo-pipeline/thumbnails/") and (photo_dir / rel).is_file(), rel
 
     second = run_process(photo_dir, url)
     assert second.returncode == 0, second.stderr
     # Finished photos are skipped; only the bad files are tried again.
-    assert "photos: 5 (2 processed, 3 already done)" in second.stdout
+    assert "photos: 5 (2 processed, 3 already done)" in blocks(second.stdout)[0]
     with eng.connect() as c:
         assert c.execute(sa.select(sa.func.count()).select_from(schema.faces)).scalar() == len(faces)
 
@@ -69,6 +84,60 @@ def test_process_folder_then_resume(photo_dir, tmp_path):
     with eng.connect() as c:
         again = c.execute(sa.select(schema.images).where(schema.images.c.id == gps.id)).one()
     assert again.geocoded_at is not None and again.city == gps.city
+
+
+def test_this_run_is_kept_apart_from_the_database_totals(photo_dir, tmp_path, shared_testdata):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert run_process(photo_dir, url).returncode == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(shared_testdata / "faces" / "obama2.jpg", other / "IMG_1.jpg")
+    res = run_process(other, url)
+    assert res.returncode == 0, res.stderr
+    run, totals = blocks(res.stdout)
+    assert "photos: 1 (1 processed, 0 already done)" in run and "failures: 0" in run
+    assert f"(database {url})" in totals and "photos: 6\n" in totals and "faces: 2" in totals
+
+
+def test_default_library_lives_in_the_folder(photo_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PHOTO_DATABASE_URL"}
+    res = subprocess.run([sys.executable, "-m", "workers", "process", "photos", "--no-progress"], cwd=photo_dir.parent,
+                         env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (photo_dir / ".photo-pipeline" / "photo.db").is_file()
+    assert f"(database sqlite:///{photo_dir / '.photo-pipeline' / 'photo.db'})" in res.stdout
+    assert sorted(p.name for p in photo_dir.parent.iterdir()) == ["photos"]   # nothing in the cwd
+
+
+def test_configured_settings_win_over_the_folder_defaults(tmp_path, monkeypatch):
+    from workers.embedded import embedded_settings
+    monkeypatch.chdir(tmp_path)
+    for name in ("PHOTO_DATABASE_URL", "PHOTO_THUMBNAIL_ROOT", "PHOTO_GEOCODER"):
+        monkeypatch.delenv(name, raising=False)
+    folder = embedded_settings(tmp_path, None)
+    assert folder.database_url == f"sqlite:///{tmp_path / '.photo-pipeline' / 'photo.db'}"
+    assert folder.thumbnails_dir == tmp_path / ".photo-pipeline" / "thumbnails" and folder.geocoder == "offline"
+    (tmp_path / ".env").write_text("PHOTO_DATABASE_URL=sqlite:///elsewhere.db\nPHOTO_GEOCODER=nominatim\n")
+    configured = embedded_settings(tmp_path, None)             # a .env counts as much as the environment
+    assert configured.database_url == "sqlite:///elsewhere.db" and configured.geocoder == "nominatim"
+    assert embedded_settings(tmp_path, "sqlite:///cli.db").database_url == "sqlite:///cli.db"
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "unreadable"])
+def test_unusable_folder_is_one_line_and_a_failure(tmp_path, make):
+    target = tmp_path / "photos"
+    if make == "file":
+        target.write_text("not a folder")
+    elif make == "unreadable":
+        if os.geteuid() == 0:
+            pytest.skip("root reads any folder")
+        target.mkdir()
+        target.chmod(0)
+    res = run_process(target, f"sqlite:///{tmp_path / 'lib.db'}")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and str(target) in res.stderr, res.stderr
+    assert {"missing": "no such folder", "file": "not a folder", "unreadable": "cannot read"}[make] in res.stderr
+    assert not (tmp_path / "lib.db").exists()                 # nothing created for a bad folder
 
 
 def test_enqueue_publishes_laravel_jobs_once(photo_dir, mysql_url, rabbitmq):

@@ -1,4 +1,4 @@
-"""`python -m workers <command>`: the operator's entry point.
+"""`photo-pipeline <command>` (or `python -m workers <command>`): the operator's entry point.
 
 Commands are registered by the module that owns them, so this file stays a table of contents."""
 from __future__ import annotations
@@ -7,6 +7,12 @@ import argparse
 import importlib
 import logging
 import sys
+
+from pydantic import ValidationError
+
+from .settings import SettingsError
+
+PROG = "photo-pipeline"
 
 # Modules that own sub-commands; each has `add_subcommands(subparsers)`.
 COMMAND_MODULES = [
@@ -17,6 +23,7 @@ COMMAND_MODULES = [
     "workers.deploy",        # render-config
     "workers.monitor",       # monitor
     "workers.reprocess",     # reprocess
+    "face_api.serve",        # serve-face-api
 ]
 
 
@@ -36,7 +43,7 @@ def cmd_schema(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("migrate", help="apply pending schema migrations (idempotent)")
     p.add_argument("--db", help="database URL (default: PHOTO_DATABASE_URL)")
@@ -56,5 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    parser = build_parser()
+    # Commands that hand their options on (serve-face-api -> gunicorn) set `passthrough`.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        if exc.title != "Settings":          # only settings errors are the operator's to fix
+            raise
+        from face_api.startup import settings_error_line
+        line = settings_error_line(exc)
+    except SettingsError as exc:
+        line = str(exc)
+    print(f"{PROG} {args.command}: refusing to start: {line}", file=sys.stderr)
+    return 2

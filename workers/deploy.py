@@ -1,5 +1,6 @@
 """`python -m workers render-config`: the supervisor programs and the face-api systemd unit,
-rendered from the jinja2 templates in etc/ and the settings (queue timeouts and process counts).
+rendered from the jinja2 templates in workers/templates/ (package data, so an installed
+package renders them too) and the settings (queue timeouts and process counts).
 
 install.sh calls this and copies the result to /etc/supervisor/conf.d and /etc/systemd/system."""
 from __future__ import annotations
@@ -11,12 +12,12 @@ from pathlib import Path
 
 import jinja2
 
-from .settings import PROJECT_ROOT, QUEUE_NUMPROCS, Settings, get_settings
+from .settings import QUEUE_NUMPROCS, Settings, get_settings
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 STOP_MARGIN = 30        # seconds past the job timeout before supervisor sends SIGKILL
 FACE_API = {"bind": "127.0.0.1:5000", "workers": 16, "threads": 2, "timeout": 300}
-TEMPLATES = PROJECT_ROOT / "etc"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 class ConfigError(ValueError):
@@ -83,7 +84,7 @@ def render(settings: Settings | None = None, *, prefix: str = "/var/www/photo", 
     settings = settings or get_settings()
     prefix = prefix.rstrip("/") or "/"
     venv = venv or f"{prefix}/face-api-venv"
-    app_dir = str(app_dir or PROJECT_ROOT)
+    app_dir = str(app_dir or prefix)       # the working directory: `storage` resolves against it
     for name, value in (("user", user), ("group", group)):
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", value):
             raise ConfigError(f"bad {name} name: {value!r}")
@@ -157,12 +158,13 @@ def cmd_render_config(args) -> int:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render-config", help="render the supervisor programs and face-api.service",
-                       description="Render etc/ templates: photo-{queue}-worker.conf (supervisor) "
+                       description="Render workers/templates/: photo-{queue}-worker.conf (supervisor) "
                                    "and face-api.service (systemd). Without --out, print them.")
     p.add_argument("--out", help="directory to write the files to (default: print)")
     p.add_argument("--prefix", default="/var/www/photo", help="Laravel app root (logs in <prefix>/storage/logs)")
     p.add_argument("--venv", help="virtualenv (default: <prefix>/face-api-venv)")
-    p.add_argument("--app-dir", help=f"this project's code (default: {PROJECT_ROOT})")
+    p.add_argument("--app-dir", help="working directory of the programs, where a checkout's code lives "
+                                     "(default: the prefix; an installed package runs from anywhere)")
     p.add_argument("--user", default="www-data")
     p.add_argument("--group", default="web")
     p.add_argument("--numprocs", action="append", metavar="N|QUEUE=N",

@@ -1,7 +1,13 @@
 """Embedded mode: the whole pipeline on one machine, no RabbitMQ, SQLite by default.
 
-    python -m workers process DIR [--db URL] [--workers N]
-    python -m workers process DIR --enqueue     # publish Laravel jobs instead (backfill)
+    photo-pipeline process DIR [--db URL] [--workers N]
+    photo-pipeline process DIR --enqueue     # publish Laravel jobs instead (backfill)
+
+DIR becomes the storage root, as the Laravel storage is in the queue mode: `images.path` and the
+thumbnail paths are stored relative to it. The folder is a self-contained library: the database
+(`DIR/.photo-pipeline/photo.db`) and the thumbnails (`DIR/.photo-pipeline/thumbnails/`) live
+inside it unless --db / PHOTO_DATABASE_URL and PHOTO_THUMBNAIL_ROOT say otherwise, so it can be
+moved, and two folders never mix their rows.
 
 Each photo runs the same handlers the queue workers run (metadata -> geolocation when GPS,
 thumbnails, faces), in a process pool, one transaction per job, with the face engine in-process
@@ -25,7 +31,7 @@ import sqlalchemy as sa
 
 from . import db, schema
 from .jobs import Context, FollowUp, JobFailed, JobReleased
-from .settings import PROJECT_ROOT, Settings
+from .settings import Settings
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".heic", ".heif", ".tif", ".tiff", ".webp", ".gif", ".bmp"}
 # (job module, image column that marks it done). Geolocation runs as Metadata's follow-up.
@@ -33,25 +39,66 @@ PIPELINE = [("metadata", "metadata_at"), ("thumbnails", "thumbnails_at"), ("face
 HANDLERS = {"App\\Jobs\\MetadataProcessJob": "metadata", "App\\Jobs\\GeolocationProcessJob": "geolocation",
             "App\\Jobs\\ThumbnailProcessJob": "thumbnails", "App\\Jobs\\FaceProcessJob": "faces"}
 JOB_CLASS = {queue: cls for cls, queue in HANDLERS.items()}
+LIBRARY_DIR = ".photo-pipeline"   # inside the photo folder: database and thumbnails
 
 
-def find_photos(root: Path) -> tuple[list[Path], list[Path]]:
-    """(photos, other files) under root: photos by suffix, sorted; the rest are reported."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+class FolderError(Exception):
+    """The photo folder cannot be used; one line for the operator."""
+
+
+def check_folder(photo_dir: Path) -> Path:
+    """The folder, resolved; FolderError when it is missing, not a folder or not readable."""
+    if not photo_dir.exists():
+        raise FolderError(f"{photo_dir}: no such folder")
+    if not photo_dir.is_dir():
+        raise FolderError(f"{photo_dir}: not a folder")
+    try:
+        with os.scandir(photo_dir) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise FolderError(f"{photo_dir}: cannot read the folder ({exc.strerror or exc})") from None
+    return photo_dir.resolve()
+
+
+def find_photos(root: Path, skip: tuple[Path, ...] = ()) -> tuple[list[Path], list[Path]]:
+    """(photos, other files) under root: photos by suffix, sorted; the rest are reported.
+    Files under `skip` (our own library: database, thumbnails) are neither."""
+    skip = tuple(p.resolve() for p in skip)
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and not any(p.is_relative_to(s) for s in skip))
     photos = [p for p in files if p.suffix.lower() in PHOTO_SUFFIXES]
     return photos, [p for p in files if p.suffix.lower() not in PHOTO_SUFFIXES]
 
 
 def embedded_settings(photo_dir: Path, db_url: str | None) -> Settings:
-    """Settings for one machine: photos are the storage root; outputs stay in the project."""
+    """Settings for one machine: the photo folder is the storage root and holds the library."""
+    configured = Settings().model_fields_set     # set in the environment or .env: they win
+    library = photo_dir.resolve() / LIBRARY_DIR
     defaults = {"storage_root": photo_dir.resolve(), "face_engine": "inprocess"}
-    if "PHOTO_GEOCODER" not in os.environ:
+    if "geocoder" not in configured:
         defaults["geocoder"] = "offline"
-    if "PHOTO_THUMBNAIL_ROOT" not in os.environ:
-        defaults["thumbnail_root"] = PROJECT_ROOT / "storage" / "thumbnails"
+    if "thumbnail_root" not in configured:
+        defaults["thumbnail_root"] = library / "thumbnails"
     if db_url:
         defaults["database_url"] = db_url
+    elif "database_url" not in configured:
+        defaults["database_url"] = f"sqlite:///{library / 'photo.db'}"
     return Settings(**defaults)
+
+
+def prepare_library(settings: Settings) -> None:
+    """Create the folders the run writes to; FolderError (one line) when it cannot."""
+    targets = [settings.thumbnails_dir]
+    if settings.database_url.startswith("sqlite:///"):
+        targets.append(Path(settings.database_url.removeprefix("sqlite:///")).parent)
+    for target in targets:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            if not os.access(target, os.W_OK):
+                raise PermissionError(13, "not writable")
+        except OSError as exc:
+            raise FolderError(f"cannot write to {target} ({exc.strerror or exc}); a read-only photo "
+                              "folder needs --db and PHOTO_THUMBNAIL_ROOT pointing elsewhere") from None
 
 
 def ensure_images(engine: sa.Engine, root: Path, photos: list[Path]) -> dict[str, int]:
@@ -66,15 +113,25 @@ def ensure_images(engine: sa.Engine, root: Path, photos: list[Path]) -> dict[str
     return {r: known[r] for r in rel}
 
 
+def library_paths(settings: Settings) -> tuple[Path, ...]:
+    """What the run itself writes under the photo folder: never taken for photos."""
+    paths = [settings.storage_root / LIBRARY_DIR, settings.thumbnails_dir]
+    if settings.database_url.startswith("sqlite:///"):
+        database = Path(settings.database_url.removeprefix("sqlite:///"))
+        paths += [database.with_name(database.name + suffix) for suffix in ("", "-journal", "-wal", "-shm")]
+    return tuple(paths)
+
+
 # --- one photo, in a pool process ---------------------------------------------------------------
 
 _settings: Settings | None = None
 _engine: sa.Engine | None = None   # one per pool process, not one per photo
 
 
-def _init_worker(settings_json: str) -> None:
+def _init_worker(settings: Settings) -> None:
+    # The object itself is pickled: a JSON dump would mask secrets such as the face API token.
     global _settings, _engine
-    _settings = Settings.model_validate_json(settings_json)
+    _settings = settings
     _engine = db.engine_for(_settings.database_url)
 
 
@@ -137,11 +194,10 @@ def process(photo_dir: Path, settings: Settings, workers: int | None = None,
     from tqdm import tqdm
 
     photo_dir = Path(photo_dir).resolve()
-    if settings.database_url.startswith("sqlite:///"):
-        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    prepare_library(settings)
     engine = db.engine_for(settings.database_url)
     db.migrate(engine)
-    photos, others = find_photos(photo_dir)
+    photos, others = find_photos(photo_dir, skip=library_paths(settings))
     ids = ensure_images(engine, photo_dir, photos)
     paths = {v: k for k, v in ids.items()}
     with engine.connect() as conn:
@@ -153,7 +209,7 @@ def process(photo_dir: Path, settings: Settings, workers: int | None = None,
                       not_photos=[str(p.relative_to(photo_dir)) for p in others])
     workers = workers or max(1, min(os.cpu_count() or 1, len(todo)))
     with ProcessPoolExecutor(workers, initializer=_init_worker,
-                             initargs=(settings.model_dump_json(),)) as pool:
+                             initargs=(settings,)) as pool:
         futures = [pool.submit(process_photo, i) for i in todo]
         for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress,
                         unit="photo", desc="photos", file=sys.stderr):
@@ -184,18 +240,43 @@ def library_stats(engine: sa.Engine, threshold: float) -> dict:
     return {"faces": len(encs), "face_groups": groups, "places": places, "photos_with_place": with_place}
 
 
-def print_summary(summary: Summary, stats: dict, out=sys.stdout) -> None:
-    print(f"photos: {summary.photos} ({summary.processed} processed, {summary.skipped} already done)", file=out)
-    print("jobs done: " + (", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none"), file=out)
-    print(f"faces: {stats['faces']}  face groups (same person in several photos): {stats['face_groups']}",
-          file=out)
-    print(f"places: {stats['places']} distinct, {stats['photos_with_place']} photos with a place", file=out)
+def library_photos(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(schema.images)).scalar()
+
+
+def run_lines(summary: Summary) -> dict[str, str]:
+    """This run's figures as summary lines (label -> text): a new line is a new entry."""
+    lines = {
+        "photos": f"{summary.photos} ({summary.processed} processed, {summary.skipped} already done)",
+        "jobs done": ", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none",
+    }
     if summary.not_photos:
         shown = ", ".join(summary.not_photos[:5]) + (", ..." if len(summary.not_photos) > 5 else "")
-        print(f"not photos (skipped): {len(summary.not_photos)}: {shown}", file=out)
-    print(f"failures: {len(summary.failures)}", file=out)
+        lines["not photos (skipped)"] = f"{len(summary.not_photos)}: {shown}"
+    lines["failures"] = str(len(summary.failures))
+    return lines
+
+
+def total_lines(stats: dict, photos: int) -> dict[str, str]:
+    """The database's totals, every run included, as summary lines (label -> text)."""
+    return {
+        "photos": str(photos),
+        "faces": f"{stats['faces']}  face groups (same person in several photos): {stats['face_groups']}",
+        "places": f"{stats['places']} distinct, {stats['photos_with_place']} photos with a place",
+    }
+
+
+def print_summary(summary: Summary, totals: dict[str, str], database: str, out=sys.stdout) -> None:
+    """Two blocks, never mixed: what this run did, then what the database holds in all."""
+    print("this run:", file=out)
+    for label, text in run_lines(summary).items():
+        print(f"  {label}: {text}", file=out)
     for path, job, reason in sorted(summary.failures):
-        print(f"  {path} [{job}]: {reason.splitlines()[0] if reason else ''}", file=out)
+        print(f"    {path} [{job}]: {reason.splitlines()[0] if reason else ''}", file=out)
+    print(f"library totals (database {database}):", file=out)
+    for label, text in totals.items():
+        print(f"  {label}: {text}", file=out)
 
 
 # --- enqueue: backfill an existing library through the real workers ------------------------------
@@ -208,7 +289,7 @@ def enqueue(photo_dir: Path, settings: Settings) -> Counter:
     engine = db.engine_for(settings.database_url)
     db.migrate(engine)
     photo_dir = Path(photo_dir).resolve()
-    ids = ensure_images(engine, photo_dir, find_photos(photo_dir)[0])
+    ids = ensure_images(engine, photo_dir, find_photos(photo_dir, skip=(photo_dir / LIBRARY_DIR,))[0])
     counts: Counter = Counter()
     connection, channel = broker.connect(settings.amqp_url)
     try:
@@ -227,17 +308,30 @@ def enqueue(photo_dir: Path, settings: Settings) -> Counter:
 
 
 def cmd_process(args) -> int:
+    try:
+        photo_dir = check_folder(Path(args.dir).expanduser())
+    except FolderError as exc:
+        print(f"photo-pipeline process: {exc}", file=sys.stderr)
+        return 2
     if args.enqueue:
         settings = Settings(**({"database_url": args.db} if args.db else {}))
-        for line, n in sorted(enqueue(Path(args.dir), settings).items()):
+        for line, n in sorted(enqueue(photo_dir, settings).items()):
             print(f"{line}: {n}")
         return 0
     if not args.verbose:      # per-job log lines would drown the progress bar
         logging.getLogger().setLevel(logging.WARNING)
     started = time.monotonic()
-    settings = embedded_settings(Path(args.dir), args.db)
-    summary = process(Path(args.dir), settings, args.workers, progress=not args.no_progress)
-    print_summary(summary, library_stats(db.engine_for(settings.database_url), settings.face_match_threshold))
+    settings = embedded_settings(photo_dir, args.db)
+    from face_api.startup import settings_or_exit   # the in-process engine's settings, checked now
+    settings_or_exit(check_paths=False, program="photo-pipeline process")
+    try:
+        summary = process(photo_dir, settings, args.workers, progress=not args.no_progress)
+    except FolderError as exc:
+        print(f"photo-pipeline process: {exc}", file=sys.stderr)
+        return 2
+    engine = db.engine_for(settings.database_url)
+    totals = total_lines(library_stats(engine, settings.face_match_threshold), library_photos(engine))
+    print_summary(summary, totals, engine.url.render_as_string())   # the password stays hidden
     print(f"time: {time.monotonic() - started:.1f} s")
     return 0
 
@@ -245,7 +339,7 @@ def cmd_process(args) -> int:
 def add_subcommands(sub) -> None:
     p = sub.add_parser("process", help="run the whole pipeline on a folder of photos (embedded mode)")
     p.add_argument("dir", help="folder of photos (becomes the storage root)")
-    p.add_argument("--db", help="database URL (default: PHOTO_DATABASE_URL or storage/photo.db)")
+    p.add_argument("--db", help=f"database URL (default: PHOTO_DATABASE_URL, else DIR/{LIBRARY_DIR}/photo.db)")
     p.add_argument("--workers", type=int, help="processes (default: CPU count)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="log every job")

@@ -496,6 +496,7 @@ class _Metrics:
 
 def cmd_consume(args) -> int:
     settings = get_settings()
+    settings.check_paths()
     if args.metrics_port is not None:
         settings.metrics_port = args.metrics_port
     logging.getLogger("pika").setLevel(logging.ERROR)   # we log connection trouble ourselves

@@ -8,23 +8,39 @@ from pathlib import Path
 from urllib.parse import quote
 
 from dotenv import dotenv_values
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Relative defaults are relative to the working directory: on the box the workers run in the
+# Laravel app root (supervisor's `directory=`), so `storage` is the app's storage directory. An
+# installed package has no project directory of its own to put data in.
+STORAGE = Path("storage")
 
 # Per-queue timeouts and process counts from the spec (system-v2.md).
 QUEUE_TIMEOUTS = {"metadata": 60, "geolocation": 120, "thumbnails": 300, "faces": 360}
 QUEUE_NUMPROCS = {"thumbnails": 2, "metadata": 1, "geolocation": 1, "faces": 8}
 
+# Operator safety: settings with a closed set of values (checked at start-up, case-insensitive).
+CHOICES = {
+    "face_engine": ("http", "inprocess"),
+    "face_api_send": ("path", "bytes"),
+    "thumbnail_format": ("jpeg", "jpg", "webp"),
+    "geocoder": ("nominatim", "offline"),
+    "geocode_fallback": ("offline", "none"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work, in one line naming the variable."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PHOTO_", env_file=".env", extra="ignore")
 
-    database_url: str = f"sqlite:///{PROJECT_ROOT / 'storage' / 'photo.db'}"
+    database_url: str = f"sqlite:///{STORAGE / 'photo.db'}"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    storage_root: Path = PROJECT_ROOT / "storage"
-    log_dir: Path = PROJECT_ROOT / "storage" / "logs"
+    storage_root: Path = STORAGE
+    log_dir: Path = STORAGE / "logs"
     laravel_env: Path | None = None          # the app's .env: DB_* and RABBITMQ_* reused from it
 
     # Laravel compatibility.
@@ -85,6 +101,59 @@ class Settings(BaseSettings):
     reprocess_poll_interval: float = Field(1.0, gt=0)    # seconds between queue-depth checks while waiting
     reprocess_batch_size: int = Field(500, ge=1)         # rows read per query
     reprocess_state_dir: Path | None = None  # restart checkpoints; default <storage_root>/reprocess
+
+    # Operator safety: values are checked when the settings are read, so a process with a typo
+    # refuses to start with one line naming the variable instead of failing every job later
+    # (`check_paths` adds what only a consumer needs). The face API checks its own settings.
+    face_api_token: SecretStr | None = None  # PHOTO_FACE_API_TOKEN: sent as a Bearer token to the face API
+
+    @field_validator(*CHOICES, mode="before")
+    @classmethod
+    def _one_of(cls, value, info):
+        allowed = CHOICES[info.field_name]
+        name = str(value).strip().lower()
+        if name not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return name
+
+    @field_validator("nominatim_timeout", "face_api_timeout")
+    @classmethod
+    def _positive(cls, value):
+        if value <= 0:
+            raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator("laravel_env")
+    @classmethod
+    def _readable_env_file(cls, value):
+        # A mistyped path would silently fall back to the defaults (another database).
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _geolocation_fits_one_request(self):
+        # The geolocation job stops asking at 75% of its timeout minus two request timeouts
+        # (connect + read), after waiting up to one interval for the installation-wide slot
+        # (workers/jobs/geolocation.py): below this it could never send a single request.
+        needed = (2 * self.nominatim_timeout + self.nominatim_interval) / 0.75
+        timeout = self.timeout_for("geolocation")
+        if timeout < needed:
+            raise ValueError(f"PHOTO_QUEUE_TIMEOUTS: geolocation {timeout} s is too short for one Nominatim "
+                             f"request (needs >= {needed:.0f} s with PHOTO_NOMINATIM_TIMEOUT="
+                             f"{self.nominatim_timeout:g} and PHOTO_NOMINATIM_INTERVAL={self.nominatim_interval:g})")
+        return self
+
+    def check_paths(self) -> None:
+        """What a consumer needs on disk: the storage root `images.path` is relative to."""
+        if not self.storage_root.is_dir():
+            raise SettingsError(f"PHOTO_STORAGE_ROOT: {self.storage_root.resolve()} is not a directory")
+
+    @property
+    def face_api_headers(self) -> dict[str, str]:
+        """Headers of every face API request: the bearer token when one is set."""
+        token = self.face_api_token.get_secret_value() if self.face_api_token else ""
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def model_post_init(self, __context) -> None:
         if self.laravel_env:

@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from workers.settings import PROJECT_ROOT
+from tests.services import PROJECT_ROOT
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 VENV = PROJECT_ROOT / ".venv"
@@ -56,13 +56,13 @@ def test_install_into_temp_root(tmp_path):
 
     # the code, synced without caches
     for rel in ("workers/cli.py", "workers/deploy.py", "face_api/app.py", "face_api/gunicorn.conf.py",
-                "etc/supervisor/photo-worker.conf.j2", "requirements.txt", "install.sh"):
+                "workers/templates/supervisor/photo-worker.conf.j2", "requirements.txt", "install.sh"):
         assert (prefix / rel).read_bytes() == (PROJECT_ROOT / rel).read_bytes(), rel
     assert not list(prefix.rglob("__pycache__"))
 
     logs = prefix / "storage/logs"
     assert logs.is_dir()
-    managed = [logs, prefix / "storage", *(prefix / d for d in ("workers", "face_api", "etc", "scripts"))]
+    managed = [logs, prefix / "storage", *(prefix / d for d in ("workers", "face_api", "scripts"))]
     for top in managed:
         for p in [top, *top.rglob("*")] if top != prefix / "storage" else [top]:
             st = p.lstat()
@@ -121,11 +121,12 @@ def test_dry_run_changes_nothing_and_prints_steps(tmp_path):
                  "==> storage/logs", "==> config:", "==> migrations", "==> services"):
         assert step in out, step
     for cmd in ("debian-deps.sh python3 python3-venv libimage-exiftool-perl supervisor",
-                f"+ python3 -m venv {tmp_path}/venv", "pip install -q -r", "pip install -q --no-deps -r",
+                f"+ python3 -m venv {tmp_path}/venv", "pip install -q -r",
                 f"+ mkdir -p {tmp_path}/var/www/photo/storage/logs", "+ chmod -R u+rwX,g+rwX,o+rX,o-w",
                 "render-config", "-m workers migrate"):
         assert cmd in out, cmd
     assert "dry run: nothing was changed" in out
+    assert "--no-deps" not in out              # the lock only: the test oracle stays off the box
 
 
 def test_dry_run_on_live_root_lists_service_commands(tmp_path):

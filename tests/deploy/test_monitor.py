@@ -13,7 +13,8 @@ import pytest
 from workers import broker, db, monitor
 from workers.laravel import build_payload
 from workers.schema import failed_jobs, images, queues
-from workers.settings import PROJECT_ROOT, Settings
+from workers.settings import Settings
+from tests.services import PROJECT_ROOT
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 VENV_PY = str(PROJECT_ROOT / ".venv/bin/python")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from workers import deploy
-from workers.settings import PROJECT_ROOT, QUEUE_TIMEOUTS, Settings
+from workers.settings import QUEUE_TIMEOUTS, Settings
+from tests.services import PROJECT_ROOT
 
 VENV = PROJECT_ROOT / ".venv"
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
@@ -33,7 +34,7 @@ def test_defaults_follow_the_spec():
         assert sec["process_name"] == "%(program_name)s_%(process_num)02d"
         assert sec["command"] == ("/usr/bin/setpriv --reuid=www-data --regid=web --init-groups "
                                   f"/var/www/photo/face-api-venv/bin/python -m workers consume --queue {queue}")
-        assert sec["directory"] == str(PROJECT_ROOT)
+        assert sec["directory"] == "/var/www/photo"          # the prefix: `storage` resolves there
         assert sec["umask"] == "002"
         assert sec["autostart"] == sec["autorestart"] == sec["redirect_stderr"] == "true"
         assert sec["stopsignal"] == "TERM"
@@ -42,15 +43,15 @@ def test_defaults_follow_the_spec():
     assert "may run more than one process" in files["photo-geolocation-worker.conf"]
     unit = files["face-api.service"]
     assert ("ExecStart=/var/www/photo/face-api-venv/bin/gunicorn -c "
-            f"{PROJECT_ROOT}/face_api/gunicorn.conf.py face_api.app:app") in unit
-    for line in ("User=www-data", "Group=web", "UMask=0002", f"WorkingDirectory={PROJECT_ROOT}",
+            "/var/www/photo/face_api/gunicorn.conf.py face_api.app:app") in unit
+    for line in ("User=www-data", "Group=web", "UMask=0002", "WorkingDirectory=/var/www/photo",
                  "Restart=on-failure", "EnvironmentFile=-/etc/default/face-api",
                  "Environment=FACE_API_BIND=127.0.0.1:5000", "Environment=FACE_API_WORKERS=16",
                  "Environment=FACE_API_THREADS=2", "Environment=FACE_API_TIMEOUT=300"):
         assert line in unit.splitlines()
 
 
-def test_gunicorn_conf_gives_the_spec_command_line():
+def test_gunicorn_conf_gives_the_spec_command_line(tmp_path):
     """The unit's `-c gunicorn.conf.py` equals `-k uvicorn.workers.UvicornWorker --bind
     127.0.0.1:5000 --workers 16 --threads 2 --timeout 300` with the unit's environment."""
     code = ("from gunicorn.config import Config; import runpy; c = Config();"
@@ -58,7 +59,8 @@ def test_gunicorn_conf_gives_the_spec_command_line():
             "[c.set(k, v) for k, v in ns.items() if k in c.settings];"
             "import json; print(json.dumps([c.worker_class_str, c.bind, c.workers, c.threads, c.timeout]))")
     env = {"PATH": "/usr/bin:/bin", "FACE_API_BIND": "127.0.0.1:5000", "FACE_API_WORKERS": "16",
-           "FACE_API_THREADS": "2", "FACE_API_TIMEOUT": "300", "PHOTO_LOG_DIR": "/tmp"}
+           "FACE_API_THREADS": "2", "FACE_API_TIMEOUT": "300", "PHOTO_LOG_DIR": str(tmp_path),
+           "PHOTO_STORAGE_ROOT": str(tmp_path)}   # the config refuses a missing storage root
     out = subprocess.run([str(VENV / "bin/python"), "-c", code], cwd=PROJECT_ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == ["uvicorn.workers.UvicornWorker", ["127.0.0.1:5000"], 16, 2, 300]

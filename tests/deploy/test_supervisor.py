@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from workers import deploy
-from workers.settings import PROJECT_ROOT, Settings
+from workers.settings import Settings
+from tests.services import PROJECT_ROOT
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 VENV = PROJECT_ROOT / ".venv"

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ def consumer_env(db_url: str, amqp_url: str, handlers: dict[str, str] | None = N
     """Environment for a consumer: PHOTO_* variables (dicts/lists as JSON, as pydantic reads them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTO_")}
     env.update(PHOTO_DATABASE_URL=db_url, PHOTO_AMQP_URL=amqp_url,
-               PYTHONPATH=str(PROJECT_ROOT), PYTHONUNBUFFERED="1")
+               PYTHONPATH=str(PROJECT_ROOT), PYTHONUNBUFFERED="1",
+               PHOTO_STORAGE_ROOT=tempfile.gettempdir())   # consume refuses a missing storage root
     if handlers is not None:
         env["PHOTO_JOB_HANDLERS"] = json.dumps(handlers)
     for key, value in settings.items():

@@ -127,10 +127,11 @@ def _encode_http(settings: Settings, path: Path) -> dict:
                 except OSError as exc:
                     raise JobFailed(f"cannot read photo {path}: {exc.strerror or exc}") from None
                 with fh:
-                    response = client.post(url, files={"image": (path.name, fh, "application/octet-stream")})
+                    response = client.post(url, files={"image": (path.name, fh, "application/octet-stream")},
+                                           headers=settings.face_api_headers)
             else:
                 # The API resolves the absolute path under its own storage roots.
-                response = client.post(url, json={"path": str(path)})
+                response = client.post(url, json={"path": str(path)}, headers=settings.face_api_headers)
         except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
             # The API is busy with this photo; retrying here would exceed the job's timeout.
             raise FaceApiError(f"face API timed out after {settings.face_api_timeout}s: {exc!r}") from exc
