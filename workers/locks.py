@@ -34,15 +34,18 @@ def random_owner() -> str:
             return out[:16].decode()
 
 
-def job_token(job_uuid: str) -> str:
-    """16 characters that name one job (every delivery of one payload has the same uuid)."""
+def job_token(job_uuid: object) -> str | None:
+    """16 characters that name one job (every delivery of one payload has the same uuid);
+    None for a payload without a usable uuid (such a job's locks are never taken over)."""
+    if not isinstance(job_uuid, str) or not job_uuid:
+        return None
     return hashlib.sha256(job_uuid.encode()).hexdigest()[:16]
 
 
-def job_owner(job_uuid: str | None) -> str:
+def job_owner(job_uuid: object) -> str:
     """An owner for one delivery of a job: its job token, then 16 random characters (so two
     deliveries of one job are still different owners). Without a uuid: Laravel's random owner."""
-    return job_token(job_uuid) + random_owner() if job_uuid else random_owner()
+    return (job_token(job_uuid) or "") + random_owner()
 
 
 class DatabaseLock:

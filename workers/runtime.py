@@ -226,7 +226,7 @@ class Consumer:
         lock = DatabaseLock(self.engine, f"{s.cache_prefix}{handler.job_type}-processing:{image_id}",
                             self.leases.seconds(timeout), owner=job_owner(job.uuid))
         # a redelivery's earlier delivery died (or lost the broker) mid-job: its lock is ours to take
-        heir_of = job_token(job.uuid) if d.redelivered and job.uuid else None
+        heir_of = job_token(job.uuid) if d.redelivered else None
         if not lock.acquire(conn, take_over=heir_of):
             return self._release(d, job, s.lock_release_delay, "locked")
         lease = self.leases.start(lock)

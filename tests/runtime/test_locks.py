@@ -62,7 +62,8 @@ def test_job_owner_names_the_job_and_the_delivery():
     assert a != b                                   # two deliveries: two owners
     assert a[:16] == b[:16] == job_token("7f9c-uuid") != job_token("other-uuid")
     assert len(a) == 32 and a.isalnum() and a.isascii()
-    assert len(job_owner(None)) == 16               # no uuid: Laravel's Str::random()
+    for no_uuid in (None, "", 12):                  # no usable uuid: Laravel's Str::random()
+        assert len(job_owner(no_uuid)) == 16 and job_token(no_uuid) is None
 
 
 def test_renew_moves_the_expiration_only_for_the_owner(any_db_url):
