@@ -64,13 +64,19 @@ def handle(ctx: Context, data: dict) -> list[FollowUp]:
         call_id = c.execute(rt_calls.insert().values(image_id=image_id, attempt=ctx.attempt,
                                                      at=time.time())).inserted_primary_key[0]
     try:
-        return _work(ctx, data, image_id)
+        _work(ctx, data, image_id)
     finally:
+        # before the job's own write below: on SQLite that write holds the only write lock
+        # until the runtime commits, so a later write on another connection would wait for it
         with ctx.engine.begin() as c:
             c.execute(rt_calls.update().where(rt_calls.c.id == call_id).values(ended=time.time()))
+    ins = rt_done.insert().values(image_id=image_id, attempt=ctx.attempt)
+    ctx.db.execute(ins.prefix_with("IGNORE", dialect="mysql").prefix_with("OR IGNORE", dialect="sqlite"))
+    return [FollowUp(**f) for f in data.get("followups", [])]
 
 
-def _work(ctx: Context, data: dict, image_id: int) -> list[FollowUp]:
+def _work(ctx: Context, data: dict, image_id: int) -> None:
+    """The scripted part of a call: sleeps and failures."""
     n = calls(ctx.engine, image_id)
     if data.get("sleep"):
         time.sleep(float(data["sleep"]))
@@ -83,9 +89,6 @@ def _work(ctx: Context, data: dict, image_id: int) -> list[FollowUp]:
         raise JobReleased(data["release_once"], "come back later")
     if data.get("db_error") and n == 1:
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("simulated: server has gone away"))
-    ins = rt_done.insert().values(image_id=image_id, attempt=ctx.attempt)
-    ctx.db.execute(ins.prefix_with("IGNORE", dialect="mysql").prefix_with("OR IGNORE", dialect="sqlite"))
-    return [FollowUp(**f) for f in data.get("followups", [])]
 
 
 def noop(ctx: Context, data: dict) -> list[FollowUp]:
