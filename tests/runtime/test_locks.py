@@ -1,6 +1,8 @@
 """Laravel's DatabaseLock algorithm on cache_locks, on MySQL and SQLite."""
 import time
 
+import pydantic
+import pytest
 import sqlalchemy as sa
 
 from workers import db
@@ -109,6 +111,9 @@ def test_lease_policy(mysql_url, sqlite_url):
     off = LeasePolicy.of(Settings(lock_lease=0), db.engine_for(mysql_url))
     assert off.seconds(300) == 300 and off.start(DatabaseLock(None, "k", 300)).every is None
     assert LeasePolicy.of(s, db.engine_for(sqlite_url)).seconds(300) == 300     # one writer: no lease
+    for bad in ({"lock_lease": -1}, {"lock_renew_every": 0}):
+        with pytest.raises(pydantic.ValidationError, match=next(iter(bad))):
+            Settings(**bad)
 
 
 def test_lease_tick_renews_when_due_and_notices_a_lost_lock(mysql_url):
