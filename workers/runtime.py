@@ -4,10 +4,17 @@
 For each message (prefetch 1):
 
     decode → checks (handler, image_id, maxTries) → lock `{QUEUE}-processing:{image_id}`
-    → handler in a thread, inside a DB transaction (the I/O loop keeps heartbeats flowing)
-    → delete own dedup row, unlock, commit
+    → handler in a thread, inside a DB transaction (the I/O loop keeps heartbeats flowing and
+      renews the lock's lease)
+    → unlock (only if still ours), delete own dedup row, commit
     → follow-ups (dedup row + publish confirmed by the broker, one small transaction each)
       and the next chain job → ack
+
+Locks are leases (workers/leases.py): taken for `lock_lease` seconds and renewed while the job
+runs, so a dead consumer's lock lapses within one lease. The owner names the job
+(locks.job_owner), so a redelivered message takes over the lock of its own earlier, dead
+delivery at once; a different job for the same image still waits. A job whose lock was taken
+by another owner meanwhile (the renewal or the commit finds it) is rolled back and released.
 
 Follow-ups go out after the commit so their consumers see this job's writes (publishing inside
 the transaction let a Geolocation job read the image before Metadata's commit).
@@ -45,7 +52,9 @@ import sqlalchemy as sa
 from . import broker, db, dedup
 from .jobs import Context, FollowUp, JobFailed, JobReleased, image_id_of
 from .laravel import build_chain_payload, decode_payload, next_chain_message
-from .locks import DatabaseLock
+from .leases import Lease, LeasePolicy
+from .locks import DatabaseLock, job_owner, job_token
+from .metrics import ConsumerMetrics
 from .schema import failed_jobs
 from .settings import Settings, get_settings
 
@@ -71,6 +80,7 @@ class Delivery:
     headers: dict | None
     correlation_id: str | None
     body: bytes
+    redelivered: bool = False      # the broker delivered it before, unacked (its consumer died)
 
 
 @dataclass
@@ -93,7 +103,8 @@ class Consumer:
         self._db_used = 0.0
         self._unreleased: list[DatabaseLock] = []
         self._worker: _JobThread | None = None
-        self.metrics = _Metrics(settings.metrics_port, queue)
+        self.metrics = ConsumerMetrics(settings.metrics_port, queue)
+        self.leases = LeasePolicy.of(settings, self.engine)
 
     # --- connection -------------------------------------------------------------------------
 
@@ -129,7 +140,8 @@ class Consumer:
         log.info("consuming %s", self.queue)
 
     def _on_message(self, _ch, method, props, body) -> None:
-        self.inbox.append(Delivery(method.delivery_tag, props.headers, props.correlation_id, body))
+        self.inbox.append(Delivery(method.delivery_tag, props.headers, props.correlation_id, body,
+                                   bool(method.redelivered)))
 
     def _close(self) -> None:
         if self.ch is not None:
@@ -211,25 +223,30 @@ class Consumer:
         timeout = job.timeout or s.timeout_for(self.queue)
         conn = self._connection()
         self._release_unreleased(conn)
-        lock = DatabaseLock(self.engine, f"{s.cache_prefix}{handler.job_type}-processing:{image_id}", timeout)
-        if not lock.acquire(conn):
+        lock = DatabaseLock(self.engine, f"{s.cache_prefix}{handler.job_type}-processing:{image_id}",
+                            self.leases.seconds(timeout), owner=job_owner(job.uuid))
+        # a redelivery's earlier delivery died (or lost the broker) mid-job: its lock is ours to take
+        heir_of = job_token(job.uuid) if d.redelivered else None
+        if not lock.acquire(conn, take_over=heir_of):
             return self._release(d, job, s.lock_release_delay, "locked")
+        lease = self.leases.start(lock)
         unlocked = False
         try:
             conn.begin()
             ctx = Context(settings=s, db=conn, engine=self.engine, queue=self.queue,
                           attempt=job.attempts)
-            state, value = self._run_in_thread(handler.func, ctx, job.data, timeout)
+            state, value = self._run_in_thread(handler.func, ctx, job.data, timeout, lease)
             if state == "timeout":
                 self._timed_out(d, job, lock, info)       # does not return
             if self.broken:
                 raise self.broken                         # cannot ack: the broker redelivers
+            if lease.lost:
+                return self._lock_lost(d, job, info)
             if state == "error":
                 conn.rollback()
                 return self._on_exception(d, job, value, info)
-            _delete_dedup(conn, job)
-            conn.execute(lock.release_statement())        # unlock in the same commit
-            conn.commit()
+            if not self._commit(conn, job, lock):
+                return self._lock_lost(d, job, info)
             unlocked = True
         finally:
             if not unlocked:
@@ -237,6 +254,22 @@ class Consumer:
         self._dispatch(conn, job, value or [])
         self.ch.basic_ack(d.tag)
         return "done"
+
+    def _commit(self, conn: sa.Connection, job, lock: DatabaseLock) -> bool:
+        """Unlock in the job's own commit, but only if the lock is still ours: the DELETE's row
+        lock holds off a takeover until the commit, and a lock someone else took since our last
+        renewal means they run (or ran) this image's job, so ours must not commit."""
+        if conn.execute(lock.release_statement()).rowcount < 1:
+            return False                                  # the caller's finally rolls back
+        _delete_dedup(conn, job)
+        conn.commit()
+        return True
+
+    def _lock_lost(self, d: Delivery, job, info: dict) -> str:
+        """Another owner holds our lock: our writes are rolled back (by the caller's finally)
+        and the message goes back uncounted, to run again once that owner is done."""
+        info["error"] = "lock taken by another owner while the job ran; rolled back"
+        return self._release(d, job, self.settings.lock_release_delay, "lock-lost")
 
     def _unlock(self, conn: sa.Connection, lock: DatabaseLock) -> None:
         try:
@@ -273,8 +306,10 @@ class Consumer:
                 pass
         self._db = None
 
-    def _run_in_thread(self, func, ctx, data, timeout: float) -> tuple[str, Any]:
-        """Run the handler on the job thread; meanwhile keep the AMQP connection serviced."""
+    def _run_in_thread(self, func, ctx, data, timeout: float, lease: Lease) -> tuple[str, Any]:
+        """Run the handler on the job thread; meanwhile keep the AMQP connection serviced and
+        the lock's lease renewed. A lost lease does not stop the thread (Python cannot): the
+        caller rolls its work back when it returns."""
         if self._worker is None:
             self._worker = _JobThread()
         self._worker.submit(func, ctx, data)
@@ -286,6 +321,7 @@ class Consumer:
             if time.monotonic() >= deadline:
                 return "timeout", None
             self._pump(0)             # non-blocking: heartbeats, without delaying the job's end
+            lease.tick()
 
     def _dispatch(self, conn: sa.Connection, job, follow_ups: list[FollowUp]) -> None:
         """After the job's commit (a follow-up must see what this job wrote), before the ack.
@@ -470,26 +506,6 @@ class _JobThread:
             return self._results.get(timeout=wait) if wait > 0 else self._results.get_nowait()
         except Empty:
             return None
-
-
-class _Metrics:
-    """Optional Prometheus counters (jobs by outcome) and a duration histogram."""
-
-    def __init__(self, port: int | None, queue: str):
-        self.enabled = bool(port)
-        if not self.enabled:
-            return
-        from prometheus_client import Counter, Histogram, start_http_server
-        self.jobs = Counter("photo_jobs", "jobs handled", ["queue", "outcome"])
-        self.seconds = Histogram("photo_job_seconds", "job duration", ["queue"],
-                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 120, 300, 600))
-        self.queue = queue
-        start_http_server(port, addr="127.0.0.1")
-
-    def observe(self, outcome: str, seconds: float) -> None:
-        if self.enabled:
-            self.jobs.labels(self.queue, outcome).inc()
-            self.seconds.labels(self.queue).observe(seconds)
 
 
 # --- CLI ------------------------------------------------------------------------------------

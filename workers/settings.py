@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         "App\\Jobs\\FaceProcessJob": "workers.jobs.faces:handle",
     })
     lock_release_delay: int = 10             # seconds before a job that found its lock taken retries
+
+    # Lock leases (workers/leases.py): a running job's lock expires this far after its last
+    # renewal, so a dead consumer's lock lapses within one lease, not the whole job timeout.
+    lock_lease: int = Field(30, ge=0)        # seconds; 0: hold the lock for the job's timeout (Laravel)
+    lock_renew_every: float = Field(10, gt=0)  # seconds between renewals (at most a third of the lease)
+
     heartbeat: int = 60                      # AMQP heartbeat seconds
     metrics_port: int | None = None          # optional Prometheus port per consumer
 
