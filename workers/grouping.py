@@ -3,9 +3,12 @@ photo), by `faces rematch` (a full pass) and by the automatic rematch (bounded s
 face workers after approvals changed). The rule itself is workers/people.py; this module reads
 what it needs, applies the photo and review constraints and writes the outcome.
 
-Only `unknown` faces without a parent are ever written (`WHERE status='unknown' AND parent_id IS
-NULL` on every UPDATE, rows locked with SKIP LOCKED on MySQL), so reviewed faces (`ok`,
-`not_face`) and faces a reviewer filed by hand are never changed, whoever runs at the same time.
+Only faces that are still ours are ever written: `unknown` and either without a parent or with
+the parent our matcher gave (`parent_id = matched_parent_id`), checked again in every UPDATE's
+WHERE, rows locked with SKIP LOCKED on MySQL. Reviewed faces (`ok`, `not_face`) and faces a
+reviewer filed by hand are never changed, whoever runs at the same time. A rematch also
+re-decides our own earlier filings: one made when a person had a single approved face is
+revisited once a reviewer approved more (or approved the look-alike).
 
 Constraints on top of the rule:
   * one person once per photo (setting face_one_per_photo): a person with an approved face in
@@ -31,6 +34,8 @@ from .schema import face_rejections, faces
 log = logging.getLogger("workers.grouping")
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
+OURS = sa.and_(faces.c.status == "unknown",
+               sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
 
 
 @dataclass
@@ -133,7 +138,8 @@ def one_per_photo(batch: list[Face], decisions: list[Decision]) -> list[Decision
 
 def learn_rejections(conn: sa.Connection, rows) -> int:
     """Faces we had filed whose parent a reviewer cleared: remember "not this person"."""
-    cleared = [(r.id, r.matched_parent_id) for r in rows if r.matched_parent_id is not None]
+    cleared = [(r.id, r.matched_parent_id) for r in rows
+               if r.parent_id is None and r.matched_parent_id is not None]
     if not cleared:
         return 0
     now = dbmod.now()
@@ -147,11 +153,11 @@ def learn_rejections(conn: sa.Connection, rows) -> int:
 
 def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int = 0,
                  limit: int = 1000, exclude_image: int | None = None) -> tuple[int, Counter]:
-    """File the unknown faces without a parent with id > after_id (at most `limit`).
-    Returns (last id seen, or -1 when no face was left; counts by outcome)."""
-    q = (sa.select(faces.c.id, faces.c.image_id, faces.c.encoding, faces.c.matched_parent_id,
-                   faces.c.match_note)
-         .where(FREE, faces.c.id > after_id).order_by(faces.c.id).limit(limit)
+    """(Re-)decide our unknown faces with id > after_id (at most `limit`): those without a
+    parent and our own filings. Returns (last id seen, or -1 when none was left; counts)."""
+    q = (sa.select(faces.c.id, faces.c.image_id, faces.c.encoding, faces.c.parent_id,
+                   faces.c.matched_parent_id, faces.c.match_note)
+         .where(OURS, faces.c.id > after_id).order_by(faces.c.id).limit(limit)
          .with_for_update(skip_locked=True))
     if exclude_image is not None:
         q = q.where(faces.c.image_id != exclude_image)
@@ -160,29 +166,41 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
     if not rows:
         return -1, counts
     counts["not this person (learned)"] += learn_rejections(conn, rows)
-    batch, notes = [], {}
+    batch, old = [], {}
     for r in rows:
         vec = parse_encoding(r.encoding)
         if vec is None:
             counts["unusable encoding"] += 1
             continue
         batch.append(Face(r.id, r.image_id, vec))
-        notes[r.id] = r.match_note
+        old[r.id] = r
     matcher = Matcher(conn, engine, settings)
     decisions = matcher.decide(batch)
     if settings.face_one_per_photo and not matcher.original:
         decisions = _against_filed(conn, batch, one_per_photo(batch, decisions))
     now = dbmod.now()
     for f, d in zip(batch, decisions):
-        if d.person is not None:
-            done = conn.execute(faces.update().where(faces.c.id == f.id, FREE).values(
-                parent_id=d.person, distance=d.distance, matched_parent_id=d.person,
-                match_note=None, updated_at=now))
-            counts["matched" if done.rowcount else "changed meanwhile"] += 1
-        else:
+        r = old[f.id]
+        still_ours = sa.and_(faces.c.id == f.id, faces.c.status == "unknown",
+                             faces.c.parent_id.is_(None) if r.parent_id is None else
+                             sa.and_(faces.c.parent_id == r.parent_id, faces.c.matched_parent_id == r.parent_id))
+        if d.person is not None and d.person == r.parent_id:
+            counts["kept"] += 1
+            continue
+        if d.person is None and r.parent_id is None:
             counts[_outcome(d.why)] += 1
-            if not matcher.original and notes[f.id] != d.why[:255]:
-                conn.execute(faces.update().where(faces.c.id == f.id, FREE).values(match_note=d.why[:255]))
+            if not matcher.original and r.match_note != d.why[:255]:
+                conn.execute(faces.update().where(still_ours).values(match_note=d.why[:255]))
+            continue
+        if d.person is None and matcher.original:
+            continue                     # the original never took a parent back
+        values = ({"parent_id": d.person, "distance": d.distance, "matched_parent_id": d.person,
+                   "match_note": None} if d.person is not None else
+                  {"parent_id": None, "distance": None, "matched_parent_id": None, "match_note": d.why[:255]})
+        done = conn.execute(faces.update().where(still_ours).values(updated_at=now, **values))
+        outcome = ("matched" if r.parent_id is None else "refiled" if d.person is not None
+                   else f"unfiled, {_outcome(d.why)}")
+        counts[outcome if done.rowcount else "changed meanwhile"] += 1
     return rows[-1].id, counts
 
 
@@ -196,8 +214,10 @@ def _against_filed(conn: sa.Connection, batch: list[Face], decisions: list[Decis
     wanted = {(f.image_id, d.person): (f, d) for f, d in zip(batch, decisions) if d.person is not None}
     if not wanted:
         return decisions
+    in_batch = [f.id for f in batch]
     filed = conn.execute(sa.select(faces.c.id, faces.c.image_id, faces.c.parent_id, faces.c.distance)
                          .where(faces.c.image_id.in_(sorted({k[0] for k in wanted})),
+                                faces.c.id.not_in(in_batch),
                                 faces.c.status == "unknown", faces.c.parent_id.is_not(None))).all()
     lost = set()
     for r in filed:
@@ -209,7 +229,8 @@ def _against_filed(conn: sa.Connection, batch: list[Face], decisions: list[Decis
             lost.add(f.id)
         else:
             conn.execute(faces.update().where(faces.c.id == r.id, faces.c.status == "unknown",
-                                              faces.c.parent_id == r.parent_id)
+                                              faces.c.parent_id == r.parent_id,
+                                              faces.c.matched_parent_id == r.parent_id)
                          .values(parent_id=None, distance=None, matched_parent_id=None,
                                  match_note=f"person {r.parent_id} is a nearer face in this photo"))
     return [Decision(None, None, f"person {d.person} is a nearer face in this photo") if f.id in lost else d

@@ -3,7 +3,11 @@ does): a face with at least `face_cluster_min_faces` faces (itself included) wit
 `face_cluster_radius` is a core face; cores within the radius of each other form one group, and
 a non-core face joins the group of its nearest core within the radius. Everything else stays
 ungrouped. The radius is well below the 0.6 match threshold on purpose: a group of two people
-costs a reviewer more than one person split in two groups (merging is one click).
+costs a reviewer more than one person split in two groups (merging is one click). DBSCAN chains:
+two dense look-alike clusters joined by a few close faces become one group. So each group is
+clustered again at a radius SPLIT_STEP smaller, and split when that gives two or more groups of
+`min_faces` each (one level of HDBSCAN's "prefer substantial children"); faces that are noise at
+the smaller radius join the sub-group of their nearest face.
 
 Kept in `faces.suggested_group` = the id of the group's representative face (its core face with
 the most neighbours), rewritten as a whole by `refresh()` (`faces suggest`, the embedded summary).
@@ -22,6 +26,7 @@ from .schema import faces
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 BLOCK = 2048        # rows per block of the pairwise distances (memory: BLOCK x n floats)
+SPLIT_STEP = 0.05   # a group is re-clustered this much tighter to find two people in it
 
 
 @dataclass
@@ -72,10 +77,31 @@ def dbscan(mat: np.ndarray, radius: float, min_faces: int) -> tuple[np.ndarray, 
     return labels, count
 
 
+def split(mat: np.ndarray, labels: np.ndarray, radius: float, min_faces: int) -> np.ndarray:
+    """Labels after splitting each group that holds two substantial groups at a tighter radius."""
+    out = labels.copy()
+    fresh = labels.max() + 1 if len(labels) else 0
+    for label in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == label)
+        sub, _ = dbscan(mat[members], radius - SPLIT_STEP, min_faces)
+        kept = [s for s in np.unique(sub[sub >= 0]) if (sub == s).sum() >= min_faces]
+        if len(kept) < 2:
+            continue
+        anchored = np.isin(sub, kept)
+        for i in np.flatnonzero(~anchored):       # the rest: the sub-group of the nearest face
+            d = np.linalg.norm(mat[members[anchored]] - mat[members[i]], axis=1)
+            sub[i] = sub[anchored][int(d.argmin())]
+        for s in kept:
+            out[members[sub == s]] = fresh
+            fresh += 1
+    return out
+
+
 def cluster(ids: np.ndarray, image_ids: np.ndarray, mat: np.ndarray, radius: float,
             min_faces: int) -> list[Group]:
     """Groups of the faces, largest first."""
     labels, count = dbscan(mat, radius, min_faces)
+    labels = split(mat, labels, radius, min_faces)
     groups = []
     for label in np.unique(labels[labels >= 0]):
         members = np.flatnonzero(labels == label)
