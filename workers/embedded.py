@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import db, schema
+from . import db, schema, suggest
 from .jobs import Context, FollowUp, JobFailed, JobReleased
 from .settings import PROJECT_ROOT, Settings
 
@@ -164,9 +164,8 @@ def process(photo_dir: Path, settings: Settings, workers: int | None = None,
     return summary
 
 
-def library_stats(engine: sa.Engine, threshold: float) -> dict:
-    """Counts for the summary: faces, people groups (clusters of similar faces), places."""
-    import numpy as np
+def library_stats(engine: sa.Engine, settings: Settings) -> dict:
+    """Counts for the summary: faces, suggested people (workers/suggest.py), places."""
     im, fa = schema.images, schema.faces
     with engine.connect() as conn:
         encs = [json.loads(e) if isinstance(e, str) else e
@@ -174,21 +173,15 @@ def library_stats(engine: sa.Engine, threshold: float) -> dict:
         places = conn.execute(sa.select(sa.func.count(sa.distinct(im.c.display_name)))
                               .where(im.c.display_name.isnot(None))).scalar()
         with_place = conn.execute(sa.select(sa.func.count()).where(im.c.display_name.isnot(None))).scalar()
-    groups = 0
-    if encs:
-        import dlib
-        labels = dlib.chinese_whispers_clustering([dlib.vector(np.asarray(e, float)) for e in encs],
-                                                   threshold)
-        counts = Counter(labels)
-        groups = sum(1 for n in counts.values() if n > 1)
-    return {"faces": len(encs), "face_groups": groups, "places": places, "photos_with_place": with_place}
+    groups = suggest.refresh(engine, settings)
+    return {"faces": len(encs), "face_groups": len(groups), "places": places, "photos_with_place": with_place}
 
 
 def print_summary(summary: Summary, stats: dict, out=sys.stdout) -> None:
     print(f"photos: {summary.photos} ({summary.processed} processed, {summary.skipped} already done)", file=out)
     print("jobs done: " + (", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none"), file=out)
-    print(f"faces: {stats['faces']}  face groups (same person in several photos): {stats['face_groups']}",
-          file=out)
+    print(f"faces: {stats['faces']}  suggested people (groups of unknown faces, `faces suggest`): "
+          f"{stats['face_groups']}", file=out)
     print(f"places: {stats['places']} distinct, {stats['photos_with_place']} photos with a place", file=out)
     if summary.not_photos:
         shown = ", ".join(summary.not_photos[:5]) + (", ..." if len(summary.not_photos) > 5 else "")
@@ -237,7 +230,7 @@ def cmd_process(args) -> int:
     started = time.monotonic()
     settings = embedded_settings(Path(args.dir), args.db)
     summary = process(Path(args.dir), settings, args.workers, progress=not args.no_progress)
-    print_summary(summary, library_stats(db.engine_for(settings.database_url), settings.face_match_threshold))
+    print_summary(summary, library_stats(db.engine_for(settings.database_url), settings))
     print(f"time: {time.monotonic() - started:.1f} s")
     return 0
 
