@@ -1,26 +1,30 @@
-"""Nearest approved root face for new face encodings, from an in-memory matrix per process.
+"""Face encodings held in memory per process, refreshed incrementally from the database.
 
-Roots are the faces a reviewer approved as a person's reference: `parent_id IS NULL AND
-status = 'ok'`. A new face gets the NEAREST root whose Euclidean distance is < threshold
-(strict; face_recognition's compare_faces uses <=, the original job used <).
+`FaceMatrix` holds one set of faces (a WHERE clause) with each face's parent_id:
+  * `RootIndex`: approved roots (`parent_id IS NULL AND status='ok'`), the original's rule:
+    the NEAREST root whose Euclidean distance is < threshold (strict; face_recognition's
+    compare_faces uses <=, the original job used <);
+  * `ApprovedIndex`: every approved face, labelled with its person (issue 10, workers/people.py);
+  * `UnknownIndex`: unknown faces without a parent (the unapproved clusters of rule 5).
 
-Speed: one float32 matrix-vector product over all roots (|r|^2 - 2 r.q + |q|^2), then the few
-candidates within a small margin of the best (and of the threshold) are recomputed exactly in
+Speed: one float32 matrix-vector product over the set (|r|^2 - 2 r.q + |q|^2), then the few
+candidates within a small margin of the limit (or of the best) are recomputed exactly in
 float64 as ||r - q||, the way face_recognition.face_distance does. dlib descriptors are float32
 values, so float32 storage holds them exactly; the stored distance and the threshold test are
 float64 on those values.
 
-Refresh (`RootIndex.refresh(conn)`, run by every job before matching). Both queries below are
-answered from the (parent_id, status) index, which carries the id: no row (~2.6 KB of JSON) is read.
-  * token: `COUNT(*), SUM(id), MAX(id)` of the roots. Same as last time -> nothing to do.
-  * sweep, when the token changed or every SWEEP_SECONDS (60 s): `SELECT id` of the roots,
-    diffed against the ids held: rejected/demoted/deleted roots are dropped, and only the new
-    roots' encodings are fetched. No reliance on updated_at. A full load happens only once.
-Staleness guarantee: a job matches against every root committed before its refresh query, except
-when the changes since the previous job cancel out in count, id sum and max id together (e.g.
-roots 10 and 30 rejected while faces 15 and 25 were approved): those are seen within
-SWEEP_SECONDS. Roots are never re-encoded in place (an approved face keeps its encoding); a raw
-SQL rewrite of a root's encoding is only seen after a restart. `faces rematch` forces a sweep.
+Refresh (`refresh(conn)`, run by every job before matching). Both queries below are answered
+from the (parent_id, status) index, which carries the id: no row (~2.6 KB of JSON) is read.
+  * token: `COUNT(*), SUM(id), MAX(id), SUM(parent_id)` of the set. Same as last time -> nothing
+    to do. (SUM(parent_id): a face moved between people changes no id.)
+  * sweep, when the token changed or every SWEEP_SECONDS (60 s): `SELECT id, parent_id` of the
+    set, diffed against the ids held: gone faces are dropped, only the new faces' encodings are
+    fetched, parents re-read. No reliance on updated_at. A full load happens only once.
+Staleness guarantee: a job matches against every face committed before its refresh query, except
+when the changes since the previous job cancel out in every token field together (e.g. roots
+10 and 30 rejected while faces 15 and 25 were approved): those are seen within SWEEP_SECONDS.
+Approved faces are never re-encoded in place; a raw SQL rewrite of an encoding is only seen
+after a restart. `faces rematch` forces a sweep.
 """
 from __future__ import annotations
 
