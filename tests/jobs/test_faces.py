@@ -135,6 +135,18 @@ def test_people_grouped_under_approved_roots(mysql_url, storage, face_api, rule)
     assert st["photos_with_faces"] == len(ids) and st["per_status"]["ok"] == len(PEOPLE)
 
 
+def test_workers_rematch_by_themselves_after_approvals(any_db_url, storage):
+    """No `faces rematch`: the next face job after an approval files the older faces."""
+    s = settings_for(any_db_url, storage, face_engine="inprocess")
+    ids = [add_image(s, p) for p in ("faces/obama.jpg", "faces/obama2.jpg", "faces/obama3.jpg")]
+    for image_id in ids:
+        run_job(s, image_id)
+    (root,) = face_rows(s, ids[0])
+    approve(s, root.id)
+    run_job(s, add_image(s, "faces/biden.jpg"))          # any face job, on another photo
+    assert [face_rows(s, i)[0].parent_id for i in ids[1:]] == [root.id, root.id]
+
+
 def test_unrelated_faces_get_no_parent(mysql_url, storage, face_api):
     s = settings_for(mysql_url, storage, face_api)
     root_img = add_image(s, "faces/people/obama/obama.jpg")
