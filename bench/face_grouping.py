@@ -192,6 +192,37 @@ def scenario_suggest(data, tmp, settings_overrides=None) -> Counter:
     return c
 
 
+def sweep(data, tmp, folds: int = 3) -> None:
+    """Leave-some-people-out check of margin and radius slack: for each fold of people, pick the
+    setting with the most right faces and wrong <= 0.5 % on the OTHER folds (three approved
+    faces each, and look-alikes unapproved), then report it on the held-out fold."""
+    people = sorted(data.identities)
+    fold_of = {p: i % folds for i, p in enumerate(sorted(people, key=lambda p: hash_name(p)))}
+    grid = [(m, r) for m in (0.02, 0.04, 0.06) for r in (0.05, 0.1, 0.15)]
+    per = {}
+    for margin, slack in grid:
+        lib = Library(data, "ours", tmp, "sweep", face_margin=margin, face_radius_slack=slack)
+        approve_first(lib, data, 3)
+        lib.rematch()
+        per[(margin, slack)] = [lib.score({p for p in people if fold_of[p] == f}) for f in range(folds)]
+    print("\nleave-some-people-out (3 folds of people, three approved faces each): margin, slack")
+    for f in range(folds):
+        def train(cfg):
+            c = sum((per[cfg][g] for g in range(folds) if g != f), Counter())
+            return c
+        ok = [cfg for cfg in grid if train(cfg)["wrong"] <= 0.005 * (train(cfg)["right"] + train(cfg)["wrong"])]
+        best = max(ok or grid, key=lambda cfg: train(cfg)["right"])
+        print(f"  fold {f}: chosen on the other folds margin {best[0]} slack {best[1]} "
+              f"(train {fmt(train(best))}); held out {fmt(per[best][f])}")
+    for cfg in grid:
+        print(f"  margin {cfg[0]:.2f} slack {cfg[1]:.2f}: all people {fmt(sum(per[cfg], Counter()))}")
+
+
+def hash_name(name: str) -> str:
+    import hashlib
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
 def bench_speed(n: int = 100_000, queries: int = 300) -> tuple[float, float, float]:
     """p50/p95 ms of one face's decision against n approved faces (10 per person)."""
     from workers.matching import ApprovedIndex
@@ -225,6 +256,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--share", type=float, default=0.4, help="share of faces reviewed in the random scenario")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="also the leave-some-people-out parameter check")
     args = ap.parse_args()
     data = load(args.people)
     labelled = sum(1 for f in data.faces if f.person)
@@ -260,6 +292,8 @@ def main() -> int:
               f"({100 * s['eligible grouped'] / s['eligible faces']:.1f} %); groups mixing people "
               f"{s['mixed groups']} ({100 * s['mixed groups'] / max(1, s['groups']):.1f} %); people split "
               f"over several groups {s['people split']}")
+        if args.sweep:
+            sweep(data, tmp)
     if not args.skip_speed:
         p50, p95, learn = bench_speed()
         print(f"\none face against 100,000 approved faces (10,000 people): p50 {p50:.2f} ms, p95 {p95:.2f} ms;"

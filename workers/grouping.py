@@ -155,9 +155,10 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
                  limit: int = 1000, exclude_image: int | None = None) -> tuple[int, Counter]:
     """(Re-)decide our unknown faces with id > after_id (at most `limit`): those without a
     parent and our own filings. Returns (last id seen, or -1 when none was left; counts)."""
+    original = settings.face_grouping == "roots"       # the original never revisited a filing
     q = (sa.select(faces.c.id, faces.c.image_id, faces.c.encoding, faces.c.parent_id,
                    faces.c.matched_parent_id, faces.c.match_note)
-         .where(OURS, faces.c.id > after_id).order_by(faces.c.id).limit(limit)
+         .where(FREE if original else OURS, faces.c.id > after_id).order_by(faces.c.id).limit(limit)
          .with_for_update(skip_locked=True))
     if exclude_image is not None:
         q = q.where(faces.c.image_id != exclude_image)
@@ -192,8 +193,6 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
             if not matcher.original and r.match_note != d.why[:255]:
                 conn.execute(faces.update().where(still_ours).values(match_note=d.why[:255]))
             continue
-        if d.person is None and matcher.original:
-            continue                     # the original never took a parent back
         values = ({"parent_id": d.person, "distance": d.distance, "matched_parent_id": d.person,
                    "match_note": None} if d.person is not None else
                   {"parent_id": None, "distance": None, "matched_parent_id": None, "match_note": d.why[:255]})
