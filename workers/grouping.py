@@ -156,16 +156,23 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
     """(Re-)decide our unknown faces with id > after_id (at most `limit`): those without a
     parent and our own filings. Returns (last id seen, or -1 when none was left; counts)."""
     original = settings.face_grouping == "roots"       # the original never revisited a filing
-    q = (sa.select(faces.c.id, faces.c.image_id, faces.c.encoding, faces.c.parent_id,
-                   faces.c.matched_parent_id, faces.c.match_note)
-         .where(FREE if original else OURS, faces.c.id > after_id).order_by(faces.c.id).limit(limit)
-         .with_for_update(skip_locked=True))
+    which = sa.and_(FREE if original else OURS, faces.c.id > after_id)
     if exclude_image is not None:
-        q = q.where(faces.c.image_id != exclude_image)
-    rows = conn.execute(q).all()
+        which = sa.and_(which, faces.c.image_id != exclude_image)
+    ids = conn.execute(sa.select(faces.c.id).where(which).order_by(faces.c.id).limit(limit)).scalars().all()
     counts: Counter = Counter()
-    if not rows:
+    if not ids:
         return -1, counts
+    # Lock by primary key, like a reviewer's UPDATE does (a locking read through the (parent_id,
+    # status) index would take the locks in the other order and deadlock with the review screen);
+    # rows a worker or another rematch holds are skipped, and the condition is checked again.
+    rows = conn.execute(sa.select(faces.c.id, faces.c.image_id, faces.c.encoding, faces.c.parent_id,
+                                  faces.c.matched_parent_id, faces.c.match_note)
+                        .with_hint(faces, "FORCE INDEX (PRIMARY)", "mysql")
+                        .where(faces.c.id.in_(ids), which).order_by(faces.c.id)
+                        .with_for_update(skip_locked=True)).all()
+    if not rows:
+        return ids[-1], counts
     counts["not this person (learned)"] += learn_rejections(conn, rows)
     batch, old = [], {}
     for r in rows:
@@ -200,7 +207,7 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
         outcome = ("matched" if r.parent_id is None else "refiled" if d.person is not None
                    else f"unfiled, {_outcome(d.why)}")
         counts[outcome if done.rowcount else "changed meanwhile"] += 1
-    return rows[-1].id, counts
+    return ids[-1], counts
 
 
 def _outcome(why: str) -> str:
