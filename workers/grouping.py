@@ -301,9 +301,10 @@ def people_report(engine: sa.Engine, settings) -> list[dict]:
         index.refresh(conn, force_sweep=True)
         people = index.people(rules)
         names = dict(conn.execute(sa.select(faces.c.id, faces.c.name)
-                                  .where(faces.c.id.in_(list(people.persons)[:10000]))).all())
+                                  .where(faces.c.id.in_(list(people.vectors)[:10000]))).all())
     out = []
-    for root, p in sorted(people.persons.items()):
+    for root in sorted(people.vectors):
+        p = people.person(root)
         why = p.why
         near = people.nearest_other(root, p.radius)
         if near:

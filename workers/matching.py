@@ -141,6 +141,18 @@ class FaceMatrix:
     def __len__(self) -> int:
         return self._n
 
+    @classmethod
+    def from_arrays(cls, ids, parents, matrix) -> "FaceMatrix":
+        """An index holding the given faces, not tied to a database (benches, tests)."""
+        index = cls()
+        n = len(ids)
+        index._ids, index._parent = np.asarray(ids, np.int64).copy(), np.asarray(parents, np.int64).copy()
+        index._m = np.asarray(matrix, np.float32).copy()
+        index._sq = np.einsum("ij,ij->i", index._m.astype(np.float64), index._m.astype(np.float64)).astype(np.float32)
+        index._n, index._row = n, dict(zip(index._ids.tolist(), range(n)))
+        index._changed()
+        return index
+
     @property
     def ids(self) -> np.ndarray:
         return self._ids[:self._n]

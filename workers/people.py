@@ -79,24 +79,30 @@ class Person:
 
 @dataclass
 class People:
-    """Approved faces grouped by person, with each person's learned radius."""
+    """Approved faces grouped by person; each person's radius is learned when first needed
+    (after approvals change, only the people a face is actually matched against pay for it)."""
+    rules: Rules
     vectors: dict[int, np.ndarray] = field(default_factory=dict)     # root id -> (m, 128)
-    persons: dict[int, Person] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+    _persons: dict[int, Person] = field(default_factory=dict)
     _collisions: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @classmethod
     def learn(cls, ids: np.ndarray, persons: np.ndarray, matrix: np.ndarray, rules: Rules) -> "People":
-        out = cls()
+        out = cls(rules)
         order = np.lexsort((ids, persons))
         bounds = np.flatnonzero(np.diff(persons[order])) + 1
         for group in np.split(order, bounds):
-            if not len(group):
-                continue
-            root = int(persons[group[0]])
-            vecs = matrix[group[:SAMPLE]].astype(np.float64)
-            out.vectors[root] = vecs
-            out.persons[root] = _radius(root, len(group), vecs, rules)
+            if len(group):
+                root = int(persons[group[0]])
+                out.vectors[root] = matrix[group[:SAMPLE]].astype(np.float64)
+                out.counts[root] = len(group)
         return out
+
+    def person(self, root: int) -> Person:
+        if root not in self._persons:
+            self._persons[root] = _radius(root, self.counts[root], self.vectors[root], self.rules)
+        return self._persons[root]
 
     def collision(self, a: int, b: int) -> float:
         """Closest distance between the approved faces of persons a and b (cached)."""
@@ -153,7 +159,7 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
         nearest.setdefault(p, d)                    # nearest first: the first one is the min
     winner = max(votes, key=lambda p: (votes[p], -nearest[p]))
     d_win = nearest[winner]
-    radius, why_radius = people.persons[winner].radius, ""
+    radius, why_radius = people.person(winner).radius, ""
     others = [p for p in nearest if p != winner]
     for other in others:       # look-alikes filed apart by a reviewer shrink the radius
         c = people.collision(winner, other)
