@@ -124,7 +124,6 @@ def test_two_workers_a_rematch_and_a_reviewer_at_once(mysql_url):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    print(stats, len(reviewed))
     assert stats["jobs"] > 10 and stats["rematches"] > 2 and reviewed
 
     grouping.rematch(engine, settings)                # settled: one more pass

@@ -203,7 +203,10 @@ def _box(value) -> list[int] | None:
 def store_faces(conn: sa.Connection, engine: sa.Engine, settings: Settings, image_id: int,
                 detections) -> dict:
     """Replace the image's unreviewed faces with `detections`, in the caller's transaction."""
+    # Through the image_id index: on a small table MariaDB would scan (and lock) every row,
+    # deadlocking with a reviewer's UPDATE elsewhere (found by test_grouping_concurrency).
     existing = conn.execute(sa.select(faces.c.id, faces.c.status, faces.c.location, faces.c.face_index)
+                            .with_hint(faces, "FORCE INDEX (faces_image_id_index)", "mysql")
                             .where(faces.c.image_id == image_id).with_for_update()).all()
     reviewed = [r for r in existing if r.status not in UNREVIEWED]
     stale = [r.id for r in existing if r.status in UNREVIEWED]
