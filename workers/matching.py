@@ -224,8 +224,8 @@ class FaceMatrix:
         self._row = dict(zip(self._ids[:k].tolist(), range(k)))
 
     def _upsert(self, rows) -> None:
-        """rows: (face id, encoding as stored: JSON text, list or None, parent_id)."""
-        parent_of = {int(r[0]): int(r[2] or 0) for r in rows}
+        """rows: (face id, encoding as stored: JSON text, list or None[, parent_id])."""
+        parent_of = {int(r[0]): int(r[2] or 0) if len(r) > 2 else 0 for r in rows}
         ids, mat, bad = parse_rows([(r[0], r[1]) for r in rows])
         self._invalid.update(bad)
         self._invalid.difference_update(ids.tolist())
