@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from . import db as dbmod
 from .matching import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
-from .people import Decision, Rules, decide
+from .people import REASONS, Decision, Rules, decide
 from .schema import face_rejections, faces
 
 log = logging.getLogger("workers.grouping")
@@ -72,7 +72,7 @@ class Matcher:
         if self.original:
             matches = self.roots.nearest([f.encoding for f in batch], self.rules.threshold)
             return [Decision(m.face_id, m.distance, "matched") if m else
-                    Decision(None, None, "no root within the threshold") for m in matches]
+                    Decision(None, None, REASONS[5], REASONS[5]) for m in matches]
         rejected = self._rejections([f.id for f in batch if f.id is not None])
         taken = self._taken(sorted({f.image_id for f in batch})) if self.settings.face_one_per_photo else {}
         out = []
@@ -130,8 +130,11 @@ def one_per_photo(batch: list[Face], decisions: list[Decision]) -> list[Decision
                 best[key] = i
     winners = set(best.values())
     return [d if d.person is None or i in winners else
-            Decision(None, None, f"person {d.person} is a nearer face in this photo")
-            for i, d in enumerate(decisions)]
+            _taken_in_photo(d.person) for i, d in enumerate(decisions)]
+
+
+def _taken_in_photo(person: int) -> Decision:
+    return Decision(None, None, REASONS[4], f"person {person} is a nearer face in this photo")
 
 
 # ---------------------------------------------------------------- rematch
@@ -196,7 +199,7 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
             counts["kept"] += 1
             continue
         if d.person is None and r.parent_id is None:
-            counts[_outcome(d.why)] += 1
+            counts[d.reason] += 1
             if not matcher.original and r.match_note != d.why[:255]:
                 conn.execute(faces.update().where(still_ours).values(match_note=d.why[:255]))
             continue
@@ -205,13 +208,9 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
                   {"parent_id": None, "distance": None, "matched_parent_id": None, "match_note": d.why[:255]})
         done = conn.execute(faces.update().where(still_ours).values(updated_at=now, **values))
         outcome = ("matched" if r.parent_id is None else "refiled" if d.person is not None
-                   else f"unfiled, {_outcome(d.why)}")
+                   else f"unfiled, {d.reason}")
         counts[outcome if done.rowcount else "changed meanwhile"] += 1
     return ids[-1], counts
-
-
-def _outcome(why: str) -> str:
-    return why.split(":")[0].split(" person")[0].split(" (")[0]
 
 
 def _against_filed(conn: sa.Connection, batch: list[Face], decisions: list[Decision]) -> list[Decision]:
@@ -239,7 +238,7 @@ def _against_filed(conn: sa.Connection, batch: list[Face], decisions: list[Decis
                                               faces.c.matched_parent_id == r.parent_id)
                          .values(parent_id=None, distance=None, matched_parent_id=None,
                                  match_note=f"person {r.parent_id} is a nearer face in this photo"))
-    return [Decision(None, None, f"person {d.person} is a nearer face in this photo") if f.id in lost else d
+    return [_taken_in_photo(d.person) if f.id in lost else d
             for f, d in zip(batch, decisions)]
 
 

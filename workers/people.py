@@ -66,7 +66,12 @@ class Candidates:
 class Decision:
     person: int | None          # root id to file the face under, or None
     distance: float | None      # to the person's nearest approved face
-    why: str                    # "matched", or why the face was left unassigned
+    reason: str                 # "matched", or one of the REASONS a face is left unassigned
+    why: str = ""               # the same with the numbers, kept in faces.match_note
+
+
+REASONS = ("no person within the threshold", "outside the radius", "ambiguous",
+           "closer to unapproved faces", "person already in the photo", "no root within the threshold")
 
 
 @dataclass
@@ -150,7 +155,7 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
     persons, dists = near.persons[keep], near.distances[keep]
     inside = dists < rules.threshold
     if not inside.any():
-        return Decision(None, None, "no person within the threshold")
+        return Decision(None, None, REASONS[0], "no person within the threshold")
     votes: dict[int, int] = {}
     for p in persons[inside][:rules.vote_k].tolist():
         votes[p] = votes.get(p, 0) + 1
@@ -166,13 +171,14 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
         if c < radius:
             radius, why_radius = c, f" (radius shrunk to {c:.3f} by person {other})"
     if d_win >= radius:
-        return Decision(None, None, f"outside the radius of person {winner}: {d_win:.3f} >= "
+        return Decision(None, None, REASONS[1], f"outside the radius of person {winner}: {d_win:.3f} >= "
                                     f"{radius:.3f}{why_radius}")
     runner = min((nearest[p] for p in others), default=np.inf)
     if runner - d_win < rules.margin:
-        return Decision(None, None, f"ambiguous: person {winner} at {d_win:.3f}, another at {runner:.3f}")
+        return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, "
+                                                f"another at {runner:.3f}")
     if rules.unknown_neighbours and unknown_closer is not None:
         crowd = unknown_closer(d_win, winner)
         if crowd >= rules.unknown_neighbours:
-            return Decision(None, None, f"closer to {crowd} unknown faces than to person {winner}")
-    return Decision(winner, d_win, "matched")
+            return Decision(None, None, REASONS[3], f"closer to {crowd} unknown faces than to person {winner}")
+    return Decision(winner, d_win, "matched", f"person {winner} at {d_win:.3f}")

@@ -285,7 +285,8 @@ def cmd_rematch(args) -> int:
     counts = grouping.rematch(_engine(args), _settings(args))
     print(f"faces given a parent: {counts.pop('matched', 0)}")
     for outcome, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        print(f"  left unassigned, {outcome}: {n}")
+        label = outcome if outcome in ("kept", "refiled") or "," in outcome else f"left unassigned, {outcome}"
+        print(f"  {label}: {n}")
     return 0
 
 
