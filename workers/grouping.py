@@ -34,6 +34,7 @@ from .schema import face_rejections, faces
 log = logging.getLogger("workers.grouping")
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
+NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at most
 OURS = sa.and_(faces.c.status == "unknown",
                sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
 
@@ -91,11 +92,15 @@ class Matcher:
         def count(d: float, winner: int | None = None) -> int:
             ids, vecs = self.unknown.neighbours(face.encoding, d)
             n = 0
-            for other_id, vec in zip(ids.tolist(), vecs):
+            # nearest first, and only as far as needed: each check costs one pass over the
+            # approved faces, and a crowd of the person's own photos must not cost hundreds
+            for other_id, vec in list(zip(ids.tolist(), vecs))[:NEIGHBOURS_CHECKED]:
                 if other_id == face.id:
                     continue
                 own = decide(self.approved.candidates(vec, self.rules), self.people, self.rules)
                 n += own.person != winner
+                if n >= self.rules.unknown_neighbours:
+                    break
             return n
         return count
 
