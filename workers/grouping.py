@@ -285,7 +285,9 @@ def auto_rematch(conn: sa.Connection, engine: sa.Engine, settings, exclude_image
     index.refresh(conn)
     key = (os.getpid(), engine.url.render_as_string(hide_password=False))
     state = _passes.setdefault(key, _Pass())
-    if index.token != state.token:
+    if state.done and index.token != state.token:
+        # a pass in progress is finished first (restarting it at every approval of a busy
+        # review session would never reach the newest faces); then one more pass if needed
         state.token, state.after, state.done = index.token, 0, False
     if state.done:
         return Counter()
