@@ -266,3 +266,27 @@ def test_store_faces_files_new_faces_once_per_photo(lib):
         rows = conn.execute(sa.select(faces).where(faces.c.image_id == image).order_by(faces.c.face_index)).all()
     assert [r.parent_id for r in rows] == [person, None]
     assert rows[0].matched_parent_id == person and "nearer face" in rows[1].match_note
+
+
+def test_migration_adds_the_grouping_columns_to_an_existing_faces_table(mariadb):
+    """A database migrated before issue 10 (0001 done, faces without our columns) gets them."""
+    url = mariadb.create_database("t_grouping_upgrade")
+    engine = db.engine_for(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TABLE faces (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, parent_id BIGINT UNSIGNED NULL,"
+            " image_id BIGINT UNSIGNED NOT NULL, face_index INT NOT NULL DEFAULT 0, encoding JSON,"
+            " status ENUM('process','unknown','not_face','ok') NOT NULL DEFAULT 'process',"
+            " name VARCHAR(255), location JSON, distance DOUBLE, created_at DATETIME, updated_at DATETIME)"))
+        conn.execute(sa.text("INSERT INTO faces (image_id, status) VALUES (1, 'ok')"))
+        from workers.schema import schema_migrations
+        schema_migrations.create(conn)
+        conn.execute(schema_migrations.insert().values(version=1, name="initial", applied_at=db.now()))
+    assert db.migrate(engine) == ["0002_face_grouping"]
+    insp = sa.inspect(engine)
+    assert {"matched_parent_id", "match_note", "suggested_group"} <= {c["name"] for c in insp.get_columns("faces")}
+    assert "faces_suggested_group_index" in {ix["name"] for ix in insp.get_indexes("faces")}
+    assert insp.has_table("face_rejections")
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(faces.c.status)).scalar() == "ok"
+    assert db.migrate(engine) == []
