@@ -79,8 +79,8 @@ class Library:
         self.roots.setdefault(person, face_id)
         self.reviewed.add(face_id)
 
-    def rematch(self) -> None:
-        grouping.rematch(self.engine, self.settings)
+    def rematch(self) -> Counter:
+        return grouping.rematch(self.engine, self.settings)
 
     def auto_rematch(self) -> None:
         """What the face workers do after approvals changed: bounded steps until the pass ends."""
@@ -118,14 +118,15 @@ def fmt(c: Counter) -> str:
     return f"{c['right']:4d} / {c['wrong']:3d} / {c['unassigned']:3d}  ({pct:4.1f} % wrong)"
 
 
-def scenario_approved(data, tmp, n: int) -> dict[str, Counter]:
+def scenario_approved(data, tmp, n: int) -> tuple[dict[str, Counter], Counter]:
+    """Scores per rule, and why ours left faces unassigned (all faces, labelled or not)."""
     out = {}
     for mode in MODES:
         lib = Library(data, mode, tmp, f"approved{n}")
         approve_first(lib, data, n)
-        lib.rematch()
+        reasons = lib.rematch()
         out[mode] = lib.score()
-    return out
+    return out, reasons
 
 
 def scenario_lookalikes(data, tmp, n: int) -> tuple[dict, list]:
@@ -270,8 +271,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for n, title in ((1, "one root per person"), (3, "three approved faces per person")):
-            r = scenario_approved(data, tmp, n)
+            r, reasons = scenario_approved(data, tmp, n)
             print(f"{title:<40} original {fmt(r['original'])}   ours {fmt(r['ours'])}")
+            print(f"{'':<40} ours, every face: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
 
         totals, rows = scenario_lookalikes(data, tmp, 3)
         print("\nlook-alike B unapproved, A and everyone else 3 approved: B's photos under A / under anyone")
