@@ -25,7 +25,7 @@ from .matching import parse_rows
 from .schema import faces
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
-BLOCK = 2048        # rows per block of the pairwise distances (memory: BLOCK x n floats)
+BLOCK_CELLS = 25_000_000   # pairwise distances computed at once (100 MB of float32)
 SPLIT_STEP = 0.05   # a group is re-clustered this much tighter to find two people in it
 
 
@@ -44,11 +44,13 @@ class Group:
 def neighbours(mat: np.ndarray, radius: float) -> coo_matrix:
     """Sparse symmetric adjacency of the rows closer than `radius` (self included)."""
     n = len(mat)
-    sq = (mat * mat).sum(1)
+    m32 = mat.astype(np.float32)       # dlib descriptors are float32 values
+    sq = (m32 * m32).sum(1)
+    step = max(16, BLOCK_CELLS // max(n, 1))
     rows, cols = [], []
-    for start in range(0, n, BLOCK):
-        block = mat[start:start + BLOCK]
-        d2 = sq[start:start + BLOCK, None] - 2 * block @ mat.T + sq[None, :]
+    for start in range(0, n, step):
+        block = m32[start:start + step]
+        d2 = sq[start:start + step, None] - 2 * block @ m32.T + sq[None, :]
         r, c = np.nonzero(d2 < radius * radius)
         rows.append(r + start)
         cols.append(c)
