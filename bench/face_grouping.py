@@ -301,9 +301,9 @@ def main() -> int:
         if args.sweep:
             sweep(data, tmp)
     if not args.skip_speed:
-        load = os.getloadavg()[0]
+        load_before = os.getloadavg()[0]
         r = bench_speed()
-        print(f"\none face against 100,000 approved faces (10,000 people), load {load:.2f} -> "
+        print(f"\none face against 100,000 approved faces (10,000 people), load {load_before:.2f} -> "
               f"{os.getloadavg()[0]:.2f}:")
         print(f"  original RootIndex.nearest  p50 {r['original'][0]:6.2f} ms  p95 {r['original'][1]:6.2f} ms")
         print(f"  ours candidates + decide    p50 {r['ours'][0]:6.2f} ms  p95 {r['ours'][1]:6.2f} ms")
