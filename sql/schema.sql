@@ -100,11 +100,26 @@ CREATE TABLE faces (
 	distance FLOAT(53), 
 	created_at DATETIME, 
 	updated_at DATETIME, 
+	matched_parent_id BIGINT UNSIGNED, 
+	match_note VARCHAR(255), 
+	suggested_group BIGINT UNSIGNED, 
 	PRIMARY KEY (id), 
 	FOREIGN KEY(parent_id) REFERENCES faces (id) ON DELETE SET NULL, 
-	FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE
+	FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE, 
+	FOREIGN KEY(matched_parent_id) REFERENCES faces (id) ON DELETE SET NULL
 );
 
 CREATE INDEX faces_image_id_index ON faces (image_id);
 
 CREATE INDEX faces_parent_status_index ON faces (parent_id, status);
+
+CREATE INDEX faces_suggested_group_index ON faces (suggested_group);
+
+CREATE TABLE face_rejections (
+	face_id BIGINT UNSIGNED NOT NULL, 
+	person_id BIGINT UNSIGNED NOT NULL, 
+	created_at DATETIME, 
+	PRIMARY KEY (face_id, person_id), 
+	FOREIGN KEY(face_id) REFERENCES faces (id) ON DELETE CASCADE, 
+	FOREIGN KEY(person_id) REFERENCES faces (id) ON DELETE CASCADE
+);

@@ -57,7 +57,16 @@ def _m0001_initial(conn: sa.Connection) -> None:
                    s.rate_limits, s.geocode_cache)
 
 
-MIGRATIONS = [(1, "initial", _m0001_initial)]
+def _m0002_face_grouping(conn: sa.Connection) -> None:
+    """Issue 10: faces.matched_parent_id / match_note / suggested_group, face_rejections."""
+    _ensure_tables(conn, schema.faces, schema.face_rejections)
+    have = {ix["name"] for ix in sa.inspect(conn).get_indexes("faces")}
+    for ix in schema.faces.indexes:
+        if ix.name not in have:
+            ix.create(conn)
+
+
+MIGRATIONS = [(1, "initial", _m0001_initial), (2, "face_grouping", _m0002_face_grouping)]
 
 
 def migrate(engine: Engine) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import db, schema
+from . import db, schema, suggest
 from .jobs import Context, FollowUp, JobFailed, JobReleased
 from .settings import Settings
 
@@ -220,24 +220,16 @@ def process(photo_dir: Path, settings: Settings, workers: int | None = None,
     return summary
 
 
-def library_stats(engine: sa.Engine, threshold: float) -> dict:
-    """Counts for the summary: faces, people groups (clusters of similar faces), places."""
-    import numpy as np
+def library_stats(engine: sa.Engine, settings: Settings) -> dict:
+    """Counts for the summary: faces, suggested people (workers/suggest.py), places."""
     im, fa = schema.images, schema.faces
     with engine.connect() as conn:
-        encs = [json.loads(e) if isinstance(e, str) else e
-                for e in conn.execute(sa.select(fa.c.encoding)).scalars() if e]
+        faces = conn.execute(sa.select(sa.func.count()).where(fa.c.encoding.isnot(None))).scalar()
         places = conn.execute(sa.select(sa.func.count(sa.distinct(im.c.display_name)))
                               .where(im.c.display_name.isnot(None))).scalar()
         with_place = conn.execute(sa.select(sa.func.count()).where(im.c.display_name.isnot(None))).scalar()
-    groups = 0
-    if encs:
-        import dlib
-        labels = dlib.chinese_whispers_clustering([dlib.vector(np.asarray(e, float)) for e in encs],
-                                                   threshold)
-        counts = Counter(labels)
-        groups = sum(1 for n in counts.values() if n > 1)
-    return {"faces": len(encs), "face_groups": groups, "places": places, "photos_with_place": with_place}
+    groups = suggest.refresh(engine, settings)
+    return {"faces": faces, "face_groups": len(groups), "places": places, "photos_with_place": with_place}
 
 
 def library_photos(engine: sa.Engine) -> int:
@@ -262,7 +254,8 @@ def total_lines(stats: dict, photos: int) -> dict[str, str]:
     """The database's totals, every run included, as summary lines (label -> text)."""
     return {
         "photos": str(photos),
-        "faces": f"{stats['faces']}  face groups (same person in several photos): {stats['face_groups']}",
+        "faces": f"{stats['faces']}  suggested people (groups of unknown faces, `faces suggest`): "
+                 f"{stats['face_groups']}",
         "places": f"{stats['places']} distinct, {stats['photos_with_place']} photos with a place",
     }
 
@@ -330,7 +323,7 @@ def cmd_process(args) -> int:
         print(f"photo-pipeline process: {exc}", file=sys.stderr)
         return 2
     engine = db.engine_for(settings.database_url)
-    totals = total_lines(library_stats(engine, settings.face_match_threshold), library_photos(engine))
+    totals = total_lines(library_stats(engine, settings), library_photos(engine))
     print_summary(summary, totals, engine.url.render_as_string())   # the password stays hidden
     print(f"time: {time.monotonic() - started:.1f} s")
     return 0

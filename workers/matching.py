@@ -1,26 +1,30 @@
-"""Nearest approved root face for new face encodings, from an in-memory matrix per process.
+"""Face encodings held in memory per process, refreshed incrementally from the database.
 
-Roots are the faces a reviewer approved as a person's reference: `parent_id IS NULL AND
-status = 'ok'`. A new face gets the NEAREST root whose Euclidean distance is < threshold
-(strict; face_recognition's compare_faces uses <=, the original job used <).
+`FaceMatrix` holds one set of faces (a WHERE clause) with each face's parent_id:
+  * `RootIndex`: approved roots (`parent_id IS NULL AND status='ok'`), the original's rule:
+    the NEAREST root whose Euclidean distance is < threshold (strict; face_recognition's
+    compare_faces uses <=, the original job used <);
+  * `ApprovedIndex`: every approved face, labelled with its person (issue 10, workers/people.py);
+  * `UnknownIndex`: unknown faces without a parent (the unapproved clusters of rule 5).
 
-Speed: one float32 matrix-vector product over all roots (|r|^2 - 2 r.q + |q|^2), then the few
-candidates within a small margin of the best (and of the threshold) are recomputed exactly in
+Speed: one float32 matrix-vector product over the set (|r|^2 - 2 r.q + |q|^2), then the few
+candidates within a small margin of the limit (or of the best) are recomputed exactly in
 float64 as ||r - q||, the way face_recognition.face_distance does. dlib descriptors are float32
 values, so float32 storage holds them exactly; the stored distance and the threshold test are
 float64 on those values.
 
-Refresh (`RootIndex.refresh(conn)`, run by every job before matching). Both queries below are
-answered from the (parent_id, status) index, which carries the id: no row (~2.6 KB of JSON) is read.
-  * token: `COUNT(*), SUM(id), MAX(id)` of the roots. Same as last time -> nothing to do.
-  * sweep, when the token changed or every SWEEP_SECONDS (60 s): `SELECT id` of the roots,
-    diffed against the ids held: rejected/demoted/deleted roots are dropped, and only the new
-    roots' encodings are fetched. No reliance on updated_at. A full load happens only once.
-Staleness guarantee: a job matches against every root committed before its refresh query, except
-when the changes since the previous job cancel out in count, id sum and max id together (e.g.
-roots 10 and 30 rejected while faces 15 and 25 were approved): those are seen within
-SWEEP_SECONDS. Roots are never re-encoded in place (an approved face keeps its encoding); a raw
-SQL rewrite of a root's encoding is only seen after a restart. `faces rematch` forces a sweep.
+Refresh (`refresh(conn)`, run by every job before matching). Both queries below are answered
+from the (parent_id, status) index, which carries the id: no row (~2.6 KB of JSON) is read.
+  * token: `COUNT(*), SUM(id), MAX(id), SUM(parent_id)` of the set. Same as last time -> nothing
+    to do. (SUM(parent_id): a face moved between people changes no id.)
+  * sweep, when the token changed or every SWEEP_SECONDS (60 s): `SELECT id, parent_id` of the
+    set, diffed against the ids held: gone faces are dropped, only the new faces' encodings are
+    fetched, parents re-read. No reliance on updated_at. A full load happens only once.
+Staleness guarantee: a job matches against every face committed before its refresh query, except
+when the changes since the previous job cancel out in every token field together (e.g. roots
+10 and 30 rejected while faces 15 and 25 were approved): those are seen within SWEEP_SECONDS.
+Approved faces are never re-encoded in place; a raw SQL rewrite of an encoding is only seen
+after a restart. `faces rematch` forces a sweep.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
+from .people import Candidates, People, Rules
 from .schema import faces
 
 DIM = 128
@@ -112,9 +117,11 @@ class Match:
     distance: float
 
 
-class RootIndex:
-    """Root encodings of one database, kept in memory and refreshed incrementally."""
+class FaceMatrix:
+    """Encodings of one set of faces (`WHERE` = the class's `where`), held in memory per process
+    and refreshed incrementally; each row also keeps the face's parent_id (0 for none)."""
 
+    where = ROOT
     def __init__(self):
         self._lock = threading.Lock()
         self._clear()
@@ -124,18 +131,35 @@ class RootIndex:
         self._ids = np.empty(0, np.int64)
         self._m = np.empty((0, DIM), np.float32)        # capacity rows; first _n are live
         self._sq = np.empty(0, np.float32)              # |r|^2 per row
+        self._parent = np.empty(0, np.int64)            # parent_id per row, 0 for none
         self._n = 0
         self._row: dict[int, int] = {}                  # face id -> row
-        self._invalid: set[int] = set()                 # roots whose encoding is unusable
-        self._token = None                              # (COUNT, SUM(id), MAX(id)) of the roots
+        self._invalid: set[int] = set()                 # faces whose encoding is unusable
+        self._token = None                              # aggregate of the set, see _db_token
         self._swept = 0.0                               # monotonic time of the last sweep
 
     def __len__(self) -> int:
         return self._n
 
+    @classmethod
+    def from_arrays(cls, ids, parents, matrix) -> "FaceMatrix":
+        """An index holding the given faces, not tied to a database (benches, tests)."""
+        index = cls()
+        n = len(ids)
+        index._ids, index._parent = np.asarray(ids, np.int64).copy(), np.asarray(parents, np.int64).copy()
+        index._m = np.asarray(matrix, np.float32).copy()
+        index._sq = np.einsum("ij,ij->i", index._m.astype(np.float64), index._m.astype(np.float64)).astype(np.float32)
+        index._n, index._row = n, dict(zip(index._ids.tolist(), range(n)))
+        index._changed()
+        return index
+
     @property
     def ids(self) -> np.ndarray:
         return self._ids[:self._n]
+
+    @property
+    def token(self):
+        return self._token
 
     # ------------------------------------------------------------------ refresh
 
@@ -151,48 +175,58 @@ class RootIndex:
             else:
                 kind = self._sweep(conn, token)
             self.reloads[kind] += 1
+            if kind != "unchanged":
+                self._changed()
             return kind
 
-    @staticmethod
-    def _db_token(conn: sa.Connection) -> tuple[int, int, int]:
-        row = conn.execute(sa.select(sa.func.count(), sa.func.sum(faces.c.id), sa.func.max(faces.c.id))
-                           .where(ROOT)).one()
-        return int(row[0]), int(row[1] or 0), int(row[2] or 0)
+    def _changed(self) -> None:
+        """Hook for subclasses: the set or a parent changed."""
+
+    def _db_token(self, conn: sa.Connection) -> tuple[int, ...]:
+        # SUM(parent_id) too: a face moved from one person to another changes no id
+        row = conn.execute(sa.select(sa.func.count(), sa.func.sum(faces.c.id), sa.func.max(faces.c.id),
+                                     sa.func.sum(sa.func.coalesce(faces.c.parent_id, 0)))
+                           .where(self.where)).one()
+        return tuple(int(v or 0) for v in row)
 
     def _sweep(self, conn: sa.Connection, token) -> str:
-        """Diff the root ids (index-only) against ours: drop the gone, fetch only the new."""
-        db_ids = np.fromiter((r[0] for r in conn.execute(sa.select(faces.c.id).where(ROOT))), np.int64)
+        """Diff the ids (index-only) against ours: drop the gone, fetch only the new, re-read parents."""
+        rows = conn.execute(sa.select(faces.c.id, faces.c.parent_id).where(self.where)).all()
+        db_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         held = np.concatenate([self._ids[:self._n], np.fromiter(self._invalid, np.int64)])
         removed = np.setdiff1d(held, db_ids, assume_unique=True)
         added = np.setdiff1d(db_ids, held, assume_unique=True).tolist()
         if removed.size:
             self._remove(removed)
         for start in range(0, len(added), 1000):
-            self._upsert(conn.execute(sa.select(faces.c.id, _ENCODING_TEXT)
-                                      .where(ROOT, faces.c.id.in_(added[start:start + 1000]))).all())
+            self._upsert(conn.execute(sa.select(faces.c.id, _ENCODING_TEXT, faces.c.parent_id)
+                                      .where(self.where, faces.c.id.in_(added[start:start + 1000]))).all())
+        parents = {r[0]: r[1] or 0 for r in rows}
+        self._parent[:self._n] = [parents.get(i, 0) for i in self._ids[:self._n].tolist()]
         self._token, self._swept = token, time.monotonic()
         return "incremental"
 
     def _full(self, conn: sa.Connection) -> str:
         self._clear()
         self._token, self._swept = self._db_token(conn), time.monotonic()
-        # (if roots change between these two reads the token differs next time: a sweep fixes it)
-        self._upsert(conn.execute(sa.select(faces.c.id, _ENCODING_TEXT).where(ROOT).order_by(faces.c.id)).all())
+        # (if the set changes between these two reads the token differs next time: a sweep fixes it)
+        self._upsert(conn.execute(sa.select(faces.c.id, _ENCODING_TEXT, faces.c.parent_id)
+                                  .where(self.where).order_by(faces.c.id)).all())
         return "full"
 
     def _remove(self, ids: np.ndarray) -> None:
         self._invalid.difference_update(ids.tolist())
         keep = ~np.isin(self._ids[:self._n], ids)
         k = int(keep.sum())
-        self._m[:k] = self._m[:self._n][keep]
-        self._ids[:k] = self._ids[:self._n][keep]
-        self._sq[:k] = self._sq[:self._n][keep]
+        for arr in (self._m, self._ids, self._sq, self._parent):
+            arr[:k] = arr[:self._n][keep]
         self._n = k
         self._row = dict(zip(self._ids[:k].tolist(), range(k)))
 
     def _upsert(self, rows) -> None:
-        """rows: (face id, encoding as stored: JSON text, list or None)."""
-        ids, mat, bad = parse_rows(rows)
+        """rows: (face id, encoding as stored: JSON text, list or None[, parent_id])."""
+        parent_of = {int(r[0]): int(r[2] or 0) if len(r) > 2 else 0 for r in rows}
+        ids, mat, bad = parse_rows([(r[0], r[1]) for r in rows])
         self._invalid.update(bad)
         self._invalid.difference_update(ids.tolist())
         known = np.array([i in self._row for i in ids.tolist()], dtype=bool)
@@ -204,15 +238,13 @@ class RootIndex:
         need = self._n + len(ids)
         if need > len(self._m):           # grow by doubling so appends are amortised O(1)
             cap = max(need, 2 * len(self._m), 1024)
-            m = np.zeros((cap, DIM), np.float32)
-            m[:self._n] = self._m[:self._n]
-            grown_ids = np.zeros(cap, np.int64)
-            grown_ids[:self._n] = self._ids[:self._n]
-            sq = np.zeros(cap, np.float32)
-            sq[:self._n] = self._sq[:self._n]
-            self._m, self._ids, self._sq = m, grown_ids, sq
+            self._m = _grown(self._m, cap, self._n)
+            self._ids = _grown(self._ids, cap, self._n)
+            self._sq = _grown(self._sq, cap, self._n)
+            self._parent = _grown(self._parent, cap, self._n)
         self._row.update(zip(ids.tolist(), range(self._n, need)))
         self._set_rows(self._n, ids, mat)
+        self._parent[self._n:need] = [parent_of[i] for i in ids.tolist()]
         self._n = need
 
     def _set_rows(self, at: int, ids: np.ndarray, mat: np.ndarray) -> None:
@@ -222,20 +254,53 @@ class RootIndex:
         exact = block.astype(np.float64)
         self._sq[at:at + len(ids)] = np.einsum("ij,ij->i", exact, exact)
 
-    # ------------------------------------------------------------------ matching
+    # ------------------------------------------------------------------ distances
+
+    def _approx(self, q: np.ndarray) -> np.ndarray:
+        """approx[j, i] = |r_i|^2 - 2 r_i.q_j + |q_j|^2, one BLAS pass over the matrix."""
+        n = self._n
+        approx = np.dot(q.astype(np.float32), self._m[:n].T)
+        approx *= -2
+        approx += self._sq[:n]
+        approx += (q * q).sum(axis=1).astype(np.float32)[:, None]
+        return approx
+
+    def _within(self, encoding, limit: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, exact distances) of the faces closer than `limit` to one encoding, nearest
+        first (ties: lowest id). The caller holds the lock."""
+        q = np.asarray(encoding, dtype=np.float64).reshape(1, DIM)
+        if self._n == 0:
+            return np.empty(0, np.int64), np.empty(0)
+        col = self._approx(q)[0]
+        cand = np.flatnonzero(col <= limit * limit + MARGIN)
+        exact = np.linalg.norm(self._m[cand].astype(np.float64) - q[0], axis=1)
+        inside = exact < limit
+        cand, exact = cand[inside], exact[inside]
+        order = np.lexsort((self._ids[cand], exact))
+        return cand[order], exact[order]
+
+
+def _grown(arr: np.ndarray, cap: int, n: int) -> np.ndarray:
+    out = np.zeros((cap,) + arr.shape[1:], arr.dtype)
+    out[:n] = arr[:n]
+    return out
+
+
+class RootIndex(FaceMatrix):
+    """The original's rule: the nearest approved root (`parent_id IS NULL AND status='ok'`)."""
+
+    where = ROOT
+
+    def _db_token(self, conn: sa.Connection) -> tuple[int, ...]:
+        return super()._db_token(conn)[:3]        # roots have no parent
 
     def nearest(self, encodings, threshold: float) -> list[Match | None]:
         """For each encoding, the nearest root with distance < threshold (ties: lowest id)."""
         q = np.asarray(encodings, dtype=np.float64).reshape(-1, DIM)
         with self._lock:
-            n = self._n
-            if n == 0 or len(q) == 0:
+            if self._n == 0 or len(q) == 0:
                 return [None] * len(q)
-            # approx[j, i] = |r_i|^2 - 2 r_i.q_j + |q_j|^2, one BLAS pass over the matrix
-            approx = np.dot(q.astype(np.float32), self._m[:n].T)
-            approx *= -2
-            approx += self._sq[:n]
-            approx += (q * q).sum(axis=1).astype(np.float32)[:, None]
+            approx = self._approx(q)
             out = []
             limit_thr = threshold * threshold + MARGIN
             for j in range(len(q)):
@@ -253,14 +318,65 @@ class RootIndex:
             return out
 
 
-_indexes: dict[tuple[int, str], RootIndex] = {}
+APPROVED = faces.c.status == "ok"
+UNKNOWN_FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 
 
-def index_for(engine: sa.Engine) -> RootIndex:
-    """The process-wide index for a database (a forked child builds its own)."""
-    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
+class ApprovedIndex(FaceMatrix):
+    """Every approved face, labelled with its person: the root it is, or the root it is filed
+    under. An approved face under a parent that is not an approved root belongs to nobody."""
+
+    where = APPROVED
+    def _clear(self):
+        super()._clear()
+        self._person = np.empty(0, np.int64)
+        self._people: tuple[Rules, People] | None = None
+
+    def _changed(self) -> None:
+        ids, parent = self._ids[:self._n], self._parent[:self._n]
+        roots = ids[parent == 0]
+        self._person = np.where(parent == 0, ids, np.where(np.isin(parent, roots), parent, -1))
+        self._people = None
+
+    def people(self, rules: Rules) -> People:
+        """The persons and their learned radii (recomputed only after the set changed)."""
+        with self._lock:
+            if self._people is None or self._people[0] != rules:
+                live = self._person >= 0
+                n = self._n
+                self._people = (rules, People.learn(self._ids[:n][live], self._person[live],
+                                                    self._m[:n][live], rules))
+            return self._people[1]
+
+    def candidates(self, encoding, rules: Rules) -> Candidates:
+        """The approved faces within the rules' reach of one encoding, nearest first."""
+        with self._lock:
+            rows, dist = self._within(encoding, rules.reach)
+            person = self._person[rows]
+            keep = person >= 0
+            return Candidates(self._ids[rows][keep], person[keep], dist[keep])
+
+
+class UnknownIndex(FaceMatrix):
+    """Unknown faces without a person: the unapproved clusters a new face may belong to."""
+
+    where = UNKNOWN_FREE
+
+    def neighbours(self, encoding, limit: float) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float64 encodings) of these faces closer than `limit`, nearest first."""
+        with self._lock:
+            rows, _ = self._within(encoding, limit)
+            return self._ids[rows].copy(), self._m[rows].astype(np.float64)
+
+
+_indexes: dict[tuple[int, str, type], FaceMatrix] = {}
+
+
+def index_for(engine: sa.Engine, cls: type[FaceMatrix] = RootIndex):
+    """The process-wide index of one kind for a database (a forked child builds its own)."""
+    key = (os.getpid(), engine.url.render_as_string(hide_password=False), cls)
     index = _indexes.get(key)
     if index is None:
-        index = _indexes[key] = RootIndex()
+        index = _indexes[key] = cls()
     return index
 

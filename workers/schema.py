@@ -63,8 +63,23 @@ faces = sa.Table(
     sa.Column("location", Json),                      # [top, right, bottom, left]
     sa.Column("distance", sa.Float(precision=53)),    # to parent
     *_timestamps(),
+    # Face grouping (issue 10), ours: the parent our matcher gave (a reviewer clearing parent_id
+    # while this is set said "not this person"), why a face was left without one, and the
+    # suggested group of an unknown face (the id of the group's representative face).
+    sa.Column("matched_parent_id", BigId, sa.ForeignKey("faces.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("match_note", sa.String(255), nullable=True),
+    sa.Column("suggested_group", BigId, nullable=True),
     sa.Index("faces_image_id_index", "image_id"),
     sa.Index("faces_parent_status_index", "parent_id", "status"),
+    sa.Index("faces_suggested_group_index", "suggested_group"),
+)
+
+# A reviewer's "not this person": the face is never filed under that person (root) again.
+face_rejections = sa.Table(
+    "face_rejections", metadata,
+    sa.Column("face_id", BigId, sa.ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("person_id", BigId, sa.ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("created_at", sa.DateTime),
 )
 
 # Laravel's dedup table: a row means "queued or running".

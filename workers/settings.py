@@ -27,6 +27,7 @@ CHOICES = {
     "thumbnail_format": ("jpeg", "jpg", "webp"),
     "geocoder": ("nominatim", "offline"),
     "geocode_fallback": ("offline", "none"),
+    "face_grouping": ("people", "roots"),
 }
 
 
@@ -101,6 +102,18 @@ class Settings(BaseSettings):
         {"method": "scale", "width": 1600, "height": 1600},
     ])
     max_pixels: int = 120_000_000            # decompression-bomb budget
+
+    # Face grouping (issue 10; workers/people.py explains the rule). face_match_threshold above
+    # stays the outer bound. "roots" is the original's rule: the nearest approved root < threshold.
+    face_grouping: str = "people"            # "people" (all approved faces vote) or "roots"
+    face_vote_k: int = 5                     # nearest approved faces that vote
+    face_margin: float = 0.04                # the best person must beat the runner-up by this
+    face_radius_slack: float = 0.1           # person radius = leave-one-out spread + this
+    face_unknown_neighbours: int = 2         # this many unknown faces closer than the person: unassigned
+    face_one_per_photo: bool = True          # two faces of one photo never get the same person
+    face_rematch_batch: int = 200            # faces per automatic rematch step (one per face job)
+    face_cluster_radius: float = 0.45        # suggested groups: DBSCAN eps...
+    face_cluster_min_faces: int = 3          # ...and minimum faces (the face itself included)
 
     # Reprocess (`python -m workers reprocess`): publishing jobs for rows that already exist.
     reprocess_max_queue_depth: int = Field(1000, ge=1)   # reprocess waits while a queue holds this many ready

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from tests.face_api.service import FACES, free_port, start_face_api
-from workers import db
+from workers import db, grouping
 from workers.jobs import Context, JobFailed
 from workers.jobs import faces as job
 from workers.matching import RootIndex
@@ -89,8 +89,9 @@ def person_photos():
 
 # ---------------------------------------------------------------- grouping end to end
 
-def test_people_grouped_under_approved_roots(mysql_url, storage, face_api):
-    s = settings_for(mysql_url, storage, face_api)
+@pytest.mark.parametrize("rule", ["people", "roots"])
+def test_people_grouped_under_approved_roots(mysql_url, storage, face_api, rule):
+    s = settings_for(mysql_url, storage, face_api, face_grouping=rule)
     photos = person_photos()
     ids = {path: add_image(s, path) for paths in photos.values() for path in paths}
     for image_id in ids.values():                       # nothing approved yet: no parents
@@ -105,7 +106,7 @@ def test_people_grouped_under_approved_roots(mysql_url, storage, face_api):
         (face,) = face_rows(s, ids[paths[0]])
         approve(s, face.id)
         roots[name] = face.id
-    assert job.rematch(db.engine_for(mysql_url), s.face_match_threshold) == len(ids) - len(PEOPLE)
+    assert grouping.rematch(db.engine_for(mysql_url), s)["matched"] == len(ids) - len(PEOPLE)
     expected = {ids[p]: roots[name] for name, paths in photos.items() for p in paths[1:]}
 
     def check():
@@ -116,7 +117,7 @@ def test_people_grouped_under_approved_roots(mysql_url, storage, face_api):
                 assert r.parent_id == expected[r.image_id], r.image_id
                 assert 0 < r.distance < 0.6
     check()
-    assert job.rematch(db.engine_for(mysql_url), s.face_match_threshold) == 0   # idempotent
+    assert grouping.rematch(db.engine_for(mysql_url), s)["matched"] == 0   # idempotent
 
     # Processing after the approval (a new upload, a redelivery) groups through the job itself,
     # and reprocessing a root's photo keeps the approved face without adding a duplicate.
@@ -132,6 +133,18 @@ def test_people_grouped_under_approved_roots(mysql_url, storage, face_api):
     st = job.stats(db.engine_for(mysql_url).connect())
     assert st["roots"] == len(PEOPLE) and st["grouped"] == len(ids) - len(PEOPLE)
     assert st["photos_with_faces"] == len(ids) and st["per_status"]["ok"] == len(PEOPLE)
+
+
+def test_workers_rematch_by_themselves_after_approvals(any_db_url, storage):
+    """No `faces rematch`: the next face job after an approval files the older faces."""
+    s = settings_for(any_db_url, storage, face_engine="inprocess")
+    ids = [add_image(s, p) for p in ("faces/obama.jpg", "faces/obama2.jpg", "faces/obama3.jpg")]
+    for image_id in ids:
+        run_job(s, image_id)
+    (root,) = face_rows(s, ids[0])
+    approve(s, root.id)
+    run_job(s, add_image(s, "faces/biden.jpg"))          # any face job, on another photo
+    assert [face_rows(s, i)[0].parent_id for i in ids[1:]] == [root.id, root.id]
 
 
 def test_unrelated_faces_get_no_parent(mysql_url, storage, face_api):

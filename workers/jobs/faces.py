@@ -1,19 +1,22 @@
-"""App\\Jobs\\FaceProcessJob: detect and encode the faces of one photo, store them, and group
-each new face under the nearest approved root face.
+"""App\\Jobs\\FaceProcessJob: detect and encode the faces of one photo, store them, and file
+each new face under a person (workers/people.py: all approved faces vote; or the original's
+nearest root with face_grouping=roots).
 
     photo --(face API POST /encode, or the engine in-process)--> encodings + boxes
           --(one transaction)--> replace the image's unreviewed faces (process/unknown),
                                  keep reviewed ones (ok/not_face) and skip new boxes overlapping
                                  them (IoU >= 0.5), insert the rest as `unknown` with parent_id =
-                                 nearest root (parent_id IS NULL AND status='ok') if distance < 0.6,
-                                 update images.faces_count / faces_at
+                                 the person's root (always an approved root, distance < 0.6) or
+                                 none, update images.faces_count / faces_at,
+                                 then one bounded automatic rematch step if approvals changed
 
 images.faces_count counts the image's face rows except `not_face` after the job.
 Outcomes: bad photo (API 4xx, undecodable file) -> JobFailed; API down / 5xx after retries /
 timeout -> FaceApiError (ordinary failure, retried by the queue).
 
-CLI: `python -m workers faces rematch` gives a parent to unknown faces without one (run it after
-reviewers approve new roots); `python -m workers faces stats`.
+CLI: `python -m workers faces rematch` (a full pass; the workers also rematch by themselves),
+`faces suggest [--json]` (suggested people among unknown faces), `faces people` (radii and
+why), `faces stats`.
 """
 from __future__ import annotations
 
@@ -27,7 +30,11 @@ import httpx
 import sqlalchemy as sa
 
 from .. import db as dbmod
-from ..matching import Match, RootIndex, index_for, parse_encoding
+import numpy as np
+
+from .. import grouping, suggest
+from ..matching import parse_encoding
+from ..people import Decision
 from ..schema import faces, images
 from ..settings import Settings
 from . import Context, JobFailed, image_id_of
@@ -50,10 +57,11 @@ def handle(ctx: Context, data: dict) -> list:
     image = ctx.image(image_id)
     path = ctx.photo_path(image.path)
     detections = detect(ctx.settings, path)
-    index = index_for(ctx.engine)
-    stored = store_faces(ctx.db, image_id, detections, index, ctx.settings.face_match_threshold)
+    stored = store_faces(ctx.db, ctx.engine, ctx.settings, image_id, detections)
     ctx.log.info("image %s: %d faces detected, %d stored, %d grouped", image_id,
                  len(detections), stored["inserted"], stored["grouped"])
+    # approvals changed since this worker's last pass: file a bounded batch of older faces too
+    grouping.auto_rematch(ctx.db, ctx.engine, ctx.settings, exclude_image=image_id)
     return []
 
 
@@ -193,10 +201,13 @@ def _box(value) -> list[int] | None:
     return None
 
 
-def store_faces(conn: sa.Connection, image_id: int, detections, index: RootIndex,
-                threshold: float) -> dict:
+def store_faces(conn: sa.Connection, engine: sa.Engine, settings: Settings, image_id: int,
+                detections) -> dict:
     """Replace the image's unreviewed faces with `detections`, in the caller's transaction."""
+    # Through the image_id index: on a small table MariaDB would scan (and lock) every row,
+    # deadlocking with a reviewer's UPDATE elsewhere (found by test_grouping_concurrency).
     existing = conn.execute(sa.select(faces.c.id, faces.c.status, faces.c.location, faces.c.face_index)
+                            .with_hint(faces, "FORCE INDEX (faces_image_id_index)", "mysql")
                             .where(faces.c.image_id == image_id).with_for_update()).all()
     reviewed = [r for r in existing if r.status not in UNREVIEWED]
     stale = [r.id for r in existing if r.status in UNREVIEWED]
@@ -204,71 +215,42 @@ def store_faces(conn: sa.Connection, image_id: int, detections, index: RootIndex
         # Roots are only `ok` faces, so nothing should point at an unreviewed one; if something
         # does, unlink it (it becomes parentless and `faces rematch` regroups it).
         conn.execute(faces.update().where(faces.c.parent_id.in_(stale), faces.c.id.not_in(stale))
-                     .values(parent_id=None, distance=None))
+                     .values(parent_id=None, distance=None, matched_parent_id=None))
         conn.execute(faces.delete().where(faces.c.id.in_(stale), faces.c.status.in_(UNREVIEWED)))
 
     kept_boxes = [b for b in (_box(r.location) for r in reviewed) if b]
     fresh = [(i, enc, box) for i, (enc, box) in enumerate(detections)
              if not (box and any(iou(box, k) >= OVERLAP_IOU for k in kept_boxes))]
 
-    matches: list[Match | None] = []
+    decisions: list[Decision] = []
     if fresh:
-        index.refresh(conn)
-        matches = index.nearest([enc for _, enc, _ in fresh], threshold)
+        batch = [grouping.Face(None, image_id, np.asarray(enc)) for _, enc, _ in fresh]
+        decisions = grouping.Matcher(conn, engine, settings).decide(batch)
+        if settings.face_one_per_photo and settings.face_grouping != "roots":
+            decisions = grouping.one_per_photo(batch, decisions)
     taken = {r.face_index for r in reviewed}
     next_free = max(taken | {len(detections) - 1}) + 1   # above every index in use
     now = dbmod.now()
     rows = []
-    for (i, enc, box), match in zip(fresh, matches):
+    for (i, enc, box), match in zip(fresh, decisions):
         face_index = i
         if face_index in taken:        # detection order changed since a face was reviewed
             face_index, next_free = next_free, next_free + 1
         rows.append({"image_id": image_id, "face_index": face_index, "encoding": enc,
                      "location": box, "status": "unknown",
-                     "parent_id": match.face_id if match else None,
-                     "distance": match.distance if match else None,
+                     "parent_id": match.person, "distance": match.distance,
+                     "matched_parent_id": match.person,
+                     "match_note": None if match.person else match.why[:255],
                      "created_at": now, "updated_at": now})
     if rows:
         conn.execute(faces.insert(), rows)
     count = sum(1 for r in reviewed if r.status != "not_face") + len(rows)
     conn.execute(images.update().where(images.c.id == image_id).values(faces_count=count, faces_at=now))
     return {"inserted": len(rows), "skipped": len(detections) - len(fresh), "deleted": len(stale),
-            "grouped": sum(1 for m in matches if m), "faces_count": count}
+            "grouped": sum(1 for m in decisions if m.person), "faces_count": count}
 
 
 # ---------------------------------------------------------------- rematch and stats
-
-def rematch(engine: sa.Engine, threshold: float, batch: int = 1000) -> int:
-    """Give a parent to `unknown` faces that have none; returns how many got one."""
-    index = index_for(engine)
-    last_id, grouped = 0, 0
-    with engine.connect() as conn:
-        index.refresh(conn, force_sweep=True)
-    while True:
-        with engine.begin() as conn:
-            index.refresh(conn)
-            if not len(index):
-                return grouped
-            rows = conn.execute(sa.select(faces.c.id, faces.c.encoding)
-                                .where(faces.c.status == "unknown", faces.c.parent_id.is_(None),
-                                       faces.c.id > last_id)
-                                .order_by(faces.c.id).limit(batch)).all()
-            if not rows:
-                return grouped
-            last_id = rows[-1].id
-            usable = [(r.id, vec) for r in rows if (vec := parse_encoding(r.encoding)) is not None]
-            matches = index.nearest([v for _, v in usable], threshold) if usable else []
-            now = dbmod.now()
-            for (face_id, _), match in zip(usable, matches):
-                if match is None:
-                    continue
-                done = conn.execute(faces.update()
-                                    .where(faces.c.id == face_id, faces.c.status == "unknown",
-                                           faces.c.parent_id.is_(None))
-                                    .values(parent_id=match.face_id, distance=match.distance,
-                                            updated_at=now))
-                grouped += done.rowcount
-
 
 def stats(conn: sa.Connection) -> dict:
     per_status = {s: n for s, n in conn.execute(
@@ -292,11 +274,40 @@ def _engine(args):
     return dbmod.engine_for(args.db or get_settings().database_url)
 
 
-def cmd_rematch(args) -> int:
+def _settings(args) -> Settings:
     from ..settings import get_settings
-    threshold = args.threshold if args.threshold is not None else get_settings().face_match_threshold
-    n = rematch(_engine(args), threshold)
-    print(f"faces given a parent: {n}")
+    settings = get_settings()
+    if getattr(args, "threshold", None) is not None:
+        settings = settings.model_copy(update={"face_match_threshold": args.threshold})
+    return settings
+
+
+def cmd_rematch(args) -> int:
+    counts = grouping.rematch(_engine(args), _settings(args))
+    print(f"faces given a parent: {counts.pop('matched', 0)}")
+    for outcome, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        label = outcome if outcome in ("kept", "refiled") or "," in outcome else f"left unassigned, {outcome}"
+        print(f"  {label}: {n}")
+    return 0
+
+
+def cmd_suggest(args) -> int:
+    settings = _settings(args)
+    groups = suggest.refresh(_engine(args), settings)
+    if args.json:
+        print(json.dumps([g.as_dict() for g in groups], indent=1))
+    else:
+        print(f"suggested groups: {len(groups)} ({sum(g.size for g in groups)} unknown faces)")
+        for g in groups:
+            print(f"  group {g.id}: {g.size} faces in {g.photos} photos, representative face {g.id} "
+                  f"(image {g.image_id})")
+    return 0
+
+
+def cmd_people(args) -> int:
+    for p in grouping.people_report(_engine(args), _settings(args)):
+        print(f"person {p['person']:<8} {p['name'] or '':<24} approved {p['faces']:<4} "
+              f"radius {p['radius']:.3f}  {p['why']}")
     return 0
 
 
@@ -314,13 +325,19 @@ def cmd_stats(args) -> int:
 
 
 def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser("faces", help="face grouping maintenance: rematch | stats")
+    p = subparsers.add_parser("faces", help="face grouping maintenance: rematch | suggest | people | stats")
     actions = p.add_subparsers(dest="action", required=True)
-    r = actions.add_parser("rematch", help="give a parent to unknown faces without one "
-                                           "(after reviewers approved new roots)")
+    r = actions.add_parser("rematch", help="a full pass giving a parent to unknown faces without one "
+                                           "(the face workers also do it by themselves after approvals)")
     r.add_argument("--threshold", type=float, help="distance threshold (default: PHOTO_FACE_MATCH_THRESHOLD)")
     r.set_defaults(func=cmd_rematch)
-    s = actions.add_parser("stats", help="faces per status, roots, grouped, photos with faces")
-    s.set_defaults(func=cmd_stats)
-    for sp in (r, s):
+    g = actions.add_parser("suggest", help="cluster unknown faces without a parent into suggested "
+                                           "people, largest first, with a representative face each")
+    g.add_argument("--json", action="store_true", help="print the groups as JSON")
+    g.set_defaults(func=cmd_suggest)
+    pe = actions.add_parser("people", help="each person's approved faces and learned radius, and why")
+    pe.set_defaults(func=cmd_people)
+    st = actions.add_parser("stats", help="faces per status, roots, grouped, photos with faces")
+    st.set_defaults(func=cmd_stats)
+    for sp in (r, g, pe, st):
         sp.add_argument("--db", help="database URL (default: PHOTO_DATABASE_URL)")

@@ -1,0 +1,292 @@
+"""Face grouping (issue 10) on real SQLite and MariaDB: people as all their approved faces, no
+guess between two people, one person per photo, learning from review, our own filings revisited,
+the automatic rematch, suggested groups; reviewed faces are never changed.
+
+Encodings here are synthetic points whose distances are chosen by hand (e_i = unit vector i), so
+each rule is tested on its own; tests/jobs/test_faces.py runs the job on real photos."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from workers import db, grouping, suggest
+from workers.jobs import faces as job
+from workers.schema import face_rejections, faces, images
+from workers.settings import Settings
+
+
+def e(i: int, scale: float = 1.0) -> np.ndarray:
+    v = np.zeros(128)
+    v[i] = scale
+    return v
+
+
+def at(*parts) -> np.ndarray:
+    """A point from (axis, coordinate) pairs."""
+    v = np.zeros(128)
+    for axis, value in parts:
+        v[axis] = value
+    return v
+
+
+class Lib:
+    """A database with helpers that write what the Laravel app would write."""
+
+    def __init__(self, url: str, **settings):
+        self.settings = Settings(database_url=url, **settings)
+        self.engine = db.engine_for(url)
+
+    def image(self) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(images.insert().values(path="x.jpg")).inserted_primary_key[0]
+
+    def face(self, enc, status="unknown", parent=None, image=None, **extra) -> int:
+        now = db.now()
+        with self.engine.begin() as conn:
+            return conn.execute(faces.insert().values(
+                image_id=image or self.image(), face_index=0, encoding=[float(x) for x in enc],
+                status=status, parent_id=parent, created_at=now, updated_at=now, **extra)).inserted_primary_key[0]
+
+    def review(self, face_id, **values) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(faces.update().where(faces.c.id == face_id).values(updated_at=db.now(), **values))
+
+    def row(self, face_id):
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(faces).where(faces.c.id == face_id)).one()
+
+    def parent(self, face_id):
+        return self.row(face_id).parent_id
+
+    def rematch(self, **overrides):
+        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
+        return grouping.rematch(self.engine, settings)
+
+
+@pytest.fixture
+def lib(any_db_url):
+    return Lib(any_db_url)
+
+
+def test_a_person_is_all_their_approved_faces(any_db_url):
+    lib = Lib(any_db_url)
+    root = lib.face(e(0, 0.0), status="ok")
+    member = lib.face(e(0, 0.5), status="ok", parent=root)       # approved under the root
+    new = lib.face(e(0, 0.9))                                      # 0.9 from the root, 0.4 from the member
+    assert lib.rematch(face_grouping="roots")["matched"] == 0      # the original: root only
+    assert lib.parent(new) is None
+    counts = lib.rematch()
+    assert counts["matched"] == 1
+    row = lib.row(new)
+    assert row.parent_id == root and row.matched_parent_id == root and abs(row.distance - 0.4) < 1e-9
+
+
+def test_no_guess_between_two_people(lib):
+    a = lib.face(e(0, 0.0), status="ok")
+    b = lib.face(e(1, 0.6), status="ok")
+    near_both = lib.face(at((0, 0.01), (1, 0.3)))                  # ~0.30 from a, ~0.30 from b
+    clear = lib.face(at((1, 0.05)))                                # 0.05 from a, 0.55 from b
+    counts = lib.rematch()
+    assert lib.parent(near_both) is None and lib.row(near_both).match_note.startswith("ambiguous")
+    assert counts["ambiguous"] == 1
+    assert lib.parent(clear) == a and b
+
+
+def test_a_face_among_an_unapproved_cluster_is_left_out(lib):
+    person = lib.face(e(0, 0.0), status="ok")
+    face = lib.face(e(0, 0.5))                                     # would match the person at 0.5...
+    lib.face(e(0, 0.7))                                            # ...but two unknown faces nobody
+    lib.face(at((0, 0.68), (1, 0.05)))                             # approved are nearer (~0.2)
+    counts = lib.rematch()
+    assert lib.parent(face) is None and "unknown faces" in lib.row(face).match_note
+    assert counts["closer to unapproved faces"] == 1 and person
+    # the person's own not-yet-filed photos do not count against it
+    own = [lib.face(e(0, 0.1)), lib.face(e(0, 0.12))]
+    lib.rematch()
+    assert [lib.parent(f) for f in own] == [person, person]
+
+
+def test_one_person_once_per_photo(lib):
+    person = lib.face(e(0, 0.0), status="ok")
+    photo = lib.image()
+    near = lib.face(e(0, 0.2), image=photo)
+    far = lib.face(e(0, 0.3), image=photo)
+    lib.rematch()
+    assert lib.parent(near) == person and lib.parent(far) is None
+    assert "nearer face in this photo" in lib.row(far).match_note
+    # a person approved in a photo takes no second face there
+    other = lib.image()
+    lib.face(e(0, 0.25), status="ok", parent=person, image=other)
+    extra = lib.face(e(0, 0.1), image=other)
+    lib.rematch()
+    assert lib.parent(extra) is None
+    # the setting turns it off (mirrors, collages)
+    lib.rematch(face_one_per_photo=False)
+    assert lib.parent(far) == person and lib.parent(extra) == person
+
+
+def test_reviewed_and_hand_filed_faces_are_never_changed(lib):
+    a = lib.face(e(0, 0.0), status="ok")
+    b = lib.face(e(1, 1.0), status="ok")
+    not_face = lib.face(e(0, 0.1), status="not_face")
+    ok_member = lib.face(e(1, 0.9), status="ok", parent=b)
+    by_hand = lib.face(e(0, 0.05), parent=b)          # a reviewer filed it under b, status unknown
+    snapshot = {f: lib.row(f) for f in (a, b, not_face, ok_member, by_hand)}
+    lib.rematch()
+    lib.rematch(face_one_per_photo=False)
+    assert {f: lib.row(f) for f in snapshot} == snapshot
+
+
+def test_a_reviewers_not_this_person_is_learned(lib):
+    person = lib.face(e(0, 0.0), status="ok")
+    face = lib.face(e(0, 0.3))
+    lib.rematch()
+    assert lib.parent(face) == person
+    lib.review(face, parent_id=None, distance=None)        # the reviewer: "not this person"
+    counts = lib.rematch()
+    assert counts["not this person (learned)"] == 1
+    assert lib.parent(face) is None and lib.row(face).matched_parent_id is None
+    with lib.engine.connect() as conn:
+        assert conn.execute(sa.select(face_rejections.c.face_id, face_rejections.c.person_id)).all() == [(face, person)]
+    lib.rematch()
+    assert lib.parent(face) is None
+
+
+def test_a_reviewers_move_shrinks_the_persons_radius(lib):
+    a = lib.face(e(0, 0.0), status="ok")
+    a2 = lib.face(e(0, 0.4), status="ok", parent=a)
+    b = lib.face(e(1, 1.0), status="ok")
+    moved = lib.face(at((0, 0.45), (2, 0.2)))               # matched to a first...
+    lib.rematch()
+    assert lib.parent(moved) == a
+    lib.review(moved, status="ok", parent_id=b)              # ...a reviewer says it is b
+    report = {p["person"]: p for p in grouping.people_report(lib.engine, lib.settings)}
+    assert "against person" in report[a]["why"] and report[a]["faces"] == 2
+    near_moved = lib.face(at((0, 0.45), (2, 0.12)))         # 0.08 from the moved face, 0.26 from a2
+    lib.rematch()
+    assert lib.parent(near_moved) != a and a2
+
+
+def test_rematch_revisits_our_own_filings(lib):
+    sister = lib.face(e(0, 0.0), status="ok")
+    other = lib.face(at((0, 0.5), (1, 0.1)))                # filed under the sister (one root, radius 0.6)
+    lib.rematch()
+    assert lib.parent(other) == sister
+    lib.face(at((0, 0.5), (1, 0.12)), status="ok")          # the reviewer approves her own photo
+    counts = lib.rematch()
+    assert lib.parent(other) != sister and counts["matched"] + counts["kept"] == 0
+
+
+def test_automatic_rematch_after_approvals_change(lib):
+    root = lib.face(e(0, 0.0))
+    waiting = [lib.face(e(0, 0.1 + 0.01 * i)) for i in range(5)]
+    settings = lib.settings.model_copy(update={"face_rematch_batch": 2})
+    steps = 0
+
+    def job_step():
+        with lib.engine.begin() as conn:
+            return grouping.auto_rematch(conn, lib.engine, settings)
+
+    job_step()
+    while job_step():                                       # nothing approved: the pass ends
+        steps += 1
+    assert all(lib.parent(f) is None for f in waiting)
+    lib.review(root, status="ok")                            # approvals changed: a new pass
+    while job_step():
+        steps += 1
+    assert [lib.parent(f) for f in waiting] == [root] * 5
+    assert not job_step()                                    # nothing changed since: no pass
+
+
+def test_suggested_groups(lib, capsys):
+    big = [lib.face(at((0, 1.0), (1 + i, 0.1))) for i in range(5)]
+    small = [lib.face(at((10, 1.0), (11 + i, 0.1))) for i in range(3)]
+    alone = lib.face(e(20, 1.0))
+    filed_root = lib.face(e(30, 1.0), status="ok")
+    filed = lib.face(at((30, 1.0), (31, 0.1)), parent=filed_root)
+    groups = suggest.refresh(lib.engine, lib.settings)
+    assert [g.size for g in groups] == [5, 3]
+    assert set(groups[0].face_ids) == set(big) and set(groups[1].face_ids) == set(small)
+    assert lib.row(big[0]).suggested_group == groups[0].id and groups[0].id in big
+    assert lib.row(alone).suggested_group is None and lib.row(filed).suggested_group is None
+
+    from workers.cli import main
+    url = lib.settings.database_url
+    assert main(["faces", "suggest", "--json", "--db", url]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [g["size"] for g in listed] == [5, 3] and listed[0]["id"] in big
+    assert main(["faces", "suggest", "--db", url]) == 0
+    assert "suggested groups: 2 (8 unknown faces)" in capsys.readouterr().out
+
+
+def test_suggested_groups_split_two_chained_people():
+    """Two dense clusters joined by one bridge: DBSCAN chains them, the tighter pass splits."""
+    rng = np.random.default_rng(0)
+    a = at((0, 1.0)) + rng.normal(0, 0.005, (6, 128))
+    b = at((0, 1.0), (1, 0.82)) + rng.normal(0, 0.005, (6, 128))
+    bridge = at((0, 1.0), (1, 0.41))[None, :]                  # ~0.415 from both: only at 0.45
+    mat = np.vstack([a, b, bridge])
+    ids = np.arange(1, len(mat) + 1)
+    groups = suggest.cluster(ids, ids, mat, radius=0.45, min_faces=3)
+    assert sorted(g.size for g in groups) == [6, 7]
+    assert all(set(g.face_ids) <= set(range(1, 7)) | {13} or set(g.face_ids) <= set(range(7, 14))
+               for g in groups)
+
+
+def test_cli_people_and_rematch(lib, capsys):
+    from workers.cli import main
+    root = lib.face(e(0, 0.0), status="ok", name="Ada")
+    lib.face(e(0, 0.3), status="ok", parent=root)
+    lib.face(e(0, 0.2))
+    url = lib.settings.database_url
+    assert main(["faces", "people", "--db", url]) == 0
+    out = capsys.readouterr().out
+    assert f"person {root}" in out and "Ada" in out and "approved 2" in out and "radius 0.400" in out
+    assert main(["faces", "rematch", "--db", url]) == 0
+    assert "faces given a parent: 1" in capsys.readouterr().out
+
+
+def test_unknown_grouping_mode_is_refused(lib):
+    lib.face(e(0, 0.0))
+    with pytest.raises(RuntimeError, match="face_grouping"):
+        lib.rematch(face_grouping="nearest")
+
+
+def test_store_faces_files_new_faces_once_per_photo(lib):
+    person = lib.face(e(0, 0.0), status="ok")
+    image = lib.image()
+    with lib.engine.begin() as conn:
+        stored = job.store_faces(conn, lib.engine, lib.settings, image,
+                                 [(e(0, 0.2).tolist(), [0, 10, 10, 0]), (e(0, 0.3).tolist(), [20, 40, 40, 20])])
+    assert stored["grouped"] == 1
+    with lib.engine.connect() as conn:
+        rows = conn.execute(sa.select(faces).where(faces.c.image_id == image).order_by(faces.c.face_index)).all()
+    assert [r.parent_id for r in rows] == [person, None]
+    assert rows[0].matched_parent_id == person and "nearer face" in rows[1].match_note
+
+
+def test_migration_adds_the_grouping_columns_to_an_existing_faces_table(mariadb):
+    """A database migrated before issue 10 (0001 done, faces without our columns) gets them."""
+    url = mariadb.create_database("t_grouping_upgrade")
+    engine = db.engine_for(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TABLE faces (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, parent_id BIGINT UNSIGNED NULL,"
+            " image_id BIGINT UNSIGNED NOT NULL, face_index INT NOT NULL DEFAULT 0, encoding JSON,"
+            " status ENUM('process','unknown','not_face','ok') NOT NULL DEFAULT 'process',"
+            " name VARCHAR(255), location JSON, distance DOUBLE, created_at DATETIME, updated_at DATETIME)"))
+        conn.execute(sa.text("INSERT INTO faces (image_id, status) VALUES (1, 'ok')"))
+        from workers.schema import schema_migrations
+        schema_migrations.create(conn)
+        conn.execute(schema_migrations.insert().values(version=1, name="initial", applied_at=db.now()))
+    assert db.migrate(engine) == ["0002_face_grouping"]
+    insp = sa.inspect(engine)
+    assert {"matched_parent_id", "match_note", "suggested_group"} <= {c["name"] for c in insp.get_columns("faces")}
+    assert "faces_suggested_group_index" in {ix["name"] for ix in insp.get_indexes("faces")}
+    assert insp.has_table("face_rejections")
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(faces.c.status)).scalar() == "ok"
+    assert db.migrate(engine) == []

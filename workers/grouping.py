@@ -1,0 +1,320 @@
+"""Filing unknown faces under people, in the database: used by the face job (new faces of one
+photo), by `faces rematch` (a full pass) and by the automatic rematch (bounded steps run by the
+face workers after approvals changed). The rule itself is workers/people.py; this module reads
+what it needs, applies the photo and review constraints and writes the outcome.
+
+Only faces that are still ours are ever written: `unknown` and either without a parent or with
+the parent our matcher gave (`parent_id = matched_parent_id`), checked again in every UPDATE's
+WHERE, rows locked with SKIP LOCKED on MySQL. Reviewed faces (`ok`, `not_face`) and faces a
+reviewer filed by hand are never changed, whoever runs at the same time. A rematch also
+re-decides our own earlier filings: one made when a person had a single approved face is
+revisited once a reviewer approved more (or approved the look-alike).
+
+Constraints on top of the rule:
+  * one person once per photo (setting face_one_per_photo): a person with an approved face in
+    the photo is taken; between unknown faces of one photo the nearer match keeps the person;
+  * a reviewer's "not this person": a face whose parent_id a reviewer cleared while our
+    matched_parent_id was set gets a face_rejections row and never goes back to that person.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+
+from . import db as dbmod
+from .matching import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
+from .people import REASONS, Decision, Rules, decide
+from .schema import face_rejections, faces
+
+log = logging.getLogger("workers.grouping")
+
+FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
+NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at most
+OURS = sa.and_(faces.c.status == "unknown",
+               sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
+
+
+@dataclass
+class Face:
+    """An unknown face to file: id (None while not inserted yet), photo and encoding."""
+    id: int | None
+    image_id: int
+    encoding: np.ndarray
+
+
+class Matcher:
+    """Decisions for a batch of unknown faces against the current approvals of one database."""
+
+    def __init__(self, conn: sa.Connection, engine: sa.Engine, settings):
+        self.conn, self.settings = conn, settings
+        self.rules = Rules.from_settings(settings)
+        self.original = settings.face_grouping == "roots"
+        if settings.face_grouping not in ("roots", "people"):
+            raise RuntimeError(f"unknown face_grouping {settings.face_grouping!r} (people or roots)")
+        if self.original:
+            self.roots = index_for(engine, RootIndex)
+            self.roots.refresh(conn)
+        else:
+            self.approved = index_for(engine, ApprovedIndex)
+            self.approved.refresh(conn)
+            self.unknown = index_for(engine, UnknownIndex)
+            if self.rules.unknown_neighbours:
+                self.unknown.refresh(conn)
+            self.people = self.approved.people(self.rules)
+
+    def decide(self, batch: list[Face]) -> list[Decision]:
+        if not batch:
+            return []
+        if self.original:
+            matches = self.roots.nearest([f.encoding for f in batch], self.rules.threshold)
+            return [Decision(m.face_id, m.distance, "matched") if m else
+                    Decision(None, None, REASONS[5], REASONS[5]) for m in matches]
+        rejected = self._rejections([f.id for f in batch if f.id is not None])
+        taken = self._taken(sorted({f.image_id for f in batch})) if self.settings.face_one_per_photo else {}
+        out = []
+        for f in batch:
+            excluded = rejected.get(f.id, set()) | taken.get(f.image_id, set())
+            out.append(decide(self.approved.candidates(f.encoding, self.rules), self.people, self.rules,
+                              excluded, self._unknown_closer(f)))
+        return out
+
+    def _unknown_closer(self, face: Face):
+        """For rule 5: unknown faces without a person closer than d, not counting those that
+        would go to the same person themselves (the person's own photos not yet filed)."""
+        if not self.rules.unknown_neighbours:
+            return None
+
+        def count(d: float, winner: int | None = None) -> int:
+            ids, vecs = self.unknown.neighbours(face.encoding, d)
+            n = 0
+            # nearest first, and only as far as needed: each check costs one pass over the
+            # approved faces, and a crowd of the person's own photos must not cost hundreds
+            for other_id, vec in list(zip(ids.tolist(), vecs))[:NEIGHBOURS_CHECKED]:
+                if other_id == face.id:
+                    continue
+                own = decide(self.approved.candidates(vec, self.rules), self.people, self.rules)
+                n += own.person != winner
+                if n >= self.rules.unknown_neighbours:
+                    break
+            return n
+        return count
+
+    def _rejections(self, face_ids: list[int]) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}
+        for start in range(0, len(face_ids), 1000):
+            for face_id, person in self.conn.execute(
+                    sa.select(face_rejections.c.face_id, face_rejections.c.person_id)
+                    .where(face_rejections.c.face_id.in_(face_ids[start:start + 1000]))):
+                out.setdefault(face_id, set()).add(person)
+        return out
+
+    def _taken(self, image_ids: list[int]) -> dict[int, set[int]]:
+        """Persons with an approved face in each photo (never given a second face there)."""
+        out: dict[int, set[int]] = {}
+        for start in range(0, len(image_ids), 1000):
+            rows = self.conn.execute(sa.select(faces.c.image_id, faces.c.id, faces.c.parent_id)
+                                     .where(faces.c.image_id.in_(image_ids[start:start + 1000]),
+                                            faces.c.status == "ok"))
+            for image_id, face_id, parent in rows:
+                out.setdefault(image_id, set()).add(parent or face_id)
+        return out
+
+
+def one_per_photo(batch: list[Face], decisions: list[Decision]) -> list[Decision]:
+    """Among the batch, a person goes to the nearest of its faces in each photo."""
+    best: dict[tuple[int, int], int] = {}
+    for i, (f, d) in enumerate(zip(batch, decisions)):
+        if d.person is not None:
+            key = (f.image_id, d.person)
+            if key not in best or d.distance < decisions[best[key]].distance:
+                best[key] = i
+    winners = set(best.values())
+    return [d if d.person is None or i in winners else
+            _taken_in_photo(d.person) for i, d in enumerate(decisions)]
+
+
+def _taken_in_photo(person: int) -> Decision:
+    return Decision(None, None, REASONS[4], f"person {person} is a nearer face in this photo")
+
+
+# ---------------------------------------------------------------- rematch
+
+def learn_rejections(conn: sa.Connection, rows) -> int:
+    """Faces we had filed whose parent a reviewer cleared: remember "not this person"."""
+    cleared = [(r.id, r.matched_parent_id) for r in rows
+               if r.parent_id is None and r.matched_parent_id is not None]
+    if not cleared:
+        return 0
+    now = dbmod.now()
+    insert = (face_rejections.insert().prefix_with("IGNORE", dialect="mysql")
+              .prefix_with("OR IGNORE", dialect="sqlite"))
+    conn.execute(insert, [{"face_id": f, "person_id": p, "created_at": now} for f, p in cleared])
+    conn.execute(faces.update().where(faces.c.id.in_([f for f, _ in cleared]), FREE)
+                 .values(matched_parent_id=None))
+    return len(cleared)
+
+
+def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int = 0,
+                 limit: int = 1000, exclude_image: int | None = None) -> tuple[int, Counter]:
+    """(Re-)decide our unknown faces with id > after_id (at most `limit`): those without a
+    parent and our own filings. Returns (last id seen, or -1 when none was left; counts)."""
+    original = settings.face_grouping == "roots"       # the original never revisited a filing
+    which = sa.and_(FREE if original else OURS, faces.c.id > after_id)
+    if exclude_image is not None:
+        which = sa.and_(which, faces.c.image_id != exclude_image)
+    ids = conn.execute(sa.select(faces.c.id).where(which).order_by(faces.c.id).limit(limit)).scalars().all()
+    counts: Counter = Counter()
+    if not ids:
+        return -1, counts
+    # Lock by primary key, like a reviewer's UPDATE does (a locking read through the (parent_id,
+    # status) index would take the locks in the other order and deadlock with the review screen);
+    # rows a worker or another rematch holds are skipped, and the condition is checked again.
+    rows = conn.execute(sa.select(faces.c.id, faces.c.image_id, faces.c.encoding, faces.c.parent_id,
+                                  faces.c.matched_parent_id, faces.c.match_note)
+                        .with_hint(faces, "FORCE INDEX (PRIMARY)", "mysql")
+                        .where(faces.c.id.in_(ids), which).order_by(faces.c.id)
+                        .with_for_update(skip_locked=True)).all()
+    if not rows:
+        return ids[-1], counts
+    counts["not this person (learned)"] += learn_rejections(conn, rows)
+    batch, old = [], {}
+    for r in rows:
+        vec = parse_encoding(r.encoding)
+        if vec is None:
+            counts["unusable encoding"] += 1
+            continue
+        batch.append(Face(r.id, r.image_id, vec))
+        old[r.id] = r
+    matcher = Matcher(conn, engine, settings)
+    decisions = matcher.decide(batch)
+    if settings.face_one_per_photo and not matcher.original:
+        decisions = _against_filed(conn, batch, one_per_photo(batch, decisions))
+    now = dbmod.now()
+    for f, d in zip(batch, decisions):
+        r = old[f.id]
+        still_ours = sa.and_(faces.c.id == f.id, faces.c.status == "unknown",
+                             faces.c.parent_id.is_(None) if r.parent_id is None else
+                             sa.and_(faces.c.parent_id == r.parent_id, faces.c.matched_parent_id == r.parent_id))
+        if d.person is not None and d.person == r.parent_id:
+            counts["kept"] += 1
+            continue
+        if d.person is None and r.parent_id is None:
+            counts[d.reason] += 1
+            if not matcher.original and r.match_note != d.why[:255]:
+                conn.execute(faces.update().where(still_ours).values(match_note=d.why[:255]))
+            continue
+        values = ({"parent_id": d.person, "distance": d.distance, "matched_parent_id": d.person,
+                   "match_note": None} if d.person is not None else
+                  {"parent_id": None, "distance": None, "matched_parent_id": None, "match_note": d.why[:255]})
+        done = conn.execute(faces.update().where(still_ours).values(updated_at=now, **values))
+        outcome = ("matched" if r.parent_id is None else "refiled" if d.person is not None
+                   else f"unfiled, {d.reason}")
+        counts[outcome if done.rowcount else "changed meanwhile"] += 1
+    return ids[-1], counts
+
+
+def _against_filed(conn: sa.Connection, batch: list[Face], decisions: list[Decision]) -> list[Decision]:
+    """One per photo against unknown faces already filed there: the nearer match keeps the
+    person; a filed face that loses it goes back to the pool (it is ours, not reviewed)."""
+    wanted = {(f.image_id, d.person): (f, d) for f, d in zip(batch, decisions) if d.person is not None}
+    if not wanted:
+        return decisions
+    in_batch = [f.id for f in batch]
+    filed = conn.execute(sa.select(faces.c.id, faces.c.image_id, faces.c.parent_id, faces.c.distance)
+                         .where(faces.c.image_id.in_(sorted({k[0] for k in wanted})),
+                                faces.c.id.not_in(in_batch),
+                                faces.c.status == "unknown", faces.c.parent_id.is_not(None))).all()
+    lost = set()
+    for r in filed:
+        hit = wanted.get((r.image_id, r.parent_id))
+        if hit is None:
+            continue
+        f, d = hit
+        if r.distance is not None and r.distance <= d.distance:
+            lost.add(f.id)
+        else:
+            conn.execute(faces.update().where(faces.c.id == r.id, faces.c.status == "unknown",
+                                              faces.c.parent_id == r.parent_id,
+                                              faces.c.matched_parent_id == r.parent_id)
+                         .values(parent_id=None, distance=None, matched_parent_id=None,
+                                 match_note=f"person {r.parent_id} is a nearer face in this photo"))
+    return [_taken_in_photo(d.person) if f.id in lost else d
+            for f, d in zip(batch, decisions)]
+
+
+def rematch(engine: sa.Engine, settings, batch: int = 1000) -> Counter:
+    """A full pass over the unknown faces without a parent (`faces rematch`)."""
+    with engine.connect() as conn:
+        if settings.face_grouping == "roots":
+            index_for(engine, RootIndex).refresh(conn, force_sweep=True)
+        else:
+            index_for(engine, ApprovedIndex).refresh(conn, force_sweep=True)
+    after, total = 0, Counter()
+    while True:
+        with engine.begin() as conn:
+            after, counts = rematch_step(conn, engine, settings, after, batch)
+        total.update(counts)
+        if after < 0:
+            return total
+
+
+# ---------------------------------------------------------------- automatic rematch
+
+@dataclass
+class _Pass:
+    token: tuple | None = None      # the approvals this pass files against
+    after: int = 0
+    done: bool = True
+
+
+_passes: dict[tuple[int, str], _Pass] = {}
+
+
+def auto_rematch(conn: sa.Connection, engine: sa.Engine, settings, exclude_image: int | None = None) -> Counter:
+    """One bounded step of the pass this process runs since approvals last changed (called by
+    the face job, in its transaction). Every face worker notices a change on its own; their
+    passes overlap harmlessly (SKIP LOCKED, and a filed face leaves the pool)."""
+    if settings.face_grouping == "roots" or settings.face_rematch_batch <= 0:
+        return Counter()
+    index = index_for(engine, ApprovedIndex)
+    index.refresh(conn)
+    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
+    state = _passes.setdefault(key, _Pass())
+    if state.done and index.token != state.token:
+        # a pass in progress is finished first (restarting it at every approval of a busy
+        # review session would never reach the newest faces); then one more pass if needed
+        state.token, state.after, state.done = index.token, 0, False
+    if state.done:
+        return Counter()
+    after, counts = rematch_step(conn, engine, settings, state.after, settings.face_rematch_batch,
+                                 exclude_image)
+    state.after, state.done = max(after, state.after), after < 0
+    if counts:
+        log.info("automatic rematch: %s", dict(counts))
+    return counts
+
+
+def people_report(engine: sa.Engine, settings) -> list[dict]:
+    """Each person: approved faces, learned radius and why, and the nearest other person."""
+    rules = Rules.from_settings(settings)
+    index = index_for(engine, ApprovedIndex)
+    with engine.connect() as conn:
+        index.refresh(conn, force_sweep=True)
+        people = index.people(rules)
+        names = dict(conn.execute(sa.select(faces.c.id, faces.c.name)
+                                  .where(faces.c.id.in_(list(people.vectors)[:10000]))).all())
+    out = []
+    for root in sorted(people.vectors):
+        p = people.person(root)
+        why = p.why
+        near = people.nearest_other(root, p.radius)
+        if near:
+            why += f"; shrinks to {near[1]:.3f} against person {near[0]} (approved faces that close)"
+        out.append({"person": root, "name": names.get(root), "faces": p.faces, "radius": p.radius,
+                    "why": why})
+    return out

@@ -1,0 +1,184 @@
+"""Who a new face is: a person is ALL their approved faces, not one root (issue 10).
+
+A person is a root face (`parent_id IS NULL AND status='ok'`) plus every approved face filed
+under it (`status='ok' AND parent_id = root`); the person's id is the root's id, so `parent_id`
+keeps pointing at an approved root as the Laravel app expects.
+
+`decide()` for one face, given the approved faces near it (`Candidates`):
+  1. only approved faces closer than the threshold (0.6, the original's bound) count, and not
+     those of people a reviewer took this face away from;
+  2. the k nearest of them vote; the person with most votes wins (a tie: the nearer one);
+  3. the winner's nearest approved face must be inside the winner's radius (below);
+  4. it must beat the nearest approved face of every other person by `margin`, else the face
+     is left to a reviewer ("ambiguous") instead of picking one of two look-alikes;
+  5. if `unknown_neighbours` unknown faces without a person are closer to it than the winner
+     is, it belongs with them (an unapproved cluster: the look-alike nobody approved yet).
+
+A person's radius is learned from its approved faces: the largest leave-one-out distance from an
+approved face to the person's nearest other approved face, plus `radius_slack` (a new photo of
+the person is as far from the approved ones as they are from each other), capped by the
+threshold. One approved face teaches nothing: the radius is the threshold. Where the approved
+faces of two people come closer than a radius (a reviewer filed look-alikes apart), the radius
+shrinks to that distance for the decision, and the decision says so (`Decision.why`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# Pairwise work per person is capped so a person with thousands of approved faces stays cheap:
+# the radius and collisions use the first SAMPLE faces (by id) of each person.
+SAMPLE = 400
+
+
+@dataclass(frozen=True)
+class Rules:
+    threshold: float = 0.6          # outer bound: nothing farther is ever matched
+    vote_k: int = 5                 # nearest approved faces that vote
+    margin: float = 0.04            # best person must beat the runner-up by this distance
+    radius_slack: float = 0.1       # added to the learned leave-one-out radius
+    unknown_neighbours: int = 2     # unknown faces closer than the person: an unapproved cluster
+
+    @classmethod
+    def from_settings(cls, settings) -> "Rules":
+        return cls(threshold=settings.face_match_threshold, vote_k=settings.face_vote_k,
+                   margin=settings.face_margin, radius_slack=settings.face_radius_slack,
+                   unknown_neighbours=settings.face_unknown_neighbours)
+
+    @property
+    def reach(self) -> float:
+        """How far candidates must be looked up: the threshold plus the margin (a runner-up just
+        outside the threshold still makes a winner just inside it ambiguous)."""
+        return self.threshold + self.margin
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Approved faces near one face, nearest first: ids, their person (root id) and distance."""
+    ids: np.ndarray
+    persons: np.ndarray
+    distances: np.ndarray
+
+
+@dataclass(frozen=True)
+class Decision:
+    person: int | None          # root id to file the face under, or None
+    distance: float | None      # to the person's nearest approved face
+    reason: str                 # "matched", or one of the REASONS a face is left unassigned
+    why: str = ""               # the same with the numbers, kept in faces.match_note
+
+
+REASONS = ("no person within the threshold", "outside the radius", "ambiguous",
+           "closer to unapproved faces", "person already in the photo", "no root within the threshold")
+
+
+@dataclass
+class Person:
+    root_id: int
+    faces: int
+    radius: float
+    why: str
+
+
+@dataclass
+class People:
+    """Approved faces grouped by person; each person's radius is learned when first needed
+    (after approvals change, only the people a face is actually matched against pay for it)."""
+    rules: Rules
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)     # root id -> (m, 128)
+    counts: dict[int, int] = field(default_factory=dict)
+    _persons: dict[int, Person] = field(default_factory=dict)
+    _collisions: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    @classmethod
+    def learn(cls, ids: np.ndarray, persons: np.ndarray, matrix: np.ndarray, rules: Rules) -> "People":
+        out = cls(rules)
+        order = np.lexsort((ids, persons))
+        bounds = np.flatnonzero(np.diff(persons[order])) + 1
+        for group in np.split(order, bounds):
+            if len(group):
+                root = int(persons[group[0]])
+                out.vectors[root] = matrix[group[:SAMPLE]].astype(np.float64)
+                out.counts[root] = len(group)
+        return out
+
+    def person(self, root: int) -> Person:
+        if root not in self._persons:
+            self._persons[root] = _radius(root, self.counts[root], self.vectors[root], self.rules)
+        return self._persons[root]
+
+    def collision(self, a: int, b: int) -> float:
+        """Closest distance between the approved faces of persons a and b (cached)."""
+        key = (min(a, b), max(a, b))
+        if key not in self._collisions:
+            va, vb = self.vectors[a], self.vectors[b]
+            self._collisions[key] = float(np.sqrt(_sq_dists(va, vb).min()))
+        return self._collisions[key]
+
+    def nearest_other(self, root: int, reach: float) -> tuple[int, float] | None:
+        """The other person whose approved faces come closest to this one's (for inspection)."""
+        best = None
+        for other in self.vectors:
+            if other != root:
+                d = self.collision(root, other)
+                if d < reach and (best is None or d < best[1]):
+                    best = (other, d)
+        return best
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def _radius(root: int, count: int, vecs: np.ndarray, rules: Rules) -> Person:
+    if len(vecs) < 2:
+        return Person(root, count, rules.threshold, "one approved face: the threshold")
+    d = _sq_dists(vecs, vecs)
+    np.fill_diagonal(d, np.inf)
+    loo = float(np.sqrt(d.min(axis=1).max()))
+    radius = min(rules.threshold, loo + rules.radius_slack)
+    why = (f"approved faces up to {loo:.3f} from each other + slack {rules.radius_slack}"
+           + (" (capped by the threshold)" if radius == rules.threshold else ""))
+    return Person(root, count, radius, why)
+
+
+def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
+           unknown_closer: Callable[[float, int], int] | None = None) -> Decision:
+    """One face's person. `near` must hold every approved face within `rules.reach`, nearest
+    first; `excluded`: persons this face may not go to (a reviewer's "not this person", a person
+    already in the photo); `unknown_closer(d, person)`: how many unknown faces without a
+    person, other than the person's own, are closer to the face than d (None: not checked)."""
+    keep = np.array([int(p) not in excluded for p in near.persons], dtype=bool)
+    persons, dists = near.persons[keep], near.distances[keep]
+    inside = dists < rules.threshold
+    if not inside.any():
+        return Decision(None, None, REASONS[0], "no person within the threshold")
+    votes: dict[int, int] = {}
+    for p in persons[inside][:rules.vote_k].tolist():
+        votes[p] = votes.get(p, 0) + 1
+    nearest = {}
+    for p, d in zip(persons.tolist(), dists.tolist()):
+        nearest.setdefault(p, d)                    # nearest first: the first one is the min
+    winner = max(votes, key=lambda p: (votes[p], -nearest[p]))
+    d_win = nearest[winner]
+    radius, why_radius = people.person(winner).radius, ""
+    others = [p for p in nearest if p != winner]
+    for other in others:       # look-alikes filed apart by a reviewer shrink the radius
+        c = people.collision(winner, other)
+        if c < radius:
+            radius, why_radius = c, f" (radius shrunk to {c:.3f} by person {other})"
+    if d_win >= radius:
+        return Decision(None, None, REASONS[1], f"outside the radius of person {winner}: {d_win:.3f} >= "
+                                    f"{radius:.3f}{why_radius}")
+    runner = min((nearest[p] for p in others), default=np.inf)
+    if runner - d_win < rules.margin:
+        return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, "
+                                                f"another at {runner:.3f}")
+    if rules.unknown_neighbours and unknown_closer is not None:
+        crowd = unknown_closer(d_win, winner)
+        if crowd >= rules.unknown_neighbours:
+            return Decision(None, None, REASONS[3], f"closer to {crowd} unknown faces than to person {winner}")
+    return Decision(winner, d_win, "matched", f"person {winner} at {d_win:.3f}")

@@ -1,0 +1,130 @@
+"""Suggested people: unknown faces without a parent, clustered by density (DBSCAN, as Immich
+does): a face with at least `face_cluster_min_faces` faces (itself included) within
+`face_cluster_radius` is a core face; cores within the radius of each other form one group, and
+a non-core face joins the group of its nearest core within the radius. Everything else stays
+ungrouped. The radius is well below the 0.6 match threshold on purpose: a group of two people
+costs a reviewer more than one person split in two groups (merging is one click). DBSCAN chains:
+two dense look-alike clusters joined by a few close faces become one group. So each group is
+clustered again at a radius SPLIT_STEP smaller, and split when that gives two or more groups of
+`min_faces` each (one level of HDBSCAN's "prefer substantial children"); faces that are noise at
+the smaller radius join the sub-group of their nearest face.
+
+Kept in `faces.suggested_group` = the id of the group's representative face (its core face with
+the most neighbours), rewritten as a whole by `refresh()` (`faces suggest`, the embedded summary).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .matching import parse_rows
+from .schema import faces
+
+FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
+BLOCK_CELLS = 25_000_000   # pairwise distances computed at once (100 MB of float32)
+SPLIT_STEP = 0.05   # a group is re-clustered this much tighter to find two people in it
+
+
+@dataclass
+class Group:
+    id: int                 # representative face id
+    image_id: int           # the representative face's photo
+    size: int
+    photos: int
+    face_ids: list[int]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def neighbours(mat: np.ndarray, radius: float) -> coo_matrix:
+    """Sparse symmetric adjacency of the rows closer than `radius` (self included)."""
+    n = len(mat)
+    m32 = mat.astype(np.float32)       # dlib descriptors are float32 values
+    sq = (m32 * m32).sum(1)
+    step = max(16, BLOCK_CELLS // max(n, 1))
+    rows, cols = [], []
+    for start in range(0, n, step):
+        block = m32[start:start + step]
+        d2 = sq[start:start + step, None] - 2 * block @ m32.T + sq[None, :]
+        r, c = np.nonzero(d2 < radius * radius)
+        rows.append(r + start)
+        cols.append(c)
+    r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.empty(0, int), np.empty(0, int))
+    return coo_matrix((np.ones(len(r), bool), (r, c)), shape=(n, n)).tocsr()
+
+
+def dbscan(mat: np.ndarray, radius: float, min_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster label per row (-1: noise), and the number of neighbours per row."""
+    n = len(mat)
+    if n == 0:
+        return np.empty(0, int), np.empty(0, int)
+    adj = neighbours(mat, radius)
+    count = np.asarray(adj.sum(axis=1)).ravel()
+    core = count >= min_faces
+    core_adj = adj[core][:, core]
+    _, comp = connected_components(core_adj, directed=False)
+    labels = np.full(n, -1)
+    labels[np.flatnonzero(core)] = comp
+    core_idx = np.flatnonzero(core)
+    for i in np.flatnonzero(~core):           # border faces: the nearest core within the radius
+        near = np.intersect1d(adj[i].indices, core_idx, assume_unique=True)
+        if len(near):
+            d = np.linalg.norm(mat[near] - mat[i], axis=1)
+            labels[i] = labels[near[int(d.argmin())]]
+    return labels, count
+
+
+def split(mat: np.ndarray, labels: np.ndarray, radius: float, min_faces: int) -> np.ndarray:
+    """Labels after splitting each group that holds two substantial groups at a tighter radius."""
+    out = labels.copy()
+    fresh = labels.max() + 1 if len(labels) else 0
+    for label in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == label)
+        sub, _ = dbscan(mat[members], radius - SPLIT_STEP, min_faces)
+        kept = [s for s in np.unique(sub[sub >= 0]) if (sub == s).sum() >= min_faces]
+        if len(kept) < 2:
+            continue
+        anchored = np.isin(sub, kept)
+        for i in np.flatnonzero(~anchored):       # the rest: the sub-group of the nearest face
+            d = np.linalg.norm(mat[members[anchored]] - mat[members[i]], axis=1)
+            sub[i] = sub[anchored][int(d.argmin())]
+        for s in kept:
+            out[members[sub == s]] = fresh
+            fresh += 1
+    return out
+
+
+def cluster(ids: np.ndarray, image_ids: np.ndarray, mat: np.ndarray, radius: float,
+            min_faces: int) -> list[Group]:
+    """Groups of the faces, largest first."""
+    labels, count = dbscan(mat, radius, min_faces)
+    labels = split(mat, labels, radius, min_faces)
+    groups = []
+    for label in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == label)
+        rep = members[np.lexsort((ids[members], -count[members]))[0]]
+        groups.append(Group(int(ids[rep]), int(image_ids[rep]), len(members),
+                            len(set(image_ids[members].tolist())), sorted(ids[members].tolist())))
+    groups.sort(key=lambda g: (-g.size, g.id))
+    return groups
+
+
+def refresh(engine: sa.Engine, settings) -> list[Group]:
+    """Recluster the unknown faces without a parent and store their groups."""
+    with engine.begin() as conn:
+        rows = conn.execute(sa.select(faces.c.id, faces.c.image_id, faces.c.encoding).where(FREE)).all()
+        image_of = {r.id: r.image_id for r in rows}
+        ids, mat, _bad = parse_rows([(r.id, r.encoding) for r in rows])
+        image_ids = np.array([image_of[i] for i in ids.tolist()], dtype=np.int64)
+        groups = cluster(ids, image_ids, mat, settings.face_cluster_radius, settings.face_cluster_min_faces)
+        conn.execute(faces.update().where(faces.c.suggested_group.is_not(None)).values(suggested_group=None))
+        for g in groups:
+            for start in range(0, len(g.face_ids), 1000):
+                conn.execute(faces.update().where(faces.c.id.in_(g.face_ids[start:start + 1000]), FREE)
+                             .values(suggested_group=g.id))
+    return groups
