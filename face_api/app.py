@@ -28,10 +28,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import engine, metrics
 from .imaging import ImageError, PathDenied, open_photo, read_limited, resolve_under_roots
-from .settings import get_settings
+from .detectors import describe as describe_detector
+from .settings import SettingsError, get_settings
 
 log = logging.getLogger("face_api")
-settings = get_settings()
+try:
+    settings = get_settings()
+except SettingsError as exc:  # e.g. an unknown PHOTO_FACE_DETECTOR: one line, no traceback
+    raise SystemExit(f"face_api: {exc}") from None
 
 # Models are loaded at import: under gunicorn preload_app=True this happens once in the master
 # and the forked workers share the pages. Set PHOTO_LOAD_MODELS_AT_IMPORT=0 to load at startup.
@@ -308,7 +312,7 @@ async def health():
         "status": "ok",
         "mode": "cpu",
         "pid": os.getpid(),
-        "detector": "hog",
+        **describe_detector(settings.face_detector),  # detector, detector_package, _version
         "upsample": settings.face_upsample,
         "scales": settings.face_scales,
         "jitters": settings.face_jitters,

@@ -9,6 +9,9 @@ Same pipeline as ageitgey/face_recognition with the original server's multi-scal
     encodings = dlib ResNet(img, 5-point landmarks(img, box), jitters=1)   # on the same img
     locations = boxes mapped back to pixels of the (EXIF-oriented) photo
 
+PHOTO_FACE_DETECTOR=yunet replaces the scale loop with one YuNet pass whose boxes are redrawn
+like HOG's (face_api/detectors); landmarks and encodings are computed the same way.
+
 Two shortcuts make this cheaper than the original; on the bench mixes they kept every face it
 found, with the same boxes and encodings (settings turn them off):
 - A later pass scans only the HOG pyramid levels that see faces smaller than any earlier pass could
@@ -36,6 +39,7 @@ import dlib
 import numpy as np
 from PIL import Image
 
+from .detectors.yunet import detect_yunet
 from .models import ModelFiles, find_model_files
 
 
@@ -220,7 +224,11 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
     long_side = max(width, height)
     timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
     tried, boxes, img, used, seen = [], [], None, None, None
-    for scale in _passes(long_side, list(settings.face_scales), settings.face_skip_covered_scales):
+    hog_passes = _passes(long_side, list(settings.face_scales), settings.face_skip_covered_scales)
+    if settings.face_detector == "yunet":  # PHOTO_FACE_DETECTOR: its one pass replaces HOG's loop
+        img, boxes, used, tried = detect_yunet(source, settings, timings)
+        hog_passes = []
+    for scale in hog_passes:
         t = time.monotonic()
         img = source.scaled(scale)
         timings["decode"] += time.monotonic() - t
