@@ -32,10 +32,12 @@ class Settings(BaseSettings):
     # libfacedetection via the `yuface` wheel: one pass, more faces found, see face_api/detectors).
     face_detector: str = "hog"
     # YuNet: the long side of its pass (a 12 MP photo's 40 px faces are ~13 px at 1280), a second
-    # small pass for faces that fill the frame (0: none), and the candidate score it keeps.
+    # small pass for faces that fill the frame (0: none), the score a candidate needs, and the
+    # score YuNet must give it again on a rescaled crop (the second opinion; 0: off).
     yunet_max_side: int = Field(1280, ge=160, le=8192)
     yunet_large_face_side: int = Field(320, ge=0, le=2048)
-    yunet_min_score: float = Field(0.6, ge=0.0, le=1.0)
+    yunet_min_score: float = Field(0.5, ge=0.0, le=1.0)
+    yunet_confirm_score: float = Field(0.5, ge=0.0, le=1.0)
 
     # Detection as the original server: HOG, upsample 1, scales 1200/1600/2000, 1 jitter.
     face_scales: Annotated[list[int], NoDecode] = [1200, 1600, 2000]

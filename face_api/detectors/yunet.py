@@ -16,6 +16,7 @@ import ctypes
 import glob
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,14 +124,14 @@ def detect_yunet(source, settings, timings: dict):
     """The YuNet pass of engine.encode_image: (image, HOG-like boxes on it, scale, scales tried).
 
     `source` is a Photo or ArraySource; boxes are (top, right, bottom, left) in pixels of image."""
-    import time
-
     t = time.monotonic()
     img = source.scaled(settings.yunet_max_side)
     timings["decode"] += time.monotonic() - t
     t = time.monotonic()
-    found = candidates(img, settings.yunet_large_face_side, settings.face_threads)
-    kept = [c for c in found if filters.keep(c, settings.yunet_min_score)]
+    threads = settings.face_threads
+    found = candidates(img, settings.yunet_large_face_side, threads)
+    kept = [c for c in found if filters.keep(img, c, settings.yunet_min_score,
+                                             settings.yunet_confirm_score, lambda rgb: run(rgb, threads))]
     boxes = [calibration.hog_box(c, img.shape) for c in kept]
     timings["detect"] += time.monotonic() - t
     scale = settings.yunet_max_side  # named like HOG's scales: the photo is never enlarged
