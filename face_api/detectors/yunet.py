@@ -102,11 +102,24 @@ def candidates(img: np.ndarray, large_face_side: int, threads: int = 1) -> list[
 
 
 def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3) -> list[Candidate]:
+    """Best-first non-maximum suppression, then drop candidates lying inside a much larger one:
+    faces do not nest, but the parts of a face that fills the frame (eyes, mouth) can look like
+    small faces to the main pass."""
     kept: list[Candidate] = []
     for c in ordered:
         if all(_iou(c.box, k.box) < max_iou for k in kept):
             kept.append(c)
-    return kept
+    return [c for c in kept if not any(k.size >= 1.5 * c.size and _inside(c.box, k.box) >= 0.6
+                                       for k in kept)]
+
+
+def _inside(a, b) -> float:
+    """Fraction of box a's area inside box b (x, y, w, h)."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = min(ax + aw, bx + bw) - max(ax, bx)
+    ih = min(ay + ah, by + bh) - max(ay, by)
+    return max(0.0, iw) * max(0.0, ih) / max(aw * ah, 1e-9)
 
 
 def _iou(a, b) -> float:
