@@ -31,10 +31,11 @@ class Settings(BaseSettings):
     # Which detector finds the faces: "hog" (the original's recipe, below) or "yunet" (YuNet from
     # libfacedetection via the `yuface` wheel: one pass, more faces found, see face_api/detectors).
     face_detector: str = "hog"
-    # YuNet: the long side of its pass (a 12 MP photo's 40 px faces are ~13 px at 1280), a second
-    # small pass for faces that fill the frame (0: none), the score a candidate needs, and the
-    # score YuNet must give it again on a rescaled crop (the second opinion; 0: off).
-    yunet_max_side: int = Field(1280, ge=160, le=8192)
+    # YuNet: the long side of its pass (a 12 MP photo's 40 px faces are 12 px at 1200, and it is
+    # the original's first HOG pass, so faces both find are encoded from the same pixels), a small
+    # pass for faces that fill the frame (0: none), the score a candidate needs, and the score
+    # YuNet must give it again on a rescaled crop (the second opinion; 0: off).
+    yunet_max_side: int = Field(1200, ge=160, le=8192)
     yunet_large_face_side: int = Field(320, ge=0, le=2048)
     yunet_min_score: float = Field(0.5, ge=0.0, le=1.0)
     yunet_confirm_score: float = Field(0.5, ge=0.0, le=1.0)
