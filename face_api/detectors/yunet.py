@@ -6,9 +6,11 @@ than YuNet's biggest anchors at the main size. Candidates of both passes are mer
 precision (filters.py) and redrawn the way dlib's HOG detector draws boxes (calibration.py), so
 the 5-point landmarker and the ResNet encoder downstream see the boxes they were trained on.
 
-yuface's C++ call holds the GIL, so YuNet passes of one process run one at a time; its OpenMP
-team is set per call to the engine's thread count (libgomp would otherwise use every core, and
-its spinning threads fight the other workers for them).
+Threads: the engine runs `face_threads` photos at once per worker, one core each, and gunicorn's
+workers x threads is the core budget. So every YuNet call gets one OpenMP thread, set per calling
+thread (libgomp would otherwise start one per core in every worker, and its spinning threads
+fight the other workers for the cores). yuface's call holds the GIL: one YuNet pass at a time per
+process, while the other photo's landmarks and encodings (dlib releases the GIL) go on.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ _runtime = None
 
 
 def _load():
-    """yuface's detect function and its bundled libgomp's omp_set_num_threads (None if absent)."""
+    """yuface's detect function and its bundled libgomp (None if it has none)."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
@@ -61,16 +63,15 @@ def _load():
             libs = os.path.join(os.path.dirname(os.path.dirname(yuface.__file__)), "yuface.libs")
             found = sorted(glob.glob(os.path.join(libs, "libgomp*.so*")))
             # dlopen of a loaded library returns the same handle: this is yuface's own libgomp
-            set_threads = ctypes.CDLL(found[0]).omp_set_num_threads if found else None
-            _runtime = (c_detect, set_threads)
+            _runtime = (c_detect, ctypes.CDLL(found[0]) if found else None)
         return _runtime
 
 
 def run(rgb: np.ndarray, threads: int = 1) -> list[Candidate]:
     """YuNet candidates (score >= MIN_SCORE_FLOOR) on an RGB uint8 image, best score first."""
-    c_detect, set_threads = _load()
-    if set_threads is not None:
-        set_threads(max(1, int(threads)))  # per calling thread: OpenMP keeps it per thread
+    c_detect, gomp = _load()
+    if gomp is not None:
+        gomp.omp_set_num_threads(max(1, int(threads)))  # OpenMP keeps it per calling thread
     if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
         return []
     rows = c_detect(np.ascontiguousarray(rgb[:, :, 2::-1]))  # yuface wants BGR
@@ -141,10 +142,9 @@ def detect_yunet(source, settings, timings: dict):
     img = source.scaled(settings.yunet_max_side)
     timings["decode"] += time.monotonic() - t
     t = time.monotonic()
-    threads = settings.face_threads
-    found = candidates(img, settings.yunet_large_face_side, threads)
+    found = candidates(img, settings.yunet_large_face_side, threads=1)
     kept = [c for c in found if filters.keep(img, c, settings.yunet_min_score,
-                                             settings.yunet_confirm_score, lambda rgb: run(rgb, threads))]
+                                             settings.yunet_confirm_score, run)]
     boxes = [calibration.hog_box(c, img.shape) for c in kept]
     timings["detect"] += time.monotonic() - t
     scale = settings.yunet_max_side  # named like HOG's scales: the photo is never enlarged

@@ -267,3 +267,19 @@ def test_embedded_mode_honours_the_setting(monkeypatch):
         get_settings.cache_clear()
     assert result["scale"] == Settings(face_detector="yunet").yunet_max_side
     assert len(result["locations"]) == 2
+
+
+def test_yunet_runs_one_openmp_thread_per_engine_thread():
+    """Never libgomp's default of one thread per core in every worker."""
+    import threading
+
+    seen = []
+
+    def one():
+        yunet.run(np.zeros((64, 64, 3), np.uint8))
+        seen.append(yunet._load()[1].omp_get_max_threads())
+
+    worker = threading.Thread(target=one)
+    worker.start()
+    worker.join()
+    assert seen == [1]
