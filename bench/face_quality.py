@@ -50,7 +50,7 @@ def settings(**overrides) -> Settings:
 
 
 def load(data: bytes):
-    return open_photo(data, MAX_PIXELS, draft=False)
+    return open_photo(data, MAX_PIXELS, draft=Settings().face_draft_decode)  # as the engine
 
 
 # ------------------------------------------------------------------ 1. truth
@@ -83,10 +83,33 @@ class Candidates:
         return evaluation
 
 
+def plausible_geometry(c) -> bool:
+    """Landmarks in a face's order, whatever its roll: the nose between the eye line and the mouth
+    line, eyes and mouth corners each side by side rather than one above the other."""
+    eye1, eye2, nose, mouth1, mouth2 = np.asarray(c.landmarks, dtype=float)
+    eyes, mouth = (eye1 + eye2) / 2, (mouth1 + mouth2) / 2
+    down = mouth - eyes
+    length = float(np.linalg.norm(down))
+    if length < 1:
+        return False
+    down /= length
+    across = np.array([down[1], -down[0]])
+    along = float(np.dot(nose - eyes, down)) / length
+    flat = (abs(np.dot(eye2 - eye1, down)) < abs(np.dot(eye2 - eye1, across)) + 1
+            and abs(np.dot(mouth2 - mouth1, down)) < abs(np.dot(mouth2 - mouth1, across)) + 1)
+    return 0.0 < along < 1.0 and flat
+
+
+def _small(c, px: float = 16) -> bool:
+    return c.size < px
+
+
 FILTERS = {  # name: (keep(candidate, second opinion score), uses the second opinion)
     "score>=0.5": (lambda c, s: c.score >= 0.5, False),
     "score>=0.7": (lambda c, s: c.score >= 0.7, False),
     "score>=0.8": (lambda c, s: c.score >= 0.8, False),
+    "score>=0.5, >=0.7 under 16 px": (lambda c, s: c.score >= (0.7 if _small(c) else 0.5), False),
+    "score>=0.5 + landmark geometry": (lambda c, s: c.score >= 0.5 and plausible_geometry(c), False),
     "score>=0.5 + 2nd look>=0.5": (lambda c, s: c.score >= 0.5 and s >= 0.5, True),
     "score>=0.6 + 2nd look>=0.5": (lambda c, s: c.score >= 0.6 and s >= 0.5, True),
     "score>=0.5 + 2nd look>=0.7": (lambda c, s: c.score >= 0.5 and s >= 0.7, True),
