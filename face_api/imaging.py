@@ -92,17 +92,20 @@ class Photo:
     def size(self) -> tuple[int, int]:
         return self.width, self.height
 
-    def _decode(self, min_long_side: int) -> Image.Image:
-        """Decode (oriented, RGB) with the longer side >= min_long_side where DCT scaling allows."""
+    def _decode(self, min_long_side: int, draft: bool) -> Image.Image:
+        """Decode (oriented, RGB) with the longer side >= min_long_side where DCT scaling allows
+        (and `draft`), else in full."""
+        long_side = max(self.width, self.height)
+        draft = draft and min_long_side < long_side
         cache = self._cache
-        if cache is not None and max(cache.size) >= min_long_side:
+        if cache is not None and max(cache.size) >= (min_long_side if draft else long_side):
             return cache
         im = self._open()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if self._draft and im.format == "JPEG" and min_long_side < max(self.width, self.height):
-                    f = min_long_side / max(self.width, self.height)
+                if draft and im.format == "JPEG":
+                    f = min_long_side / long_side
                     w, h = im.size
                     im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
                 im.load()
@@ -118,19 +121,25 @@ class Photo:
         self._cache = im
         return im
 
-    def scaled_image(self, max_side: int) -> Image.Image:
+    @property
+    def decoded_in_full(self) -> bool:
+        """Whether the last decode had every pixel (no DCT scaling)."""
+        return self._cache is not None and self._cache.size == (self.width, self.height)
+
+    def scaled_image(self, max_side: int, draft: bool | None = None) -> Image.Image:
         long_side = max(self.width, self.height)
         target = min(max_side, long_side)
-        im = self._decode(target)
+        im = self._decode(target, self._draft if draft is None else draft)
         if max(im.size) != target:
             f = target / long_side
             size = (max(1, round(self.width * f)), max(1, round(self.height * f)))
             im = im.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP)
         return im
 
-    def scaled(self, max_side: int) -> np.ndarray:
-        """RGB uint8 C-contiguous array, longer side = min(max_side, photo's longer side)."""
-        return np.ascontiguousarray(np.asarray(self.scaled_image(max_side)))
+    def scaled(self, max_side: int, draft: bool | None = None) -> np.ndarray:
+        """RGB uint8 C-contiguous array, longer side = min(max_side, photo's longer side);
+        `draft` (default: as opened) allows JPEG DCT scaling."""
+        return np.ascontiguousarray(np.asarray(self.scaled_image(max_side, draft)))
 
     def full(self) -> np.ndarray:
         return self.scaled(max(self.width, self.height))

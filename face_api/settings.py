@@ -48,12 +48,19 @@ class Settings(BaseSettings):
     # truth (bench/groundtruth.py) and kept the thumbnail reconstruction's recall and precision.
     # JPEG DCT-domain downscale to the smallest size >= each pass's scale before the resize.
     face_draft_decode: bool = True
-    face_skip_covered_scales: bool = False  # skip a middle scale when a larger one will be run
-    face_grey_hog: bool = False        # HOG on luminance: ~25% less HOG time, but 1 small face lost on the truth
+    # ... but faces smaller than this (px on the detection image; 80 is HOG's window, so these
+    # were found thanks to the upsampling) are encoded on a full decode: their pixels are magnified.
+    face_full_decode_below: int = Field(80, ge=0, le=10_000)
+    # A middle scale is skipped when a larger one follows (1200 then 2000): the larger pass sees
+    # the same face sizes and more.
+    face_skip_covered_scales: bool = True
+    # HOG on luminance: about 25% less HOG time, but it lost 1 of 19 small faces on the truth.
+    face_grey_hog: bool = False
     # A later scale scans only the pyramid levels for faces smaller than earlier passes could see,
-    # plus this many levels of overlap; face_full_rescan=1 scans every level like the original.
+    # plus this many levels of overlap (0: the two passes together still sample face sizes at
+    # least as densely as one pyramid does); face_full_rescan=1 scans every level like the original.
     face_full_rescan: bool = False
-    face_rescan_overlap: int = Field(1, ge=0, le=20)
+    face_rescan_overlap: int = Field(0, ge=0, le=20)
     # Photos one API worker processes at once (dlib releases the GIL: one core each). gunicorn's
     # `threads` (FACE_API_THREADS) sets it under gunicorn, as in the original's 16 workers x 2.
     face_threads: int = Field(2, ge=1, le=64)

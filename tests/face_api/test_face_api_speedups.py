@@ -81,10 +81,26 @@ def test_jpeg_is_decoded_at_the_smallest_dct_size_at_least_the_scale(tmp_path):
     assert undrafted._cache.size == (4000, 3000)
 
 
+def test_small_faces_on_a_drafted_image_are_encoded_on_a_full_decode(tmp_path):
+    """A face below face_full_decode_below px is encoded at the same scale from a full decode
+    (the thumbnail reconstruction's pixels); larger faces on the drafted detection image."""
+    data = _canvas_photo(tmp_path, 0.3).read_bytes()
+    photo = open_photo(data, 10**8)
+    r = engine.encode_image(photo, Settings(debug_images=False, face_full_decode_below=10_000))
+    assert r.scale == 1200 and photo.decoded_in_full
+    full = open_photo(data, 10**8, draft=False).scaled(1200)
+    np.testing.assert_allclose(r.encodings, engine.face_encodings(full, r.detection_locations), atol=1e-6)
+    drafted = engine.encode_image(open_photo(data, 10**8),
+                                  Settings(debug_images=False, face_full_decode_below=0))
+    assert drafted.detection_locations == r.detection_locations
+    assert not np.allclose(drafted.encodings, r.encodings, atol=1e-6)
+
+
 @pytest.mark.parametrize("draft", [True, False])
 def test_encodings_are_computed_on_the_detection_image(tmp_path, draft):
     data = _canvas_photo(tmp_path, 0.3).read_bytes()
-    r = engine.encode_image(open_photo(data, 10**8, draft=draft), Settings(debug_images=False))
+    r = engine.encode_image(open_photo(data, 10**8, draft=draft),
+                            Settings(debug_images=False, face_full_decode_below=0))
     assert r.scale == 1200 and len(r.detection_locations) == 1
     detection_image = open_photo(data, 10**8, draft=draft).scaled(1200)
     np.testing.assert_array_equal(r.detection_image, detection_image)
@@ -103,12 +119,14 @@ def test_face_at_the_photo_edge_is_found_and_encoded(tmp_path):
     assert np.linalg.norm(np.array(r.encodings[0]) - thumbnail) < 0.1
 
 
-@pytest.mark.parametrize("overrides, want", [
-    ({}, [None, 3, 3]),                                  # new levels (2 each) + 1 overlap
-    ({"face_rescan_overlap": 0}, [None, 2, 2]),
-    ({"face_full_rescan": True}, [None, None, None]),    # every level, like the original
+@pytest.mark.parametrize("overrides, tried, want", [
+    ({}, [1200, 2000], [None, 3]),                       # 1600 skipped; 2000 scans 3 new levels
+    ({"face_rescan_overlap": 1}, [1200, 2000], [None, 4]),
+    ({"face_skip_covered_scales": False}, [1200, 1600, 2000], [None, 2, 2]),
+    ({"face_skip_covered_scales": False, "face_rescan_overlap": 1}, [1200, 1600, 2000], [None, 3, 3]),
+    ({"face_full_rescan": True}, [1200, 2000], [None, None]),    # every level, like the original
 ])
-def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides, want):
+def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides, tried, want):
     asked = []
     real = engine.detector
 
@@ -118,8 +136,18 @@ def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides
     monkeypatch.setattr(engine, "detector", recording)
     grey = np.full((3000, 4000, 3), 120, np.uint8)
     r = engine.encode_image(grey, Settings(debug_images=False, **overrides))
-    assert r.scales_tried == [1200, 1600, 2000] and r.locations == []
+    assert r.scales_tried == tried and r.locations == []
     assert asked == want
+
+
+def test_rescanned_levels_sample_face_sizes_as_densely_as_one_pyramid():
+    """With no overlap, the coarsest new level of a later pass and the finest level of the
+    earlier pass are less than one pyramid step (6/5) apart, for any pair of scales."""
+    for previous, scale in [(1200, 1600), (1200, 2000), (1600, 2000), (1200, 1300), (1200, 1800)]:
+        levels = engine.rescan_levels(scale, previous, 0)
+        coarsest_new = (6 / 5) ** (levels - 1) / scale   # face size / photo size, up to a constant
+        finest_earlier = 1 / previous
+        assert coarsest_new < finest_earlier < coarsest_new * 6 / 5, (previous, scale)
 
 
 def test_threads_give_the_same_answers():
