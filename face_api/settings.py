@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     yunet_max_side: int = Field(1200, ge=160, le=8192)
     yunet_large_face_side: int = Field(320, ge=0, le=2048)
     yunet_min_score: float = Field(0.5, ge=0.0, le=1.0)
-    yunet_confirm_score: float = Field(0.5, ge=0.0, le=1.0)
+    yunet_confirm_score: float = Field(0.7, ge=0.0, le=1.0)
 
     # Detection as the original server: HOG, upsample 1, scales 1200/1600/2000, 1 jitter.
     face_scales: Annotated[list[int], NoDecode] = [1200, 1600, 2000]

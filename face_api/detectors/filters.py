@@ -2,7 +2,8 @@
 
 1. The score: at least `yunet_min_score` (libfacedetection's own default is 0.5).
 2. A second opinion: YuNet again on a crop around the candidate, rescaled so the face is
-   CONFIRM_FACE_PX pixels, must score at least `yunet_confirm_score` on a face at the same place.
+   CONFIRM_FACE_PX pixels, must score at least `yunet_confirm_score` (0.7: confident) on a face
+   at the same place.
    A face stays a face at another scale; a texture that happened to look like one at the
    main pass's scale (tap handles, fabric, foliage) mostly does not. About 1/30 of a main pass per
    candidate. The bench (bench/face_quality.py) prints what each filter buys and costs.
