@@ -1,7 +1,7 @@
 """The engine's shortcuts: JPEG draft decoding, encodings on the detection image, level-limited
 later passes, skipped covered scales, and one HOG detector per thread."""
+import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from PIL import Image
 
 from face_api import engine
 from face_api.imaging import open_photo
+from face_api.memory import IdleTrimmer
 from face_api.settings import Settings
 
 from bench.groundtruth import encoding_deltas, engine_detector, evaluate, load_truth, reconstruction
@@ -175,3 +176,18 @@ def test_on_truth_photos_larger_than_the_first_scale_we_find_what_the_original_f
     assert ours.found >= original.found and ours.false <= original.false
     deltas = encoding_deltas(original, ours)
     assert len(deltas) == original.found and max(deltas) < 0.1
+
+
+def test_memory_is_given_back_once_the_worker_is_idle_not_between_photos():
+    trims = []
+    trimmer = IdleTrimmer(delay=0.2, trim=trims.append)
+    for _ in range(3):          # photo after photo: each start cancels the pending trim
+        with trimmer:
+            pass
+    with trimmer:               # two photos overlap: the first one's end schedules nothing
+        with trimmer:
+            time.sleep(0.3)
+        time.sleep(0.3)
+        assert trims == []
+    time.sleep(0.6)
+    assert trims == [0] and trimmer.trims == 1
