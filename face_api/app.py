@@ -229,7 +229,7 @@ def _write_debug_image(data_hash: str, result: engine.EncodeResult) -> str | Non
     return str(final)
 
 
-_idle_trimmer = IdleTrimmer()
+_idle_trimmer = IdleTrimmer(settings.memory_trim_idle_seconds)
 
 
 def _encode(data: bytes, name: str | None) -> dict:

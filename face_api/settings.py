@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Photos one API worker processes at once (dlib releases the GIL: one core each). gunicorn's
     # `threads` (FACE_API_THREADS) sets it under gunicorn, as in the original's 16 workers x 2.
     face_threads: int = Field(2, ge=1, le=64)
+    # Freed image memory goes back to the OS once a worker has had no photo for this long
+    # (0: as soon as no photo is in flight; face_api/memory.py has the measurements).
+    memory_trim_idle_seconds: float = Field(1.0, ge=0, le=3600)
 
     # Input limits.
     max_upload_bytes: int = 50 * 1024 * 1024

@@ -191,3 +191,13 @@ def test_memory_is_given_back_once_the_worker_is_idle_not_between_photos():
         assert trims == []
     time.sleep(0.6)
     assert trims == [0] and trimmer.trims == 1
+
+
+def test_memory_trim_delay_zero_trims_when_the_last_photo_ends():
+    trims = []
+    trimmer = IdleTrimmer(delay=0, trim=trims.append)
+    with trimmer:
+        with trimmer:
+            pass
+        assert trims == []
+    assert trims == [0]
