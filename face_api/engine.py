@@ -246,10 +246,11 @@ def detect_hog(source: Source, settings, models: Models, timings: dict
 
 def _encoding_image(source: Source, img: np.ndarray, boxes: list[Box], scale: int | None,
                     full_decode_below: int) -> np.ndarray:
-    """The detection image, unless a face on it is smaller than `full_decode_below` px and the
-    image came from a JPEG draft: then the same scale from a full decode. Faces that small are
-    magnified into the encoder's 150-px chip, and DCT-scaled pixels moved their encodings by up
-    to 0.13 from the thumbnail reconstruction's (larger faces: 0.06 at most)."""
+    """The image HOG's faces are encoded on: the detection image, unless a face on it is smaller
+    than `full_decode_below` px and the image came from a JPEG draft: then the same scale from a
+    full decode. Faces that small are magnified into the encoder's 150-px chip, and DCT-scaled
+    pixels moved their encodings by up to 0.13 from the thumbnail reconstruction's (larger
+    faces: 0.06 at most, on the library mix)."""
     if not boxes or scale is None or getattr(source, "decoded_in_full", True):
         return img
     if min(bottom - top for top, _, bottom, _ in boxes) >= full_decode_below:
@@ -268,10 +269,11 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
     timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
     if settings.face_detector == "yunet":  # PHOTO_FACE_DETECTOR: its one pass replaces HOG's loop
         img, boxes, used, tried = detect_yunet(source, settings, timings)
+        enc_img = img
     else:
         img, boxes, used, tried = detect_hog(source, settings, models, timings)
+        enc_img = _encoding_image(source, img, boxes, used, settings.face_full_decode_below)
     t = time.monotonic()
-    enc_img = _encoding_image(source, img, boxes, used, settings.face_full_decode_below)
     encodings = face_encodings(enc_img, boxes, settings.face_jitters, models) if boxes else []
     timings["encode"] = time.monotonic() - t
     fy, fx = height / img.shape[0], width / img.shape[1]
