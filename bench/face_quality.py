@@ -168,14 +168,20 @@ def box_pairs(paths, scale: int = gt.ORIGINAL_SCALES[0]):
         yield path, img, pairs
 
 
-def encoding_distances(pairs_by_photo, constants) -> tuple[list[float], list[float]]:
-    """Distances HOG box vs calibrated box encodings on the same image; IoU of the boxes."""
+def yunets_own_box(c, shape) -> tuple[int, int, int, int]:
+    """YuNet's box as it draws it (taller than wide, forehead included), clamped."""
+    x, y, w, h = c.box
+    return (max(0, round(y)), min(shape[1], round(x + w)), min(shape[0], round(y + h)), max(0, round(x)))
+
+
+def encoding_distances(pairs_by_photo, box_of) -> tuple[list[float], list[float]]:
+    """Distances HOG box vs `box_of(candidate, shape)` encodings on the same image; box IoUs."""
     distances, ious = [], []
     for _, img, pairs in pairs_by_photo:
         if not pairs:
             continue
         hog_boxes = [box for _, box in pairs]
-        ours = [calibration.hog_box(c, img.shape, constants) for c, _ in pairs]
+        ours = [box_of(c, img.shape) for c, _ in pairs]
         a, b = engine.face_encodings(img, hog_boxes), engine.face_encodings(img, ours)
         distances += [float(np.linalg.norm(x - y)) for x, y in zip(a, b)]
         ious += [gt.iou(x, y) for x, y in zip(hog_boxes, ours)]
@@ -199,11 +205,12 @@ def calibration_section(truth, runs, fit: bool) -> None:
         refit = calibration.fit(pairs)
         print(f"fitted on {len(pairs)} faces of detect/: CENTRE_X={refit[0]:.3f} "
               f"CENTRE_Y={refit[1]:.3f} SIDE={refit[2]:.3f} (in use: {constants})")
-    raw = (0.0, 0.0, 1.0)  # no calibration: a square on the landmark centre, YuNet's size
+    boxes = {"calibrated": lambda c, shape: calibration.hog_box(c, shape, constants),
+             "YuNet's own box": yunets_own_box}
     for label, photos in (("detect/ (fitted on)", fitted_on), ("people/ faces/ exif/ (not)", others)):
-        for what, c in (("calibrated", constants), ("uncalibrated", raw)):
-            d, ious = encoding_distances(photos, c)
-            print(f"{label:28s} {what:12s} encoding distance to the HOG box's: {_summary(d)}; "
+        for what, box_of in boxes.items():
+            d, ious = encoding_distances(photos, box_of)
+            print(f"{label:28s} {what:15s} encoding distance to the HOG box's: {_summary(d)}; "
                   f"box IoU median {statistics.median(ious) if ious else 0:.2f}")
     for side_name in [n for n in runs if n.startswith("ours, YuNet")]:
         for ref in gt.RECONSTRUCTIONS:
@@ -247,7 +254,7 @@ def people_section() -> None:
 
 # ------------------------------------------------------------------ 4. mix
 
-def mix_section(n: int) -> None:
+def mix_section(n: int, sides: list[int]) -> None:
     from bench.face_api import build_mix
 
     tmp = Path(tempfile.mkdtemp(prefix="face-quality-mix-"))
@@ -256,7 +263,8 @@ def mix_section(n: int) -> None:
     detectors = {
         "thumbnail reconstruction": gt.reconstruction("thumbnail"),
         "ours, HOG": gt.engine_detector(settings()),
-        "ours, YuNet": gt.engine_detector(settings(face_detector="yunet")),
+        **{f"ours, YuNet {side}": gt.engine_detector(settings(face_detector="yunet", yunet_max_side=side))
+           for side in sides},
     }
     print(f"\n## 4. library mix in-process: {len(photos)} photos (half without a face, 8-12 MP), "
           f"one thread each, photos one after another (equal CPU); load {_load()}")
@@ -298,7 +306,7 @@ def main() -> None:
     calibration_section(truth, runs, args.fit_calibration)
     people_section()
     if not args.skip_mix:
-        mix_section(args.mix)
+        mix_section(args.mix, sides)
     print(json.dumps({"done": True, "load": _load()}))
 
 
