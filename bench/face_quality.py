@@ -15,10 +15,10 @@ Sections (all in one run, one thread, photos one after another; CPU s = process_
    --fit-calibration refits the constants first and prints them.
 3. people: same/different-person decisions at 0.6 on faces/people, HOG vs YuNet encodings.
 4. mix: photos per CPU second on a library-like mix (bench/face_api.build_mix: half no-face,
-   8-12 MP) for the thumbnail reconstruction, ours with HOG and ours with YuNet.
+   8-12 MP) for the thumbnail reconstruction, ours with HOG and ours with YuNet (per --sides).
 
-CPU-heavy (minutes): on a shared machine run it under `flock /work/bench.lock`. The truth and the
-photos are the shared development set; never point it at the held-out eval photos.
+CPU-heavy (minutes): on a shared machine run it under `flock` on the machine's bench lock. The
+truth and the photos are the shared development set; never point it at the held-out eval photos.
 """
 from __future__ import annotations
 
