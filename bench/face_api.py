@@ -185,11 +185,11 @@ def run_server(server: str, photos: list[Path], clients: int, workers: int, thre
             "results": results, "memory": memory, "load": load}
 
 
-def compare(reference: dict, ours: dict) -> dict:
-    """Faces of the reference found by `ours` (IoU >= 0.3, one-to-one), extra faces, and the
-    largest encoding distance between matched faces."""
+def compare(reference: dict, ours: dict, names: list[str] | None = None) -> dict:
+    """Faces of the reference found by `ours` (IoU >= 0.3, one-to-one), extra faces, the
+    largest encoding distance between matched faces, and those farther apart than 0.1."""
     faces = found = extra = 0
-    deltas = []
+    deltas, far = [], []
     for i, ref in reference.items():
         truth = gt.PhotoTruth(str(i), Path(), ref["width"], ref["height"],
                               tuple(gt.TrueFace(tuple(b), ()) for b in ref["locations"]))
@@ -200,8 +200,13 @@ def compare(reference: dict, ours: dict) -> dict:
         for ti, di in scored.matched.items():
             a, b = ref["encodings"][ti], ours[i]["encodings"][di]
             deltas.append(sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5)
+            if deltas[-1] > 0.1:
+                box, other = ref["locations"][ti], ours[i]["locations"][di]
+                far.append(f"{names[i] if names else i} (face {box[2] - box[0]} px of the photo, "
+                           f"box IoU {gt.iou(box, other):.2f}, scale {ref['scale']}/{ours[i]['scale']}): "
+                           f"{deltas[-1]:.3f}")
     return {"faces": faces, "recall": found / faces if faces else 1.0, "extra": extra,
-            "max_delta": max(deltas, default=0.0)}
+            "max_delta": max(deltas, default=0.0), "far": far}
 
 
 def main():
@@ -249,6 +254,10 @@ def main():
               f"{r['cpu_per_photo']:8.3f} {ref['cpu_per_photo'] / r['cpu_per_photo']:7.2f} "
               f"{r['p50']:6.2f} {r['p95']:6.2f} {c['recall']:7.1%} {c['extra']:5d} {c['max_delta']:6.3f} "
               f"{rss:5.0f}/{pss:<5.0f} {r['load']:5.1f}")
+    names = [p.name for p in photos]
+    for server in servers[1:]:
+        for line in compare(ref["results"], best[server]["results"], names)["far"]:
+            print(f"  {server}: encoding moved > 0.1 from the thumbnail reconstruction's: {line}")
     no_face = sum(len(r["locations"]) for i, r in ref["results"].items() if "noface" in photos[i].name)
     print(f"\nthe thumbnail reconstruction found {compare(ref['results'], ref['results'])['faces']} faces "
           f"({no_face} on the no-face photos); photos and debug images in {tmp}")
