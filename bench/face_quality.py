@@ -297,15 +297,21 @@ def main() -> None:
                     help="YuNet long sides to compare, e.g. 1280,1600")
     ap.add_argument("--fit-calibration", action="store_true")
     ap.add_argument("--skip-mix", action="store_true")
+    ap.add_argument("--sections", default="truth,calibration,people,mix",
+                    help="which of truth,calibration,people,mix to run (calibration needs truth)")
     ap.add_argument("--mix", type=int, default=16, help="photos in the library mix")
     args = ap.parse_args()
     sides = [int(s) for s in args.sides.split(",")]
     engine.load_models()
     truth = gt.load_truth()
-    runs = truth_section(truth, sides)
-    calibration_section(truth, runs, args.fit_calibration)
-    people_section()
-    if not args.skip_mix:
+    sections = set(args.sections.split(",")) - ({"mix"} if args.skip_mix else set())
+    if sections & {"truth", "calibration"}:
+        runs = truth_section(truth, sides)
+        if "calibration" in sections:
+            calibration_section(truth, runs, args.fit_calibration)
+    if "people" in sections:
+        people_section()
+    if "mix" in sections:
         mix_section(args.mix, sides)
     print(json.dumps({"done": True, "load": _load()}))
 
