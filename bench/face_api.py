@@ -1,30 +1,33 @@
-"""Benchmark: /encode throughput and latency, ours vs a reference reproducing the original server.
+"""Benchmark: /encode throughput through the real HTTP service, ours beside the original's
+reconstructions at equal CPU, on a library-like mix.
 
-    .venv/bin/python bench/face_api.py [--photos 64] [--clients 2xCPUs] [--configs box,cores] [--variants]
+    flock /work/bench.lock .venv/bin/python bench/face_api.py [--photos 32] [--rounds 2]
+        [--servers thumbnail,LANCZOS,hog,yunet] [--workers CPUs] [--threads 1]
 
 Builds a library-like mix at runtime (half no-face camera photos upscaled to 8-12 MP, half face
-photos pasted on large canvases, a few with small faces) into a temp dir, then for each gunicorn
-configuration starts the reference and ours one after the other with the same workers and
-clients, and prints figures side by side: throughput, p50/p95 latency, face recall vs the
-reference (IoU >= 0.5), extra faces, max encoding delta of matched faces, worker memory (RSS/PSS).
-Not a test; run it by hand on an otherwise idle machine.
+photos pasted on large canvases, a few with small faces) into a temp dir. Every server runs under
+gunicorn with the same workers x threads (workers x threads = CPUs by default: equal CPU) and the
+same concurrent clients; the servers take turns in `--rounds` interleaved rounds (the order
+flips every round) and the best round of each is kept, since other processes share the machine.
 
-Configurations (the reference processes one photo at a time per worker, which is what the
-original's "16 workers x 2 threads = ~50% CPU" on the box says):
-  box    the box's shape scaled to this machine: workers = CPUs / 2, 2 threads each (16 x 2 on 32)
-  cores  workers = CPUs, 1 thread each: per-photo CPU cost only, every core busy on both sides
+Servers:
+  thumbnail, LANCZOS  the original server reconstructed (bench/groundtruth.py): full decode, then
+                      img.thumbnail((scale, scale)) or a LANCZOS resize per scale 1200/1600/2000,
+                      HOG upsample 1, stop at the first scale with faces, encode on that image
+  hog, yunet          ours (face_api.app) with PHOTO_FACE_DETECTOR=hog or yunet
 
-The reference ("original server"): PIL full decode -> RGB -> for scale in 1200/1600/2000: LANCZOS
-resize of the full decode to the scale -> face_recognition.face_locations(upsample 1, hog) ->
-stop when found -> face_recognition.face_encodings(img, boxes) on the same scaled image.
+Columns: photos/s (wall) and x the thumbnail reconstruction; worker CPU seconds per photo (from
+/proc, every worker process: robust to other load) and its ratio; p50/p95 latency; faces the
+thumbnail reconstruction found that this server found too (IoU >= 0.3), extra faces, the largest
+encoding distance of those matched faces; worker RSS/PSS; the load average during the round.
 """
 
-
 import argparse
-import io
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,56 +36,34 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", "/work/shared/testdata"))
-SCALES = [1200, 1600, 2000]
+if sys.path[0] != str(ROOT):  # the face_api package, not this file
+    sys.path.insert(0, str(ROOT))
+from bench import groundtruth as gt  # noqa: E402
+
+REFERENCES = tuple(gt.RECONSTRUCTIONS)      # thumbnail, LANCZOS
+OURS = ("hog", "yunet")
 
 
 # ------------------------------------------------------------------ the reference server (ASGI)
 
-def _reference_app():
-    import numpy as np
+def _reference_app(kind: str):
+    """The original server, reconstructed: `threads` photos at a time per worker."""
     from fastapi import FastAPI, UploadFile
-    from PIL import Image
-
-    try:
-        import face_recognition.api as fr
-        face_locations, face_encodings = fr.face_locations, fr.face_encodings
-    except BaseException:  # face_recognition needs pkg_resources: same calls through our building blocks
-        from face_api import engine
-        face_locations = lambda img, number_of_times_to_upsample, model: engine.face_locations(img, number_of_times_to_upsample)  # noqa: E731
-        face_encodings = lambda img, boxes: engine.face_encodings(img, boxes)  # noqa: E731
 
     app = FastAPI()
-    lock = threading.Lock()
+    reconstruct = gt.reconstruction(kind)
+    slots = threading.BoundedSemaphore(int(os.environ.get("FACE_BENCH_THREADS", "1")))
 
     @app.post("/encode")
     def encode(image: UploadFile):
-        with lock:  # one photo at a time per worker, as the original
-            return _encode(image)
-
-    def _encode(image):
-        im = Image.open(image.file).convert("RGB")
-        w, h = im.size
-        boxes, img = [], None
-        for scale in SCALES:
-            f = min(1.0, scale / max(w, h))
-            scaled = im if f == 1.0 else im.resize((round(w * f), round(h * f)), Image.LANCZOS)
-            img = np.array(scaled)
-            boxes = face_locations(img, number_of_times_to_upsample=1, model="hog")
-            if boxes or max(w, h) <= scale:
-                break
-        encs = face_encodings(img, boxes)
-        fy, fx = h / img.shape[0], w / img.shape[1]
-        locs = [[round(t * fy), round(r * fx), round(b * fy), round(lf * fx)] for t, r, b, lf in boxes]
-        return {"encodings": [e.tolist() for e in encs], "locations": locs,
-                "scale": scale if boxes else None, "width": w, "height": h}
+        with slots:
+            return reconstruct(image.file.read()).as_response()
 
     return app
 
 
-if os.environ.get("FACE_BENCH_REFERENCE") == "1":
-    reference_app = _reference_app()
+if os.environ.get("FACE_BENCH_REFERENCE") in REFERENCES:
+    reference_app = _reference_app(os.environ["FACE_BENCH_REFERENCE"])
 
 
 # ------------------------------------------------------------------ the photo mix
@@ -90,12 +71,13 @@ if os.environ.get("FACE_BENCH_REFERENCE") == "1":
 def build_mix(out: Path, n: int, seed: int = 7) -> list[Path]:
     from PIL import Image, ImageOps
 
+    testdata = gt.testdata_dir()
     rng = random.Random(seed)
     canvases = [(4000, 3000), (3648, 2736), (3264, 2448), (4032, 3024), (3000, 4000)]
-    backgrounds = sorted((TESTDATA / "exif" / "jpg" / "gps").glob("*.jpg")) + [
-        TESTDATA / "exif/jpg/orientation/landscape_1.jpg", TESTDATA / "exif/jpg/mobile/jolla.jpg",
-        TESTDATA / "exif/jpg/corrupted.jpg"]
-    faces = [p for p in sorted((TESTDATA / "faces").rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    backgrounds = sorted((testdata / "exif" / "jpg" / "gps").glob("*.jpg")) + [
+        testdata / "exif/jpg/orientation/landscape_1.jpg", testdata / "exif/jpg/mobile/jolla.jpg",
+        testdata / "exif/jpg/corrupted.jpg"]
+    faces = [p for p in sorted((testdata / "faces").rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")
              and "partial" not in p.name and "small" not in p.name and "240p" not in p.name]
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -120,157 +102,165 @@ def build_mix(out: Path, n: int, seed: int = 7) -> list[Path]:
 
 # ------------------------------------------------------------------ running a server and clients
 
-def memory(master_pid: int) -> dict:
-    from tests.face_api.service import worker_pids
-
-    def read(pid):
-        vals = {}
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            k, _, rest = line.partition(":")
-            if k in ("Rss", "Pss"):
-                vals[k] = int(rest.split()[0]) / 1024
-        return vals
-    workers = [read(p) for p in worker_pids(master_pid)]
-    return {"master": read(master_pid), "workers": workers}
+def _proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def run_server(app_path: str, env: dict, photos: list[Path], clients: int, workers: int, tmp: Path):
-    import subprocess, signal  # noqa: E401
+def _memory_mb(pid: int) -> dict:
+    vals = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            vals[key] = int(rest.split()[0]) / 1024
+    return vals
+
+
+def _server_env(server: str, threads: int) -> tuple[str, dict]:
+    if server in REFERENCES:
+        # PHOTO_FACE_THREADS keeps gunicorn.conf.py's post_fork from importing our app
+        return "bench.face_api:reference_app", {
+            "FACE_BENCH_REFERENCE": server, "FACE_BENCH_THREADS": str(threads), "PHOTO_FACE_THREADS": "1"}
+    return "face_api.app:app", {"PHOTO_FACE_DETECTOR": server, "FACE_API_THREADS": str(threads),
+                                "PHOTO_FACE_THREADS": str(threads)}
+
+
+def run_server(server: str, photos: list[Path], clients: int, workers: int, threads: int, tmp: Path) -> dict:
     import httpx
-    from tests.face_api.service import free_port
+    from tests.face_api.service import free_port, worker_pids
 
+    app_path, env = _server_env(server, threads)
     port = free_port()
     full_env = dict(os.environ, FACE_API_BIND=f"127.0.0.1:{port}", FACE_API_WORKERS=str(workers),
                     PHOTO_LOG_DIR=str(tmp / "logs"), PHOTO_DEBUG_DIR=str(tmp / "debug"),
                     PHOTO_STORAGE_ROOT=str(tmp), PROMETHEUS_MULTIPROC_DIR=str(tmp / f"metrics-{port}"),
-                    PYTHONPATH=str(ROOT), GUNICORN_CMD_ARGS="", **env)
+                    PYTHONPATH=str(ROOT), GUNICORN_CMD_ARGS="", FACE_API_MAX_REQUESTS="0", **env)
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c",
                              str(ROOT / "face_api/gunicorn.conf.py"), app_path],
                             cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    datas = [p.read_bytes() for p in photos]
+
+    def post(data: bytes, name: str = "photo.jpg") -> dict:
+        r = httpx.post(url + "/encode", files={"image": (name, data)}, timeout=600)
+        r.raise_for_status()
+        return r.json()
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             try:
-                r = httpx.get(url + "/health", timeout=2)
-                if r.status_code in (200, 404):  # the reference has no /health
+                if httpx.get(url + "/health", timeout=2).status_code in (200, 404):  # references: 404
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"server {app_path} did not start")
+                raise RuntimeError(f"server {server} did not start")
             time.sleep(0.3)
-        datas = [p.read_bytes() for p in photos]
-        # warm-up: one request per worker
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda d: httpx.post(url + "/encode", files={"image": ("w.jpg", d)}, timeout=600),
-                          [datas[0]] * workers))
+        with ThreadPoolExecutor(workers * threads) as pool:  # warm-up: a photo per slot
+            list(pool.map(post, [datas[1]] * (workers * threads)))
+        pids = sorted(worker_pids(proc.pid))
+        cpu_before = sum(_proc_cpu_seconds(p) for p in pids)
         results, latencies = {}, {}
 
         def one(i):
-            t = time.monotonic()
-            r = httpx.post(url + "/encode", files={"image": (photos[i].name, datas[i])}, timeout=600)
-            latencies[i] = time.monotonic() - t
-            r.raise_for_status()
-            results[i] = r.json()
+            started = time.monotonic()
+            results[i] = post(datas[i], photos[i].name)
+            latencies[i] = time.monotonic() - started
 
+        load_before = os.getloadavg()[0]
         started = time.monotonic()
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(one, range(len(photos))))
         wall = time.monotonic() - started
-        mem = memory(proc.pid)
+        cpu = sum(_proc_cpu_seconds(p) for p in pids) - cpu_before
+        memory = [_memory_mb(p) for p in pids]
+        load = (load_before + os.getloadavg()[0]) / 2
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     lat = sorted(latencies.values())
-    return {"wall": wall, "throughput": len(photos) / wall, "p50": statistics.median(lat),
-            "p95": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))], "results": results, "mem": mem}
+    return {"wall": wall, "throughput": len(photos) / wall, "cpu_per_photo": cpu / len(photos),
+            "p50": statistics.median(lat), "p95": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))],
+            "results": results, "memory": memory, "load": load}
 
 
-def iou(a, b):
-    t, r, btm, lf = a
-    t2, r2, b2, l2 = b
-    iw = max(0, min(r, r2) - max(lf, l2))
-    ih = max(0, min(btm, b2) - max(t, t2))
-    inter = iw * ih
-    union = (r - lf) * (btm - t) + (r2 - l2) * (b2 - t2) - inter
-    return inter / union if union else 0.0
-
-
-def compare(ref: dict, ours: dict) -> dict:
-    import numpy as np
-    ref_faces = matched = extra = 0
-    max_delta = 0.0
-    for i, rr in ref.items():
-        orr = ours[i]
-        ref_faces += len(rr["locations"])
-        used = set()
-        for j, rb in enumerate(rr["locations"]):
-            best, best_k = 0.0, None
-            for k, ob in enumerate(orr["locations"]):
-                if k not in used and iou(rb, ob) > best:
-                    best, best_k = iou(rb, ob), k
-            if best >= 0.5:
-                used.add(best_k)
-                matched += 1
-                d = float(np.linalg.norm(np.array(rr["encodings"][j]) - np.array(orr["encodings"][best_k])))
-                max_delta = max(max_delta, d)
-        extra += len(orr["locations"]) - len(used)
-    return {"ref_faces": ref_faces, "recall": matched / ref_faces if ref_faces else 1.0,
-            "extra": extra / ref_faces if ref_faces else float(extra), "extra_n": extra,
-            "max_delta": max_delta}
-
-
-CONFIGS = {  # name: (workers, threads of ours)
-    "box": (max(1, (os.cpu_count() or 2) // 2), 2),
-    "cores": (os.cpu_count() or 2, 1),
-}
+def compare(reference: dict, ours: dict, names: list[str] | None = None) -> dict:
+    """Faces of the reference found by `ours` (IoU >= 0.3, one-to-one), extra faces, the
+    largest encoding distance between matched faces, and those farther apart than 0.1."""
+    faces = found = extra = 0
+    deltas, far = [], []
+    for i, ref in reference.items():
+        truth = gt.PhotoTruth(str(i), Path(), ref["width"], ref["height"],
+                              tuple(gt.TrueFace(tuple(b), ()) for b in ref["locations"]))
+        scored = gt.score_photo(truth, ours[i])
+        faces += len(ref["locations"])
+        found += len(scored.matched)
+        extra += len(scored.false)
+        for ti, di in scored.matched.items():
+            a, b = ref["encodings"][ti], ours[i]["encodings"][di]
+            deltas.append(sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5)
+            if deltas[-1] > 0.1:
+                box, other = ref["locations"][ti], ours[i]["locations"][di]
+                far.append(f"{names[i] if names else i} (face {box[2] - box[0]} px of the photo, "
+                           f"box IoU {gt.iou(box, other):.2f}, scale {ref['scale']}/{ours[i]['scale']}): "
+                           f"{deltas[-1]:.3f}")
+    return {"faces": faces, "recall": found / faces if faces else 1.0, "extra": extra,
+            "max_delta": max(deltas, default=0.0), "far": far}
 
 
 def main():
     cpus = os.cpu_count() or 2
     ap = argparse.ArgumentParser()
-    ap.add_argument("--photos", type=int, default=64)
+    ap.add_argument("--photos", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--servers", default="thumbnail,hog", help="from thumbnail,LANCZOS,hog,yunet")
+    ap.add_argument("--workers", type=int, default=cpus)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clients", type=int, default=2 * cpus)
-    ap.add_argument("--configs", default="box,cores")
-    ap.add_argument("--variants", action="store_true", help="also run ours with exact full rescans")
     args = ap.parse_args()
+    servers = args.servers.split(",")
+    if "thumbnail" not in servers:
+        servers.insert(0, "thumbnail")  # the yardstick
+    unknown = set(servers) - set(REFERENCES) - set(OURS)
+    if unknown:
+        raise SystemExit(f"unknown servers: {sorted(unknown)}")
     tmp = Path(tempfile.mkdtemp(prefix="face-bench-"))
     photos = build_mix(tmp / "photos", args.photos)
-    mp = [__import__("PIL.Image").Image.open(p).size for p in photos]
-    print(f"{len(photos)} photos ({sum(1 for p in photos if 'noface' in p.name)} without a face), "
-          f"{min(w * h for w, h in mp) / 1e6:.1f}-{max(w * h for w, h in mp) / 1e6:.1f} MP; "
-          f"{args.clients} concurrent clients, {cpus} CPUs")
-    header = (f"{'server':40s} {'photos/s':>9s} {'x ref':>6s} {'p50 s':>7s} {'p95 s':>7s} "
-              f"{'recall':>7s} {'extra':>6s} {'max d':>6s} {'worker RSS/PSS MB':>18s}")
-    for config in args.configs.split(","):
-        workers, threads = CONFIGS[config]
-        runs = {"reference": run_server("bench.face_api:reference_app",
-                                        {"FACE_BENCH_REFERENCE": "1", "PHOTO_FACE_THREADS": "1"},
-                                        photos, args.clients, workers, tmp)}
-        variants = {f"ours ({threads} thread{'s' if threads > 1 else ''}/worker)": {}}
-        if args.variants:
-            variants["ours, every level rescanned"] = {"PHOTO_FACE_FULL_RESCAN": "1"}
-        for name, env in variants.items():
-            runs[name] = run_server("face_api.app:app", {"FACE_API_THREADS": str(threads), **env},
-                                    photos, args.clients, workers, tmp)
-        print(f"\n[{config}] {workers} gunicorn workers; the reference runs 1 photo at a time per worker")
-        print(header)
-        ref = runs["reference"]
-        for name, r in runs.items():
-            c = compare(ref["results"], r["results"])
-            w = r["mem"]["workers"]
-            rss = statistics.mean(x["Rss"] for x in w) if w else 0
-            pss = statistics.mean(x["Pss"] for x in w) if w else 0
-            print(f"{name:40s} {r['throughput']:9.3f} {r['throughput'] / ref['throughput']:6.2f} "
-                  f"{r['p50']:7.2f} {r['p95']:7.2f} {c['recall']:7.1%} {c['extra']:6.1%} "
-                  f"{c['max_delta']:6.3f} {rss:8.0f}/{pss:<8.0f}", flush=True)
-    # the reference's HOG false positives (mostly from its 2000 pass) count as faces to find
-    fp = sum(len(r["locations"]) for i, r in ref["results"].items() if "noface" in photos[i].name)
-    print(f"\nreference found {compare(ref['results'], ref['results'])['ref_faces']} faces "
-          f"({fp} on the no-face photos); master RSS/PSS (ours) {runs[list(variants)[0]]['mem']['master']}")
-    print(f"photos and debug images in {tmp}")
+    from PIL import Image
+    sizes = [Image.open(p).size for p in photos]
+    print(f"{len(photos)} photos ({sum('noface' in p.name for p in photos)} without a face), "
+          f"{min(w * h for w, h in sizes) / 1e6:.1f}-{max(w * h for w, h in sizes) / 1e6:.1f} MP; "
+          f"{args.workers} gunicorn workers x {args.threads} threads on every server, {args.clients} "
+          f"concurrent clients, {cpus} CPUs; {args.rounds} interleaved rounds, best kept", flush=True)
+    best: dict[str, dict] = {}
+    for round_no in range(args.rounds):
+        for server in (servers if round_no % 2 == 0 else servers[::-1]):
+            r = run_server(server, photos, args.clients, args.workers, args.threads, tmp)
+            print(f"  round {round_no + 1} {server:10s} {r['throughput']:6.3f} photos/s, "
+                  f"{r['cpu_per_photo']:6.3f} worker CPU s/photo, load {r['load']:.1f}", flush=True)
+            if server not in best or r["throughput"] > best[server]["throughput"]:
+                best[server] = r
+    ref = best["thumbnail"]
+    print(f"\n{'server':10s} {'photos/s':>8s} {'x thumb':>7s} {'CPU s/ph':>8s} {'x thumb':>7s} "
+          f"{'p50 s':>6s} {'p95 s':>6s} {'recall':>7s} {'extra':>5s} {'max d':>6s} "
+          f"{'RSS/PSS MB':>11s} {'load':>5s}")
+    for server in servers:
+        r = best[server]
+        c = compare(ref["results"], r["results"])
+        rss = statistics.mean(m["Rss"] for m in r["memory"])
+        pss = statistics.mean(m["Pss"] for m in r["memory"])
+        print(f"{server:10s} {r['throughput']:8.3f} {r['throughput'] / ref['throughput']:7.2f} "
+              f"{r['cpu_per_photo']:8.3f} {ref['cpu_per_photo'] / r['cpu_per_photo']:7.2f} "
+              f"{r['p50']:6.2f} {r['p95']:6.2f} {c['recall']:7.1%} {c['extra']:5d} {c['max_delta']:6.3f} "
+              f"{rss:5.0f}/{pss:<5.0f} {r['load']:5.1f}")
+    names = [p.name for p in photos]
+    for server in servers[1:]:
+        for line in compare(ref["results"], best[server]["results"], names)["far"]:
+            print(f"  {server}: encoding moved > 0.1 from the thumbnail reconstruction's: {line}")
+    no_face = sum(len(r["locations"]) for i, r in ref["results"].items() if "noface" in photos[i].name)
+    print(f"\nthe thumbnail reconstruction found {compare(ref['results'], ref['results'])['faces']} faces "
+          f"({no_face} on the no-face photos); photos and debug images in {tmp}")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import engine, metrics
 from .auth import BearerTokenMiddleware
 from .imaging import ImageError, PathDenied, open_photo, read_limited, resolve_under_roots
-from .settings import get_settings
+from .memory import IdleTrimmer
+from .detectors import describe as describe_detector
+from .settings import SettingsError, get_settings
 
 log = logging.getLogger("face_api")
-settings = get_settings()
+try:
+    settings = get_settings()
+except SettingsError as exc:  # e.g. an unknown PHOTO_FACE_DETECTOR: one line, no traceback
+    raise SystemExit(f"face_api: {exc}") from None
 
 # Models are loaded at import: under gunicorn preload_app=True this happens once in the master
 # and the forked workers share the pages. Set PHOTO_LOAD_MODELS_AT_IMPORT=0 to load at startup.
@@ -226,22 +231,18 @@ def _write_debug_image(data_hash: str, result: engine.EncodeResult) -> str | Non
     return str(final)
 
 
-try:  # give freed image buffers back to the OS after each photo (keeps worker RSS low)
-    import ctypes
-
-    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-except (OSError, AttributeError):  # pragma: no cover - not glibc
-    _malloc_trim = None
+_idle_trimmer = IdleTrimmer(settings.memory_trim_idle_seconds)
 
 
 def _encode(data: bytes, name: str | None) -> dict:
+    with _idle_trimmer:
+        return _encode_photo(data, name)
+
+
+def _encode_photo(data: bytes, name: str | None) -> dict:
     photo = open_photo(data, settings.max_pixels, draft=settings.face_draft_decode, name=name)
     with _engine_slots:
-        try:
-            result = engine.encode_image(photo, settings)
-        finally:
-            if _malloc_trim is not None:
-                _malloc_trim(0)
+        result = engine.encode_image(photo, settings)
     response = result.as_dict()
     response["debug_image_path"] = None
     if settings.debug_images:
@@ -310,11 +311,13 @@ async def health():
         "status": "ok",
         "mode": "cpu",
         "pid": os.getpid(),
-        "detector": "hog",
+        **describe_detector(settings.face_detector),  # detector, detector_package, _version
         "upsample": settings.face_upsample,
         "scales": settings.face_scales,
         "jitters": settings.face_jitters,
         "rescan": "every level" if settings.face_full_rescan else f"new levels + {settings.face_rescan_overlap}",
+        "skip_covered_scales": settings.face_skip_covered_scales,
+        "draft_decode": settings.face_draft_decode,
         "threads": _engine_threads,
         "landmarks": "5-point",
         "models": models.files.describe(),

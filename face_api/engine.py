@@ -9,13 +9,18 @@ Same pipeline as ageitgey/face_recognition with the original server's multi-scal
     encodings = dlib ResNet(img, 5-point landmarks(img, box), jitters=1)   # on the same img
     locations = boxes mapped back to pixels of the (EXIF-oriented) photo
 
-Two shortcuts make this cheaper than the original; on the bench mixes they kept every face it
-found, with the same boxes and encodings (settings turn them off):
+PHOTO_FACE_DETECTOR=yunet replaces the scale loop with one YuNet pass whose boxes are redrawn
+like HOG's (face_api/detectors); landmarks and encodings are computed the same way.
+
+What makes it cheaper than the original (each measured against the ground truth with
+bench/groundtruth.py, and on the library mix with bench/face_api.py; settings turn them off):
+- A photo is decoded for a pass at the smallest JPEG DCT size >= the pass's scale, then resized
+  the way Pillow's thumbnail() does (imaging.py); encodings are computed on that image.
 - A later pass scans only the HOG pyramid levels that see faces smaller than any earlier pass could
   (plus `face_rescan_overlap` levels); larger face sizes were already searched, and found nothing.
   dlib's pyramid shrinks by 5/6 per level, so 1600 after 1200 needs 2 new levels, 2000 after 1600 2.
-- The detection image is reused for the encodings when it is faithful (full decode + LANCZOS, as
-  the original: the default); with JPEG draft decoding on, a faithful image is made for them.
+- A middle scale is skipped when a larger one follows (`face_skip_covered_scales`): the larger
+  pass sees the same face sizes and more.
 
 Thread safety: every call builds its own HOG detector (dlib releases the GIL while detecting, so
 two threads use two cores); the landmark and ResNet models are shared behind a lock.
@@ -36,6 +41,8 @@ import dlib
 import numpy as np
 from PIL import Image
 
+from .detectors.yunet import detect_yunet
+from .imaging import REDUCING_GAP, RESAMPLE
 from .models import ModelFiles, find_model_files
 
 
@@ -158,7 +165,7 @@ class Source(Protocol):
 
 
 class ArraySource:
-    """Wraps an RGB array; scaled() resizes it with LANCZOS like a plain PIL resize."""
+    """Wraps an RGB array; scaled() resizes it like a Photo (imaging.RESAMPLE)."""
 
     def __init__(self, rgb: np.ndarray):
         rgb = np.asarray(rgb)
@@ -175,7 +182,7 @@ class ArraySource:
             return self.rgb
         f = max_side / long_side
         size = (max(1, round(self.width * f)), max(1, round(self.height * f)))
-        return np.asarray(Image.fromarray(self.rgb).resize(size, Image.LANCZOS))
+        return np.asarray(Image.fromarray(self.rgb).resize(size, RESAMPLE, reducing_gap=REDUCING_GAP))
 
 
 @dataclass
@@ -198,7 +205,7 @@ class EncodeResult:
 def _passes(long_side: int, scales: list[int], skip_covered: bool) -> list[int]:
     """Scales to try, in order. A scale >= the photo's size is the last one (larger ones would
     see the same pixels). With skip_covered, a middle scale is dropped when a larger one follows
-    (its face sizes are covered by the larger pass) - faster on photos without faces, not exact."""
+    (its face sizes are covered by the larger pass)."""
     out = []
     for s in scales:
         out.append(s)
@@ -209,17 +216,15 @@ def _passes(long_side: int, scales: list[int], skip_covered: bool) -> list[int]:
     return out
 
 
-def encode_image(image, settings=None, models: Models | None = None) -> EncodeResult:
-    """Detect and encode faces in an RGB array (H, W, 3) or a lazily decoded Photo."""
-    if settings is None:
-        from .settings import get_settings
-        settings = get_settings()
-    models = models or load_models()
-    source = image if hasattr(image, "scaled") and hasattr(image, "width") else ArraySource(image)
-    width, height = int(source.width), int(source.height)
-    long_side = max(width, height)
-    timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
-    tried, boxes, img, used, seen = [], [], None, None, None
+Box = tuple[int, int, int, int]
+
+
+def detect_hog(source: Source, settings, models: Models, timings: dict
+               ) -> tuple[np.ndarray, list[Box], int | None, list[int]]:
+    """The original's scale loop: (image of the last pass, boxes on it, the scale that found
+    them or None, the scales tried)."""
+    tried, boxes, img, seen = [], [], None, None
+    long_side = max(int(source.width), int(source.height))
     for scale in _passes(long_side, list(settings.face_scales), settings.face_skip_covered_scales):
         t = time.monotonic()
         img = source.scaled(scale)
@@ -235,27 +240,46 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
         tried.append(scale)
         seen = effective
         if boxes:
-            used = scale
-            break
+            return img, boxes, scale, tried
+    return img, boxes, None, tried
+
+
+def _encoding_image(source: Source, img: np.ndarray, boxes: list[Box], scale: int | None,
+                    full_decode_below: int) -> np.ndarray:
+    """The image HOG's faces are encoded on: the detection image, unless a face on it is smaller
+    than `full_decode_below` px and the image came from a JPEG draft: then the same scale from a
+    full decode. Faces that small are magnified into the encoder's 150-px chip, and DCT-scaled
+    pixels moved their encodings by up to 0.13 from the thumbnail reconstruction's (larger
+    faces: 0.06 at most, on the library mix)."""
+    if not boxes or scale is None or getattr(source, "decoded_in_full", True):
+        return img
+    if min(bottom - top for top, _, bottom, _ in boxes) >= full_decode_below:
+        return img
+    return source.scaled(scale, draft=False)
+
+
+def encode_image(image, settings=None, models: Models | None = None) -> EncodeResult:
+    """Detect and encode faces in an RGB array (H, W, 3) or a lazily decoded Photo."""
+    if settings is None:
+        from .settings import get_settings
+        settings = get_settings()
+    models = models or load_models()
+    source = image if hasattr(image, "scaled") and hasattr(image, "width") else ArraySource(image)
+    width, height = int(source.width), int(source.height)
+    timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
+    if settings.face_detector == "yunet":  # PHOTO_FACE_DETECTOR: its one pass replaces HOG's loop
+        img, boxes, used, tried = detect_yunet(source, settings, timings)
+        enc_img = img
+    else:
+        img, boxes, used, tried = detect_hog(source, settings, models, timings)
+        enc_img = _encoding_image(source, img, boxes, used, settings.face_full_decode_below)
     t = time.monotonic()
-    encodings = []
-    if boxes:
-        # detection may have run on JPEG-draft pixels; encode on faithfully resampled ones
-        faithful = getattr(source, "scaled_faithful", None)
-        enc_img = faithful(used, img) if faithful is not None else img
-        if enc_img.shape != img.shape:  # pragma: no cover - sizes are computed the same way
-            enc_img = img
-        encodings = face_encodings(enc_img, boxes, settings.face_jitters, models)
+    encodings = face_encodings(enc_img, boxes, settings.face_jitters, models) if boxes else []
     timings["encode"] = time.monotonic() - t
-    locations = []
-    if boxes:
-        fy = height / img.shape[0]
-        fx = width / img.shape[1]
-        for top, right, bottom, left in boxes:
-            locations.append([
-                min(height, round(top * fy)), min(width, round(right * fx)),
-                min(height, round(bottom * fy)), min(width, round(left * fx)),
-            ])
+    fy, fx = height / img.shape[0], width / img.shape[1]
+    locations = [[min(height, round(top * fy)), min(width, round(right * fx)),
+                  min(height, round(bottom * fy)), min(width, round(left * fx))]
+                 for top, right, bottom, left in boxes]
     return EncodeResult(
         encodings=[e.tolist() for e in encodings],
         locations=locations,

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Relative defaults are relative to the working directory (the Laravel app root on the box, where
@@ -33,23 +33,45 @@ class Settings(BaseSettings):
     # out of reprs and logs.
     face_api_token: SecretStr | None = None
 
+    # Which detector finds the faces: "hog" (the original's recipe, below) or "yunet" (YuNet from
+    # libfacedetection via the `yuface` wheel: one pass, more faces found, see face_api/detectors).
+    face_detector: str = "hog"
+    # YuNet: the long side of its pass (a 12 MP photo's 40 px faces are 12 px at 1200, and it is
+    # the original's first HOG pass, so faces both find are encoded from the same pixels), a small
+    # pass for faces that fill the frame (0: none), the score a candidate needs, and the score
+    # YuNet must give it again on a rescaled crop (the second opinion; 0: off).
+    yunet_max_side: int = Field(1200, ge=160, le=8192)
+    yunet_large_face_side: int = Field(320, ge=0, le=2048)
+    yunet_min_score: float = Field(0.5, ge=0.0, le=1.0)
+    yunet_confirm_score: float = Field(0.7, ge=0.0, le=1.0)
+
     # Detection as the original server: HOG, upsample 1, scales 1200/1600/2000, 1 jitter.
     face_scales: Annotated[list[int], NoDecode] = [1200, 1600, 2000]
     face_upsample: int = Field(1, ge=0, le=3)
     face_jitters: int = Field(1, ge=1, le=100)
-    # Speed options (see README in face_api/engine.py docstring).
-    # JPEG DCT-domain downscale before the LANCZOS resize: faster, but the pixels differ from the
-    # original's full decode, which flipped 2 of 51 borderline HOG detections on the bench mix.
-    face_draft_decode: bool = False
-    face_skip_covered_scales: bool = False  # skip a middle scale when a larger one will be run
-    face_grey_hog: bool = False        # HOG on luminance (~30% faster, boxes differ slightly)
+    # Speed options (see the face_api/engine.py docstring); each was measured against the ground
+    # truth (bench/groundtruth.py) and kept the thumbnail reconstruction's recall and precision.
+    # JPEG DCT-domain downscale to the smallest size >= each pass's scale before the resize.
+    face_draft_decode: bool = True
+    # ... but faces smaller than this (px on the detection image; 80 is HOG's window, so these
+    # were found thanks to the upsampling) are encoded on a full decode: their pixels are magnified.
+    face_full_decode_below: int = Field(80, ge=0, le=10_000)
+    # A middle scale is skipped when a larger one follows (1200 then 2000): the larger pass sees
+    # the same face sizes and more.
+    face_skip_covered_scales: bool = True
+    # HOG on luminance: about 25% less HOG time, but it lost 1 of 19 small faces on the truth.
+    face_grey_hog: bool = False
     # A later scale scans only the pyramid levels for faces smaller than earlier passes could see,
-    # plus this many levels of overlap; face_full_rescan=1 scans every level like the original.
+    # plus this many levels of overlap (0: the two passes together still sample face sizes at
+    # least as densely as one pyramid does); face_full_rescan=1 scans every level like the original.
     face_full_rescan: bool = False
-    face_rescan_overlap: int = Field(1, ge=0, le=20)
+    face_rescan_overlap: int = Field(0, ge=0, le=20)
     # Photos one API worker processes at once (dlib releases the GIL: one core each). gunicorn's
     # `threads` (FACE_API_THREADS) sets it under gunicorn, as in the original's 16 workers x 2.
     face_threads: int = Field(2, ge=1, le=64)
+    # Freed image memory goes back to the OS once a worker has had no photo for this long
+    # (0: as soon as no photo is in flight; face_api/memory.py has the measurements).
+    memory_trim_idle_seconds: float = Field(1.0, ge=0, le=3600)
 
     # Input limits.
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -62,6 +84,23 @@ class Settings(BaseSettings):
             return [Path(p) for p in value.split(":") if p.strip()]
         return value
 
+    @field_validator("face_detector", mode="before")
+    @classmethod
+    def _known_detector(cls, value):
+        from .detectors import DETECTORS  # the names live with the detectors
+
+        name = str(value).strip().lower()
+        if name not in DETECTORS:
+            raise ValueError(f"unknown detector {value!r} (one of {', '.join(DETECTORS)})")
+        return name
+
+    @model_validator(mode="after")
+    def _detector_installed(self):
+        from .detectors import check_available
+
+        check_available(self.face_detector)  # DetectorUnavailable is a ValueError: one line
+        return self
+
     @field_validator("face_scales", mode="before")
     @classmethod
     def _split_scales(cls, value):
@@ -71,6 +110,20 @@ class Settings(BaseSettings):
         return value
 
 
+class SettingsError(ValueError):
+    """Settings that cannot work, in one line naming the variable (e.g. PHOTO_FACE_DETECTOR)."""
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment (and `overrides`); SettingsError in one line when invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        from .startup import settings_error_line   # one line per variable, secrets not echoed
+
+        raise SettingsError(settings_error_line(exc)) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -103,11 +103,12 @@ def test_passes_stop_when_photo_not_larger_than_scale():
     assert engine._passes(4000, [1200, 1600, 2000], True) == [1200, 2000]
 
 
-def test_no_face_tries_every_scale(settings):
+@pytest.mark.parametrize("skip_covered, tried", [(False, [1200, 1600, 2000]), (True, [1200, 2000])])
+def test_no_face_tries_every_scale(skip_covered, tried):
     noise = np.random.default_rng(0).integers(0, 255, (1000, 2400, 3), dtype=np.uint8)
     noise[:] = noise.mean(axis=2, keepdims=True).astype(np.uint8) // 8 + 100  # flat-ish grey
-    r = engine.encode_image(noise, settings)
-    assert r.scales_tried == [1200, 1600, 2000] and r.scale is None and r.locations == []
+    r = engine.encode_image(noise, Settings(debug_images=False, face_skip_covered_scales=skip_covered))
+    assert r.scales_tried == tried and r.scale is None and r.locations == []
 
 
 def test_locations_mapped_to_original_pixels(settings):

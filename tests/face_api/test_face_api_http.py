@@ -40,7 +40,8 @@ def test_health(face_api_url):
     assert "shape_predictor_5_face_landmarks.dat" in files
     assert body["versions"]["dlib"]
     # gunicorn's `threads` (2 by default) becomes the photos one uvicorn worker runs at once
-    assert body["threads"] == 2 and body["rescan"] == "new levels + 1"
+    assert body["threads"] == 2 and body["rescan"] == "new levels + 0"
+    assert body["skip_covered_scales"] is True and body["draft_decode"] is True
 
 
 def test_concurrent_requests_give_the_sequential_answers(face_api_url):

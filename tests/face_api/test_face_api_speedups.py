@@ -1,7 +1,7 @@
-"""The engine's shortcuts keep the original's answers: level-limited later passes, faithful
-pixels for encodings, and one HOG detector per thread."""
+"""The engine's shortcuts: JPEG draft decoding, encodings on the detection image, level-limited
+later passes, skipped covered scales, and one HOG detector per thread."""
+import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +9,10 @@ from PIL import Image
 
 from face_api import engine
 from face_api.imaging import open_photo
+from face_api.memory import IdleTrimmer
 from face_api.settings import Settings
 
+from bench.groundtruth import encoding_deltas, engine_detector, evaluate, load_truth, reconstruction
 from tests.face_api.service import FACES
 
 
@@ -65,39 +67,67 @@ def _canvas_photo(tmp_path, face_height_fraction=0.3, size=(4000, 3000), name="o
     return path
 
 
+def test_jpeg_is_decoded_at_the_smallest_dct_size_at_least_the_scale(tmp_path):
+    photo = open_photo(_canvas_photo(tmp_path, 0.3).read_bytes(), 10**8)      # 4000x3000
+    assert photo.scaled(1200).shape == (900, 1200, 3)
+    assert photo._cache.size == (2000, 1500)      # 1/2: the smallest DCT scale >= 1200
+    assert photo.scaled(2000).shape == (1500, 2000, 3) and photo._cache.size == (2000, 1500)
+    photo = open_photo(_canvas_photo(tmp_path, 0.3, size=(3000, 2250)).read_bytes(), 10**8)
+    photo.scaled(1200)
+    assert photo._cache.size == (1500, 1125)
+    photo.scaled(1600)
+    assert photo._cache.size == (3000, 2250)      # 1/2 would be smaller than 1600: full decode
+    undrafted = open_photo(_canvas_photo(tmp_path, 0.3).read_bytes(), 10**8, draft=False)
+    undrafted.scaled(1200)
+    assert undrafted._cache.size == (4000, 3000)
+
+
+def test_small_faces_on_a_drafted_image_are_encoded_on_a_full_decode(tmp_path):
+    """A face below face_full_decode_below px is encoded at the same scale from a full decode
+    (the thumbnail reconstruction's pixels); larger faces on the drafted detection image."""
+    data = _canvas_photo(tmp_path, 0.3).read_bytes()
+    photo = open_photo(data, 10**8)
+    r = engine.encode_image(photo, Settings(debug_images=False, face_full_decode_below=10_000))
+    assert r.scale == 1200 and photo.decoded_in_full
+    full = open_photo(data, 10**8, draft=False).scaled(1200)
+    np.testing.assert_allclose(r.encodings, engine.face_encodings(full, r.detection_locations), atol=1e-6)
+    drafted = engine.encode_image(open_photo(data, 10**8),
+                                  Settings(debug_images=False, face_full_decode_below=0))
+    assert drafted.detection_locations == r.detection_locations
+    assert not np.allclose(drafted.encodings, r.encodings, atol=1e-6)
+
+
 @pytest.mark.parametrize("draft", [True, False])
-def test_encodings_equal_whole_image_resize(tmp_path, draft):
-    """Encodings equal face_recognition's on the plain full decode + LANCZOS resize, with or
-    without JPEG draft decoding for detection."""
-    path = _canvas_photo(tmp_path, 0.3)
-    settings = Settings(debug_images=False, face_draft_decode=draft)
-    photo = open_photo(path.read_bytes(), 10**8, draft=draft)
-    r = engine.encode_image(photo, settings)
+def test_encodings_are_computed_on_the_detection_image(tmp_path, draft):
+    data = _canvas_photo(tmp_path, 0.3).read_bytes()
+    r = engine.encode_image(open_photo(data, 10**8, draft=draft),
+                            Settings(debug_images=False, face_full_decode_below=0))
     assert r.scale == 1200 and len(r.detection_locations) == 1
-    whole = np.asarray(Image.open(path).convert("RGB").resize((1200, 900), Image.LANCZOS))
-    want = engine.face_encodings(whole, r.detection_locations)
+    detection_image = open_photo(data, 10**8, draft=draft).scaled(1200)
+    np.testing.assert_array_equal(r.detection_image, detection_image)
+    want = engine.face_encodings(detection_image, r.detection_locations)
     np.testing.assert_allclose(r.encodings, want, atol=1e-6)
 
 
-def test_face_at_the_photo_edge_encodes_like_whole_image(tmp_path):
+def test_face_at_the_photo_edge_is_found_and_encoded(tmp_path):
     face = Image.open(FACES / "obama_partial_face.jpg").convert("RGB")  # cut at the left edge
     big = face.resize((face.width * 3, face.height * 3), Image.LANCZOS)
     path = tmp_path / "edge.jpg"
     big.save(path, quality=92)
     r = engine.encode_image(open_photo(path.read_bytes(), 10**8), Settings(debug_images=False))
-    assert len(r.encodings) == 1
-    whole = Image.open(path).convert("RGB")
-    f = 1200 / max(whole.size)
-    whole = np.asarray(whole.resize((round(whole.width * f), round(whole.height * f)), Image.LANCZOS))
-    np.testing.assert_allclose(r.encodings, engine.face_encodings(whole, r.detection_locations), atol=1e-6)
+    assert len(r.encodings) == 1 and r.locations[0][3] == 0   # the box reaches the left edge
+    (thumbnail,) = reconstruction("thumbnail")(path.read_bytes()).encodings
+    assert np.linalg.norm(np.array(r.encodings[0]) - thumbnail) < 0.1
 
 
-@pytest.mark.parametrize("overrides, want", [
-    ({}, [None, 3, 3]),                                  # new levels (2 each) + 1 overlap
-    ({"face_rescan_overlap": 0}, [None, 2, 2]),
-    ({"face_full_rescan": True}, [None, None, None]),    # every level, like the original
+@pytest.mark.parametrize("overrides, tried, want", [
+    ({}, [1200, 2000], [None, 3]),                       # 1600 skipped; 2000 scans 3 new levels
+    ({"face_rescan_overlap": 1}, [1200, 2000], [None, 4]),
+    ({"face_skip_covered_scales": False}, [1200, 1600, 2000], [None, 2, 2]),
+    ({"face_skip_covered_scales": False, "face_rescan_overlap": 1}, [1200, 1600, 2000], [None, 3, 3]),
+    ({"face_full_rescan": True}, [1200, 2000], [None, None]),    # every level, like the original
 ])
-def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides, want):
+def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides, tried, want):
     asked = []
     real = engine.detector
 
@@ -107,8 +137,18 @@ def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides
     monkeypatch.setattr(engine, "detector", recording)
     grey = np.full((3000, 4000, 3), 120, np.uint8)
     r = engine.encode_image(grey, Settings(debug_images=False, **overrides))
-    assert r.scales_tried == [1200, 1600, 2000] and r.locations == []
+    assert r.scales_tried == tried and r.locations == []
     assert asked == want
+
+
+def test_rescanned_levels_sample_face_sizes_as_densely_as_one_pyramid():
+    """With no overlap, the coarsest new level of a later pass and the finest level of the
+    earlier pass are less than one pyramid step (6/5) apart, for any pair of scales."""
+    for previous, scale in [(1200, 1600), (1200, 2000), (1600, 2000), (1200, 1300), (1200, 1800)]:
+        levels = engine.rescan_levels(scale, previous, 0)
+        coarsest_new = (6 / 5) ** (levels - 1) / scale   # face size / photo size, up to a constant
+        finest_earlier = 1 / previous
+        assert coarsest_new < finest_earlier < coarsest_new * 6 / 5, (previous, scale)
 
 
 def test_threads_give_the_same_answers():
@@ -121,3 +161,43 @@ def test_threads_give_the_same_answers():
     for a, b in zip(sequential, parallel):
         assert a.locations == b.locations
         np.testing.assert_allclose(a.encodings, b.encodings, atol=1e-9)
+
+
+def test_on_truth_photos_larger_than_the_first_scale_we_find_what_the_original_finds():
+    """Draft decoding and the thumbnail-like resize, judged against hand-checked truth: on the
+    truth photos with faces that need resizing, every face the thumbnail reconstruction finds is
+    found, nothing false is added, and encodings stay within 0.1 of the reconstruction's."""
+    truth = {name: t for name, t in load_truth().items()
+             if t.faces and max(t.width, t.height) > 1200}
+    assert len(truth) >= 6
+    ours = evaluate(engine_detector(Settings(debug_images=False)), truth)
+    original = evaluate(reconstruction("thumbnail"), truth)
+    assert original.found >= 20
+    assert ours.found >= original.found and ours.false <= original.false
+    deltas = encoding_deltas(original, ours)
+    assert len(deltas) == original.found and max(deltas) < 0.1
+
+
+def test_memory_is_given_back_once_the_worker_is_idle_not_between_photos():
+    trims = []
+    trimmer = IdleTrimmer(delay=0.2, trim=trims.append)
+    for _ in range(3):          # photo after photo: each start cancels the pending trim
+        with trimmer:
+            pass
+    with trimmer:               # two photos overlap: the first one's end schedules nothing
+        with trimmer:
+            time.sleep(0.3)
+        time.sleep(0.3)
+        assert trims == []
+    time.sleep(0.6)
+    assert trims == [0] and trimmer.trims == 1
+
+
+def test_memory_trim_delay_zero_trims_when_the_last_photo_ends():
+    trims = []
+    trimmer = IdleTrimmer(delay=0, trim=trims.append)
+    with trimmer:
+        with trimmer:
+            pass
+        assert trims == []
+    assert trims == [0]

@@ -1,0 +1,320 @@
+"""Face detection measured against hand-checked truth: the original's HOG recipe, ours with HOG,
+ours with YuNet, and what each YuNet filter buys and costs; then whether YuNet's calibrated boxes
+give the encodings HOG's boxes give, and how fast each is on a library mix at equal CPU.
+
+    .venv/bin/python bench/face_quality.py [--sides 1280,1600] [--skip-mix] [--fit-calibration]
+
+Sections (all in one run, one thread, photos one after another; CPU s = process_time):
+1. truth: recall, precision, recall per tag, false faces on no-face photos, CPU s per photo, for
+   both reconstructions of the original (thumbnail and LANCZOS resize), ours with HOG, ours with
+   YuNet (the engine as configured, per long side), and YuNet filter variants scored from the same
+   candidates (their CPU column is the candidate pass plus what the filter adds).
+2. calibration: encodings of faces both detectors find, YuNet's calibrated box against HOG's box
+   on the same image (the calibration alone) and the whole pipelines against each other; on the
+   photos the constants were fitted on (detect/) and on others (people/, exif/, faces/).
+   --fit-calibration refits the constants first and prints them.
+3. people: same/different-person decisions at 0.6 on faces/people, HOG vs YuNet encodings.
+4. mix: photos per CPU second on a library-like mix (bench/face_api.build_mix: half no-face,
+   8-12 MP) for the thumbnail reconstruction, ours with HOG and ours with YuNet (per --sides).
+
+CPU-heavy (minutes): on a shared machine run it under `flock` on the machine's bench lock. The
+truth and the photos are the shared development set; never point it at the held-out eval photos.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import groundtruth as gt  # noqa: E402  (puts the repository first on sys.path)
+from face_api import engine  # noqa: E402
+from face_api.detectors import calibration, filters, yunet  # noqa: E402
+from face_api.imaging import open_photo  # noqa: E402
+from face_api.settings import Settings  # noqa: E402
+
+MAX_PIXELS = 200_000_000
+THRESHOLD = 0.6  # same person below this distance, as the workers' face_match_threshold
+
+
+def settings(**overrides) -> Settings:
+    return Settings(debug_images=False, face_threads=1, **overrides)
+
+
+def load(data: bytes):
+    return open_photo(data, MAX_PIXELS, draft=Settings().face_draft_decode)  # as the engine
+
+
+# ------------------------------------------------------------------ 1. truth
+
+class Candidates:
+    """YuNet's candidates and second opinions per truth photo at one long side, computed once,
+    so that filter variants are scored on the same candidates with their own CPU cost."""
+
+    def __init__(self, truth, side: int, large_face_side: int):
+        self.side, self.photos = side, {}
+        for name, photo in truth.items():
+            started = time.process_time()
+            source = load(photo.path.read_bytes())
+            img = source.scaled(side)
+            found = yunet.candidates(img, large_face_side)
+            pass_cpu = time.process_time() - started
+            started = time.process_time()
+            second = [filters.second_opinion(img, c, yunet.run) for c in found]
+            second_cpu = time.process_time() - started
+            factor = source.width / img.shape[1]
+            self.photos[name] = (img.shape, found, second, factor, pass_cpu, second_cpu)
+
+    def evaluate(self, truth, keep, confirm: bool) -> gt.Evaluation:
+        evaluation = gt.Evaluation()
+        for name, photo in truth.items():
+            shape, found, second, factor, pass_cpu, second_cpu = self.photos[name]
+            boxes = [tuple(round(v * factor) for v in calibration.hog_box(c, shape))
+                     for c, s in zip(found, second) if keep(c, s)]
+            evaluation.photos.append(gt.score_photo(photo, boxes, pass_cpu + confirm * second_cpu))
+        return evaluation
+
+
+def plausible_geometry(c) -> bool:
+    """Landmarks in a face's order, whatever its roll: the nose between the eye line and the mouth
+    line, eyes and mouth corners each side by side rather than one above the other."""
+    eye1, eye2, nose, mouth1, mouth2 = np.asarray(c.landmarks, dtype=float)
+    eyes, mouth = (eye1 + eye2) / 2, (mouth1 + mouth2) / 2
+    down = mouth - eyes
+    length = float(np.linalg.norm(down))
+    if length < 1:
+        return False
+    down /= length
+    across = np.array([down[1], -down[0]])
+    along = float(np.dot(nose - eyes, down)) / length
+    flat = (abs(np.dot(eye2 - eye1, down)) < abs(np.dot(eye2 - eye1, across)) + 1
+            and abs(np.dot(mouth2 - mouth1, down)) < abs(np.dot(mouth2 - mouth1, across)) + 1)
+    return 0.0 < along < 1.0 and flat
+
+
+def _small(c, px: float = 16) -> bool:
+    return c.size < px
+
+
+FILTERS = {  # name: (keep(candidate, second opinion score), uses the second opinion)
+    "score>=0.5": (lambda c, s: c.score >= 0.5, False),
+    "score>=0.7": (lambda c, s: c.score >= 0.7, False),
+    "score>=0.8": (lambda c, s: c.score >= 0.8, False),
+    "score>=0.5, >=0.7 under 16 px": (lambda c, s: c.score >= (0.7 if _small(c) else 0.5), False),
+    "score>=0.5 + landmark geometry": (lambda c, s: c.score >= 0.5 and plausible_geometry(c), False),
+    "score>=0.5 + 2nd look>=0.5": (lambda c, s: c.score >= 0.5 and s >= 0.5, True),
+    "score>=0.6 + 2nd look>=0.5": (lambda c, s: c.score >= 0.6 and s >= 0.5, True),
+    "score>=0.5 + 2nd look>=0.7": (lambda c, s: c.score >= 0.5 and s >= 0.7, True),
+}
+
+
+def truth_section(truth, sides: list[int]) -> dict[str, gt.Evaluation]:
+    runs = {kind: gt.evaluate(gt.reconstruction(kind), truth) for kind in gt.RECONSTRUCTIONS}
+    runs["ours, HOG"] = gt.evaluate(gt.engine_detector(settings()), truth)
+    for side in sides:
+        runs[f"ours, YuNet {side} (engine)"] = gt.evaluate(
+            gt.engine_detector(settings(face_detector="yunet", yunet_max_side=side)), truth)
+    print(f"\n## 1. truth: {len(truth)} photos, {runs['thumbnail'].faces} faces to find, "
+          f"{sum(p.no_face for p in truth.values())} without a face; load {_load()}")
+    gt.print_table(runs)
+    large = Settings().yunet_large_face_side
+    print(f"\nYuNet filters, scored on the same candidates (large-face pass at {large}); CPU = "
+          "candidate passes + the second look where used (no landmarks/encodings)")
+    variants = {}
+    for side in sides:
+        found = Candidates(truth, side, large)
+        for name, (keep, confirm) in FILTERS.items():
+            variants[f"YuNet {side} {name}"] = found.evaluate(truth, keep, confirm)
+    gt.print_table(variants)
+    return runs
+
+
+# ------------------------------------------------------------------ 2. calibration
+
+def _photos_beside_truth() -> list[Path]:
+    """Photos not in detect/ that have faces: people/ (LFW crops, group photos), faces/, exif/."""
+    root = gt.testdata_dir()
+    found = []
+    for folder in ("people", "faces", "exif"):
+        found += sorted(p for p in (root / folder).rglob("*")
+                        if p.suffix.lower() in (".jpg", ".jpeg", ".png") and "invalid" not in p.parts)
+    return found
+
+
+def box_pairs(paths, scale: int = gt.ORIGINAL_SCALES[0]):
+    """Per photo: the image at `scale` and (YuNet candidate, HOG box) pairs of the same face."""
+    models = engine.load_models()
+    for path in paths:
+        try:
+            img = load(path.read_bytes()).scaled(scale)
+        except Exception:  # the exif/ corpus has broken files on purpose
+            continue
+        hog = engine.face_locations(img, 1, models)
+        kept = [c for c in yunet.candidates(img, 0)
+                if filters.keep(img, c, 0.5, 0.5, yunet.run)]
+        pairs = []
+        for box in hog:
+            best = max(kept, key=lambda c: gt.iou(calibration.hog_box(c, img.shape), box), default=None)
+            if best is not None and gt.iou(calibration.hog_box(best, img.shape), box) >= gt.MATCH_IOU:
+                pairs.append((best, box))
+        yield path, img, pairs
+
+
+def yunets_own_box(c, shape) -> tuple[int, int, int, int]:
+    """YuNet's box as it draws it (taller than wide, forehead included), clamped."""
+    x, y, w, h = c.box
+    return (max(0, round(y)), min(shape[1], round(x + w)), min(shape[0], round(y + h)), max(0, round(x)))
+
+
+def encoding_distances(pairs_by_photo, box_of) -> tuple[list[float], list[float]]:
+    """Distances HOG box vs `box_of(candidate, shape)` encodings on the same image; box IoUs."""
+    distances, ious = [], []
+    for _, img, pairs in pairs_by_photo:
+        if not pairs:
+            continue
+        hog_boxes = [box for _, box in pairs]
+        ours = [box_of(c, img.shape) for c, _ in pairs]
+        a, b = engine.face_encodings(img, hog_boxes), engine.face_encodings(img, ours)
+        distances += [float(np.linalg.norm(x - y)) for x, y in zip(a, b)]
+        ious += [gt.iou(x, y) for x, y in zip(hog_boxes, ours)]
+    return distances, ious
+
+
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "none"
+    return (f"n={len(values)} median {statistics.median(values):.3f} p90 "
+            f"{np.percentile(values, 90):.3f} max {max(values):.3f}")
+
+
+def calibration_section(truth, runs, fit: bool) -> None:
+    print(f"\n## 2. calibration: YuNet box -> HOG-like box; load {_load()}")
+    fitted_on = list(box_pairs([p.path for p in truth.values()]))
+    others = list(box_pairs(_photos_beside_truth()))
+    constants = (calibration.CENTRE_X, calibration.CENTRE_Y, calibration.SIDE)
+    if fit:
+        pairs = [pair for _, _, ps in fitted_on for pair in ps]
+        refit = calibration.fit(pairs)
+        print(f"fitted on {len(pairs)} faces of detect/: CENTRE_X={refit[0]:.3f} "
+              f"CENTRE_Y={refit[1]:.3f} SIDE={refit[2]:.3f} (in use: {constants})")
+    boxes = {"calibrated": lambda c, shape: calibration.hog_box(c, shape, constants),
+             "YuNet's own box": yunets_own_box}
+    for label, photos in (("detect/ (fitted on)", fitted_on), ("people/ faces/ exif/ (not)", others)):
+        for what, box_of in boxes.items():
+            d, ious = encoding_distances(photos, box_of)
+            print(f"{label:28s} {what:15s} encoding distance to the HOG box's: {_summary(d)}; "
+                  f"box IoU median {statistics.median(ious) if ious else 0:.2f}")
+    for side_name in [n for n in runs if n.startswith("ours, YuNet")]:
+        for ref in gt.RECONSTRUCTIONS:
+            d = gt.encoding_deltas(runs[ref], runs[side_name])
+            print(f"pipelines: {side_name} vs {ref}: same true face, {_summary(d)}")
+    d = gt.encoding_deltas(runs["thumbnail"], runs["LANCZOS"])
+    print(f"pipelines: thumbnail vs LANCZOS (for scale): {_summary(d)}")
+
+
+# ------------------------------------------------------------------ 3. people
+
+def people_section() -> None:
+    folder = gt.testdata_dir() / "faces" / "people"
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    print(f"\n## 3. people: {len(photos)} photos of {len({p.parent.name for p in photos})} people "
+          f"(faces/people), decisions at {THRESHOLD}")
+    encodings = {}
+    for name, s in (("HOG", settings()), ("YuNet", settings(face_detector="yunet"))):
+        encodings[name] = {}
+        for p in photos:
+            r = engine.encode_image(load(p.read_bytes()), s)
+            if r.encodings:  # the largest face is the person
+                sizes = [(b - t) * (rt - lf) for t, rt, b, lf in r.locations]
+                encodings[name][p] = np.asarray(r.encodings[int(np.argmax(sizes))])
+    both = [p for p in photos if all(p in e for e in encodings.values())]
+    print("faces found: " + ", ".join(f"{k} {len(v)}/{len(photos)}" for k, v in encodings.items()))
+    changed, right = [], {k: 0 for k in encodings}
+    pairs = list(itertools.combinations(both, 2))
+    for a, b in pairs:
+        same = a.parent == b.parent
+        decisions = {}
+        for k, e in encodings.items():
+            decisions[k] = float(np.linalg.norm(e[a] - e[b])) < THRESHOLD
+            right[k] += decisions[k] == same
+        if decisions["HOG"] != decisions["YuNet"]:
+            changed.append((a.name, b.name))
+    own = [float(np.linalg.norm(encodings["HOG"][p] - encodings["YuNet"][p])) for p in both]
+    print(f"{len(pairs)} pairs: right decisions HOG {right['HOG']}, YuNet {right['YuNet']}; "
+          f"changed: {len(changed)} {changed}; HOG vs YuNet encoding of the same photo: {_summary(own)}")
+
+
+# ------------------------------------------------------------------ 4. mix
+
+def mix_section(n: int, sides: list[int]) -> None:
+    from bench.face_api import build_mix
+
+    tmp = Path(tempfile.mkdtemp(prefix="face-quality-mix-"))
+    photos = build_mix(tmp, n)
+    datas = [p.read_bytes() for p in photos]
+    detectors = {
+        "thumbnail reconstruction": gt.reconstruction("thumbnail"),
+        "ours, HOG": gt.engine_detector(settings()),
+        **{f"ours, YuNet {side}": gt.engine_detector(settings(face_detector="yunet", yunet_max_side=side))
+           for side in sides},
+    }
+    print(f"\n## 4. library mix in-process: {len(photos)} photos (half without a face, 8-12 MP), "
+          f"one thread each, photos one after another (equal CPU); load {_load()}")
+    print(f"{'detector':28s} {'CPU s/photo':>11s} {'photos/CPU s':>12s} {'x thumbnail':>11s} "
+          f"{'faces on face photos':>20s} {'on no-face':>10s}")
+    base = None
+    for name, detect in detectors.items():
+        cpu, faces, false = 0.0, 0, 0
+        for p, data in zip(photos, datas):
+            started = time.process_time()
+            found = gt.as_detections(detect(data))
+            cpu += time.process_time() - started
+            if "noface" in p.name:
+                false += len(found.boxes)
+            else:
+                faces += len(found.boxes)
+        rate = len(photos) / cpu
+        base = base or rate
+        print(f"{name:28s} {cpu / len(photos):11.3f} {rate:12.3f} {rate / base:11.2f} "
+              f"{faces:>20d} {false:>10d}", flush=True)
+
+
+def _load() -> str:
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sides", default=str(Settings().yunet_max_side),
+                    help="YuNet long sides to compare, e.g. 1280,1600")
+    ap.add_argument("--fit-calibration", action="store_true")
+    ap.add_argument("--skip-mix", action="store_true")
+    ap.add_argument("--sections", default="truth,calibration,people,mix",
+                    help="which of truth,calibration,people,mix to run (calibration needs truth)")
+    ap.add_argument("--mix", type=int, default=16, help="photos in the library mix")
+    args = ap.parse_args()
+    sides = [int(s) for s in args.sides.split(",")]
+    engine.load_models()
+    truth = gt.load_truth()
+    sections = set(args.sections.split(",")) - ({"mix"} if args.skip_mix else set())
+    if sections & {"truth", "calibration"}:
+        runs = truth_section(truth, sides)
+        if "calibration" in sections:
+            calibration_section(truth, runs, args.fit_calibration)
+    if "people" in sections:
+        people_section()
+    if "mix" in sections:
+        mix_section(args.mix, sides)
+    print(json.dumps({"done": True, "load": _load()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Which YuNet candidates are kept as faces: a false face costs a reviewer more than a miss.
+
+1. The score: at least `yunet_min_score` (libfacedetection's own default is 0.5).
+2. A second opinion: YuNet again on a crop around the candidate, rescaled so the face is
+   CONFIRM_FACE_PX pixels, must score at least `yunet_confirm_score` (0.7: confident) on a face
+   at the same place.
+   A face stays a face at another scale; a texture that happened to look like one at the
+   main pass's scale (tap handles, fabric, foliage) mostly does not. About 1/30 of a main pass per
+   candidate. The bench (bench/face_quality.py) prints what each filter buys and costs.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+CONFIRM_FACE_PX = 64      # face size in the second look: mid-range of YuNet's anchors
+CONFIRM_CONTEXT = 1.5     # crop half-width in face sizes: room for YuNet's own box
+
+
+def passes_score(candidate, min_score: float) -> bool:
+    return candidate.score >= min_score
+
+
+def second_opinion(img: np.ndarray, candidate, run) -> float:
+    """Best score of a face YuNet (`run(rgb) -> candidates`) finds centred within half a face
+    size of the candidate's centre, on a crop of `img` rescaled to CONFIRM_FACE_PX faces."""
+    x, y, w, h = candidate.box
+    size = float(np.sqrt(max(w, 1) * max(h, 1)))
+    cx, cy = x + w / 2, y + h / 2
+    half = CONFIRM_CONTEXT * size
+    left, top = int(max(0, cx - half)), int(max(0, cy - half))
+    right, bottom = int(min(img.shape[1], cx + half)), int(min(img.shape[0], cy + half))
+    if right - left < 2 or bottom - top < 2:
+        return 0.0
+    f = CONFIRM_FACE_PX / size
+    crop = Image.fromarray(img[top:bottom, left:right])
+    crop = crop.resize((max(1, round(crop.width * f)), max(1, round(crop.height * f))), Image.LANCZOS)
+    best = 0.0
+    for found in run(np.asarray(crop)):
+        fx, fy, fw, fh = found.box
+        dx = (fx + fw / 2) / f + left - cx
+        dy = (fy + fh / 2) / f + top - cy
+        if abs(dx) < size / 2 and abs(dy) < size / 2:
+            best = max(best, found.score)
+    return best
+
+
+def keep(img: np.ndarray, candidate, min_score: float, confirm_score: float, run) -> bool:
+    """Both filters; confirm_score 0 turns the second opinion off."""
+    if not passes_score(candidate, min_score):
+        return False
+    return confirm_score <= 0 or second_opinion(img, candidate, run) >= confirm_score

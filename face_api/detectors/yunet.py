@@ -1,0 +1,151 @@
+"""YuNet (libfacedetection, through the `yuface` wheel): face candidates, then HOG-like boxes.
+
+One pass on the photo scaled to `yunet_max_side` finds faces from ~10 px up to a few hundred px;
+a second, small pass (`yunet_large_face_side`) finds faces that fill the frame, which are larger
+than YuNet's biggest anchors at the main size. Candidates of both passes are merged, filtered for
+precision (filters.py) and redrawn the way dlib's HOG detector draws boxes (calibration.py), so
+the 5-point landmarker and the ResNet encoder downstream see the boxes they were trained on.
+
+Threads: the engine runs `face_threads` photos at once per worker, one core each, and gunicorn's
+workers x threads is the core budget. So every YuNet call gets one OpenMP thread, set per calling
+thread (libgomp would otherwise start one per core in every worker, and its spinning threads
+fight the other workers for the cores). yuface's call holds the GIL: one YuNet pass at a time per
+process, while the other photo's landmarks and encodings (dlib releases the GIL) go on.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from . import calibration, filters
+
+MIN_SCORE_FLOOR = 0.3  # libfacedetection answers from ~0.2; nothing this weak is ever kept
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One YuNet detection in pixels of the image it is expressed in."""
+    score: float                 # 0..1
+    box: tuple[float, float, float, float]   # x, y, width, height as YuNet draws it
+    landmarks: np.ndarray        # (5, 2) x, y: eye, eye, nose tip, mouth corner, mouth corner
+    #                              (in each pair the one on the image's left first)
+
+    def scaled(self, factor: float) -> "Candidate":
+        x, y, w, h = self.box
+        return Candidate(self.score, (x * factor, y * factor, w * factor, h * factor),
+                         self.landmarks * factor)
+
+    @property
+    def size(self) -> float:
+        """Face size in pixels: the geometric mean of YuNet's box sides."""
+        return float(np.sqrt(max(self.box[2], 1) * max(self.box[3], 1)))
+
+
+_runtime_lock = threading.Lock()
+_runtime = None
+
+
+def _load():
+    """yuface's detect function and its bundled libgomp (None if it has none)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            import yuface
+            from yuface.yuface import detect as c_detect
+
+            libs = os.path.join(os.path.dirname(os.path.dirname(yuface.__file__)), "yuface.libs")
+            found = sorted(glob.glob(os.path.join(libs, "libgomp*.so*")))
+            # dlopen of a loaded library returns the same handle: this is yuface's own libgomp
+            _runtime = (c_detect, ctypes.CDLL(found[0]) if found else None)
+        return _runtime
+
+
+def run(rgb: np.ndarray, threads: int = 1) -> list[Candidate]:
+    """YuNet candidates (score >= MIN_SCORE_FLOOR) on an RGB uint8 image, best score first."""
+    c_detect, gomp = _load()
+    if gomp is not None:
+        gomp.omp_set_num_threads(max(1, int(threads)))  # OpenMP keeps it per calling thread
+    if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
+        return []
+    rows = c_detect(np.ascontiguousarray(rgb[:, :, 2::-1]))  # yuface wants BGR
+    out = []
+    for row in rows.astype(np.float64):
+        score = row[0] / 100.0
+        if score >= MIN_SCORE_FLOOR:
+            out.append(Candidate(score, tuple(row[1:5]), row[5:15].reshape(5, 2)))
+    return sorted(out, key=lambda c: -c.score)
+
+
+def _resized(rgb: np.ndarray, long_side: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    f = long_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def candidates(img: np.ndarray, large_face_side: int, threads: int = 1) -> list[Candidate]:
+    """Candidates on `img` plus, when `large_face_side` is smaller than it, those of a pass at
+    that size (faces filling the frame), in pixels of `img`; overlaps keep the better score."""
+    found = run(img, threads)
+    long_side = max(img.shape[:2])
+    if 0 < large_face_side < long_side * 0.75:
+        small = _resized(img, large_face_side)
+        factor = long_side / max(small.shape[:2])
+        found += [c.scaled(factor) for c in run(small, threads)]
+    return _suppress_overlaps(sorted(found, key=lambda c: -c.score))
+
+
+def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3) -> list[Candidate]:
+    """Best-first non-maximum suppression, then drop candidates lying inside a much larger one:
+    faces do not nest, but the parts of a face that fills the frame (eyes, mouth) can look like
+    small faces to the main pass."""
+    kept: list[Candidate] = []
+    for c in ordered:
+        if all(_iou(c.box, k.box) < max_iou for k in kept):
+            kept.append(c)
+    return [c for c in kept if not any(k.size >= 1.5 * c.size and _inside(c.box, k.box) >= 0.6
+                                       for k in kept)]
+
+
+def _inside(a, b) -> float:
+    """Fraction of box a's area inside box b (x, y, w, h)."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = min(ax + aw, bx + bw) - max(ax, bx)
+    ih = min(ay + ah, by + bh) - max(ay, by)
+    return max(0.0, iw) * max(0.0, ih) / max(aw * ah, 1e-9)
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = min(ax + aw, bx + bw) - max(ax, bx)
+    ih = min(ay + ah, by + bh) - max(ay, by)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / (aw * ah + bw * bh - inter)
+
+
+def detect_yunet(source, settings, timings: dict):
+    """The YuNet pass of engine.encode_image: (image, HOG-like boxes on it, scale, scales tried).
+
+    `source` is a Photo or ArraySource; boxes are (top, right, bottom, left) in pixels of image."""
+    t = time.monotonic()
+    img = source.scaled(settings.yunet_max_side)
+    timings["decode"] += time.monotonic() - t
+    t = time.monotonic()
+    found = candidates(img, settings.yunet_large_face_side, threads=1)
+    kept = [c for c in found if filters.keep(img, c, settings.yunet_min_score,
+                                             settings.yunet_confirm_score, run)]
+    boxes = [calibration.hog_box(c, img.shape) for c in kept]
+    timings["detect"] += time.monotonic() - t
+    scale = settings.yunet_max_side  # named like HOG's scales: the photo is never enlarged
+    return img, boxes, (scale if boxes else None), [scale]
