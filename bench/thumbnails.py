@@ -208,7 +208,7 @@ def quality_rows(photos, label: str) -> list[str]:
         for ds in diffs.values():      # mean of the means, worst max, worst SSIM
             cells.append(f"{statistics.mean(d.mean for d in ds):>6.2f}{max(d.max for d in ds):>5}"
                          f"{min(d.ssim for d in ds):>8.4f}")
-        rows.append(f"{label:<10}{method}-{w}x{h:<10}" + "  |".join(cells))
+        rows.append(f"{label:<10}{f'{method}-{w}x{h}':<18}" + "  |".join(cells))
     return rows
 
 
@@ -257,8 +257,8 @@ def main() -> int:
               f"load average up to {load:.1f} on {os.cpu_count()} CPUs")
         print("\nquality before encoding, per method: mean |diff| (mean over photos), max |diff| and "
               "SSIM (worst photo)")
-        print(f"{'photos':<10}{'method':<20}{'ours vs today':^20}|{'q75 (yardstick)':^21}|"
-              f"{'full vs today':^21}|{'full vs ours':^20}")
+        print(f"{'photos':<10}{'method':<18}{'ours vs today':^19}|{'q75 (yardstick)':^21}|"
+              f"{'full vs today':^21}|{'full vs ours':^21}")
         native = [TESTDATA / n for n in NATIVE if (TESTDATA / n).exists()]
         for line in quality_rows(photos, "synthetic") + quality_rows(native, f"native{len(native)}"):
             print(line)
