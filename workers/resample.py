@@ -19,6 +19,8 @@ Everything else goes to Pillow:
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -45,6 +47,7 @@ pyvips.concurrency_set(1)
 pyvips.cache_set_max(0)
 
 Box = tuple[float, float, float, float]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,12 @@ class Span:
 def resample(im: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
     """`box` (x0, y0, x1, y1, fractional allowed) of `im` resampled to `size` with Lanczos-3."""
     spans = vips_spans(im, size, box)
-    if spans is None:
-        return im.resize(size, PILLOW_FILTER, box=box, reducing_gap=GAP)
-    return _vips_reduce(im, size, box, *spans)
+    if spans is not None:
+        try:
+            return _vips_reduce(im, size, box, *spans)
+        except pyvips.Error as exc:     # out of memory or the like: still make the thumbnail
+            log.warning("libvips reduce failed, Pillow resamples instead: %s", " ".join(str(exc).split()))
+    return im.resize(size, PILLOW_FILTER, box=box, reducing_gap=GAP)
 
 
 def vips_spans(im: Image.Image, size: tuple[int, int], box: Box) -> tuple[Span, Span] | None:
@@ -73,6 +79,7 @@ def vips_spans(im: Image.Image, size: tuple[int, int], box: Box) -> tuple[Span, 
     return None if across is None or down is None else (across, down)
 
 
+@functools.lru_cache(maxsize=4096)     # ~1 ms of search; a library repeats its few geometries
 def _span(lo: float, hi: float, out: int) -> Span | None:
     """An area around lo..hi whose centred libvips grid lands on lo + (i + 0.5) * shrink."""
     shrink = (hi - lo) / out
