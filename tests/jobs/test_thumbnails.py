@@ -748,3 +748,17 @@ def test_huge_photo(tmp_path):
     del pixels, grad
     by_vips = _close_to_today(tmp_path / "huge.jpg", METHOD_SIZES)
     assert "scale-1600x1600" in by_vips
+
+
+def test_libvips_failure_falls_back_to_pillow(monkeypatch, caplog):
+    import pyvips
+
+    def broken(*args):
+        raise pyvips.Error("out of memory")
+    im = Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    box = (0, 0, 400, 300)
+    assert resample.vips_spans(im, (200, 150), box) is not None
+    monkeypatch.setattr(resample, "_vips_reduce", broken)
+    out = resample.resample(im, (200, 150), box)
+    assert out.tobytes() == im.resize((200, 150), Image.Resampling.LANCZOS, box=box).tobytes()
+    assert "libvips reduce failed" in caplog.text
