@@ -115,4 +115,6 @@ def _vips_reduce(im: Image.Image, size: tuple[int, int], box: Box, across: Span,
                     extend="copy")
     v = v.reduce((x1 - x0) / size[0], (y1 - y0) / size[1], kernel=KERNEL)
     v = v.crop(across.skip, down.skip, *size)
-    return Image.frombytes(im.mode, size, v.write_to_memory())
+    out = Image.new(im.mode, size, None)    # uninitialised: Image.frombytes would zero it first
+    out.frombytes(v.write_to_memory())
+    return out
