@@ -103,7 +103,7 @@ def _span(lo: float, hi: float, out: int) -> Span | None:
 def _vips_reduce(im: Image.Image, size: tuple[int, int], box: Box, across: Span, down: Span
                  ) -> Image.Image:
     x0, y0, x1, y1 = box
-    v = pyvips.Image.new_from_memory(im.tobytes(), im.width, im.height, VIPS_MODES[im.mode], "uchar")
+    v = pyvips.Image.new_from_memory(_pixels(im), im.width, im.height, VIPS_MODES[im.mode], "uchar")
     # The part of the area inside the photo, then edge copies around it up to the whole area.
     left, top = max(0, across.start), max(0, down.start)
     right = min(im.width, across.start + across.length)
@@ -118,3 +118,16 @@ def _vips_reduce(im: Image.Image, size: tuple[int, int], box: Box, across: Span,
     out = Image.new(im.mode, size, None)    # uninitialised: Image.frombytes would zero it first
     out.frombytes(v.write_to_memory())
     return out
+
+
+def _pixels(im: Image.Image) -> bytes:
+    """im.tobytes() in one encoder call. Pillow's own loop takes 64 KB at a time and joins the
+    pieces, several times slower for a decoded photo (2000x1500: ~20 vs ~4 ms)."""
+    size = im.width * im.height * VIPS_MODES[im.mode]
+    encoder = Image._getencoder(im.mode, "raw", im.mode)
+    try:
+        encoder.setimage(im.im, (0, 0, *im.size))
+        _, status, data = encoder.encode(size + 1)
+    finally:
+        encoder.cleanup()
+    return data if status == 1 and len(data) == size else im.tobytes()     # 1: all encoded

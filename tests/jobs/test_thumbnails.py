@@ -762,3 +762,10 @@ def test_libvips_failure_falls_back_to_pillow(monkeypatch, caplog):
     out = resample.resample(im, (200, 150), box)
     assert out.tobytes() == im.resize((200, 150), Image.Resampling.LANCZOS, box=box).tobytes()
     assert "libvips reduce failed" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_pixels_for_libvips_are_tobytes(mode):
+    im = Image.fromarray(np.random.default_rng(1).integers(0, 255, (301, 517, 3), dtype=np.uint8))
+    im = im.convert(mode)
+    assert resample._pixels(im) == im.tobytes()
