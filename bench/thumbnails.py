@@ -1,27 +1,39 @@
-"""Benchmark: thumbnail job, ours (Pillow) vs PHP Imagick doing what Intervention Image v3 does.
+"""Benchmark: thumbnail job, ours vs PHP Imagick doing what Intervention Image v3 does, and how
+far our faster resample moves the pixels from today's (Pillow LANCZOS) output.
 
     .venv/bin/python bench/thumbnails.py [--photos 6] [--repeat 3] [--megapixels 12]
+    (under `flock /work/bench.lock` on a shared machine)
 
-Makes 8-12 MP photos at runtime in a temp dir (testdata JPEGs upscaled, saved as quality-90 JPEG
-with their EXIF and ICC kept; one carries Orientation 6), then times, per photo and method
-(cover 300x300, scale 1600x1600, contain 800x600, resize 400x400):
+Speed: makes 8-12 MP photos at runtime in a temp dir (testdata JPEGs upscaled, saved as
+quality-90 JPEG with their EXIF and ICC kept; one carries Orientation 6 and a Generic RGB
+profile), then times, per photo and method (cover 300x300, scale 1600x1600, contain 800x600,
+resize 400x400):
 
   ours        workers.jobs.thumbnails.render_files: header checks, JPEG draft decoding, EXIF
-              orientation, LANCZOS, ICC->sRGB, JPEG q75 encode, atomic write
-  ours/full   the same with draft decoding off (what DCT scaling buys)
-  Δfull       mean |ours - ours/full| in grey levels, before encoding (q75 itself: ~3.5)
+              orientation, Lanczos-3 (libvips where it lines up with Pillow's box, else Pillow),
+              ICC->sRGB, JPEG q75 encode, atomic write
+  today       the same with every resample done by Pillow (LANCZOS), as before libvips
   imagick     one php process: readImage, Intervention's AlignRotationModifier (flop/rotate +
               setImageOrientation), the Imagick modifier (cropImage+scaleImage for cover,
               scaleImage (+extentImage on white) for the others), Intervention's JPEG encoder
               settings (white background, ALPHACHANNEL_REMOVE, quality 75), getImagesBlob, write.
 
+Quality (before encoding, so the JPEG does not hide anything), on the same synthetic photos and
+on the largest real photos of the test data at their native size (the synthetic ones are smooth
+upscales, too kind to any resample):
+
+  ours-today  ours against today's render: mean and max |difference| (grey levels), SSIM
+  q75         the yardstick: today's render against its own JPEG q75 round trip
+  full        distance from the ideal (a full decode, Pillow LANCZOS), today's and ours
+
 The crop/scale numbers passed to PHP come from workers.imaging.plan (the v3 formulas); output
 sizes of both sides are checked equal. Single-threaded on both sides (ImageMagick's thread limit
-is printed). Not a test; run it by hand.
+is printed; libvips is set to one thread by workers/resample.py). Not a test; run it by hand.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,12 +46,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", "/work/shared/testdata"))
+TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", ROOT.parent / "shared" / "testdata"))
 SIZES = [("cover", 300, 300), ("scale", 1600, 1600), ("contain", 800, 600), ("resize", 400, 400)]
 SOURCES = ["exif/jpg/gps/DSCN0010.jpg", "exif/jpg/mobile/jolla.jpg",
            "exif/jpg/orientation/landscape_6.jpg", "exif/jpg/gps/DSCN0029.jpg",
            "exif/jpg/gps/DSCN0042.jpg", "exif/jpg/orientation/portrait_1.jpg",
            "exif/jpg/gps/DSCN0025.jpg", "exif/jpg/gps/DSCN0038.jpg"]
+# Real photos at native size (6-11 MP; one portrait, one HEIC) for the quality table.
+NATIVE = ["detect/immich_craft-beer.jpg", "detect/recognize_food_casey-lee.jpg",
+          "exif/jpg/mobile/jolla.jpg", "detect/recognize_rome_107_0668.jpg",
+          "detect/lychee_undefined-exif-tag.jpg", "exif/heic/IMG_5195.HEIC"]
 
 PHP = r'''<?php
 // Intervention Image v3 (Imagick driver) steps, timed per job. Input: JSON jobs on argv[1].
@@ -114,25 +130,30 @@ def make_photos(tmp: Path, count: int, megapixels: float) -> list[Path]:
     return photos
 
 
-def ours_round(photos, method, w, h, out_dir: Path, draft: bool = True) -> tuple[list, dict]:
-    """One pass of render_files over the photos (draft=False: no DCT scaling)."""
-    from workers import imaging
+@contextlib.contextmanager
+def pillow_only():
+    """Today's resample: every size by Pillow (LANCZOS), libvips never asked."""
+    from workers import resample
+    saved = resample.vips_spans
+    resample.vips_spans = lambda *a: None
+    try:
+        yield
+    finally:
+        resample.vips_spans = saved
+
+
+def ours_round(photos, method, w, h, out_dir: Path) -> tuple[list, dict]:
+    """One pass of render_files over the photos: [(wall ms, CPU ms)], name -> written file."""
     from workers.jobs import thumbnails
     from workers.settings import Settings
     settings = Settings(storage_root=out_dir, database_url="sqlite://")
     size = thumbnails.Size(method, w, h)
-    saved = imaging.draft_request
-    if not draft:
-        imaging.draft_request = lambda *a: None
-    try:
-        times, outs = [], {}
-        for p in photos:
-            t0, c0 = time.perf_counter(), time.process_time()
-            outs[p.name] = thumbnails.render_files(p, [size], settings, out_dir / p.stem)[size.key]
-            times.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
-        return times, outs
-    finally:
-        imaging.draft_request = saved
+    times, outs = [], {}
+    for p in photos:
+        t0, c0 = time.perf_counter(), time.process_time()
+        outs[p.name] = thumbnails.render_files(p, [size], settings, out_dir / p.stem)[size.key]
+        times.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
+    return times, outs
 
 
 def imagick_round(photos, method, w, h, tmp: Path) -> tuple[list, dict, dict]:
@@ -156,18 +177,39 @@ def imagick_round(photos, method, w, h, tmp: Path) -> tuple[list, dict, dict]:
     return list(zip(res["ms"][1:], res["cpu"][1:])), outs, res
 
 
-def draft_delta(photos, method, w, h) -> float:
-    """Mean |DCT-scaled render - full-decode render| in grey levels, before JPEG encoding."""
-    import numpy as np
+def renders(path: Path, method, w, h) -> dict:
+    """ours, today's and the ideal (full decode, Pillow) render of one photo, before encoding."""
     from workers import imaging
-    deltas = []
-    for p in photos:
-        a, b = imaging.open_source(p, 10**9), imaging.open_source(p, 10**9)
-        plan = imaging.plan(method, a.width, a.height, w, h)
-        ra = imaging.render(a, imaging.decode(a, imaging.draft_request(plan, a.image.size)), plan)
-        rb = imaging.render(b, imaging.decode(b, None), plan)
-        deltas.append(np.abs(np.asarray(ra, float) - np.asarray(rb, float)).mean())
-    return statistics.mean(deltas)
+
+    def render(draft: bool):
+        src = imaging.open_source(path, 10**9)
+        with src.image:
+            plan = imaging.plan(method, src.width, src.height, w, h)
+            request = imaging.draft_request(plan, src.image.size) if draft else None
+            return imaging.render(src, imaging.decode(src, request), plan)
+    out = {"ours": render(True)}
+    with pillow_only():
+        out["today"], out["full"] = render(True), render(False)
+    return out
+
+
+def quality_rows(photos, label: str) -> list[str]:
+    from tests.image_quality import difference, jpeg_noise
+    rows = []
+    for method, w, h in SIZES:
+        diffs = {"ours-today": [], "q75": [], "full-today": [], "full-ours": []}
+        for p in photos:
+            r = renders(p, method, w, h)
+            diffs["ours-today"].append(difference(r["today"], r["ours"]))
+            diffs["q75"].append(jpeg_noise(r["today"]))
+            diffs["full-today"].append(difference(r["full"], r["today"]))
+            diffs["full-ours"].append(difference(r["full"], r["ours"]))
+        cells = []
+        for ds in diffs.values():      # mean of the means, worst max, worst SSIM
+            cells.append(f"{statistics.mean(d.mean for d in ds):>6.2f}{max(d.max for d in ds):>5}"
+                         f"{min(d.ssim for d in ds):>8.4f}")
+        rows.append(f"{label:<10}{f'{method}-{w}x{h}':<18}" + "  |".join(cells))
+    return rows
 
 
 def main() -> int:
@@ -185,32 +227,41 @@ def main() -> int:
         for p in photos:
             with Image.open(p) as im:
                 sizes.append(f"{im.width}x{im.height}")
+        load = os.getloadavg()[0]
         print(f"{len(photos)} photos ({', '.join(sizes)}), repeat {args.repeat}, JPEG q90 with EXIF")
-        print(f"{'':<18}{'---- wall ms per photo (median) ----':>44}{'--- CPU ms per photo ---':>30}")
-        print(f"{'method':<18}{'ours':>8}{'ours/full':>11}{'imagick':>10}{'ratio':>8}{'Δfull':>7}"
+        print(f"{'':<18}{'------ wall ms per photo (median) ------':>44}{'--- CPU ms per photo ---':>30}")
+        print(f"{'method':<18}{'ours':>8}{'today':>8}{'imagick':>10}{'ratio':>8}{'today':>8}"
               f"{'ours':>10}{'imagick':>10}{'ratio':>8}")
         meta = None
         for method, w, h in SIZES:
-            ours, full, php = [], [], []
+            ours, today, php = [], [], []
             ours_round(photos[:1], method, w, h, tmp / "warm")
-            for _ in range(args.repeat):     # interleaved, so load changes hit both sides alike
+            for _ in range(args.repeat):     # interleaved, so load changes hit all sides alike
                 t, our_out = ours_round(photos, method, w, h, tmp / "ours")
                 ours += t
-                full += ours_round(photos, method, w, h, tmp / "full", draft=False)[0]
+                with pillow_only():
+                    today += ours_round(photos, method, w, h, tmp / "today")[0]
                 t, php_out, meta = imagick_round(photos, method, w, h, tmp)
                 php += t
             for name in our_out:
                 with Image.open(our_out[name]) as a, Image.open(php_out[name]) as b:
                     assert a.size == b.size, (name, method, a.size, b.size)
-            (o, oc), (f, _), (i, ic) = ((statistics.median(x[0] for x in r), statistics.median(x[1] for x in r))
-                                        for r in (ours, full, php))
-            print(f"{method}-{w}x{h:<8}{o:>8.1f}{f:>11.1f}{i:>10.1f}{i / o:>7.1f}x"
-                  f"{draft_delta(photos, method, w, h):>7.2f}{oc:>10.1f}{ic:>10.1f}{ic / oc:>7.1f}x")
-        print(f"imagick: {meta['version']}, thread limit {meta['threads']}; ratio = imagick / ours; "
-              f"output sizes identical on both sides;\nΔfull = mean grey-level difference of our "
-              f"DCT-scaled render from a full decode, before encoding; CPU = user+sys of the process "
-              f"(steadier than wall time on a loaded box); load average {os.getloadavg()[0]:.1f} "
-              f"on {os.cpu_count()} CPUs")
+            (o, oc), (t, _), (i, ic) = ((statistics.median(x[0] for x in r), statistics.median(x[1] for x in r))
+                                        for r in (ours, today, php))
+            print(f"{method}-{w}x{h:<8}{o:>8.1f}{t:>8.1f}{i:>10.1f}{i / o:>7.1f}x{i / t:>7.1f}x"
+                  f"{oc:>10.1f}{ic:>10.1f}{ic / oc:>7.1f}x")
+        load = max(load, os.getloadavg()[0])
+        print(f"imagick: {meta['version']}, thread limit {meta['threads']}; ratio = imagick / ours "
+              f"(the second 'today' column: imagick / today); output sizes identical on both sides;\n"
+              f"CPU = user+sys of the process (steadier than wall time on a loaded box); "
+              f"load average up to {load:.1f} on {os.cpu_count()} CPUs")
+        print("\nquality before encoding, per method: mean |diff| (mean over photos), max |diff| and "
+              "SSIM (worst photo)")
+        print(f"{'photos':<10}{'method':<18}{'ours vs today':^19}|{'q75 (yardstick)':^21}|"
+              f"{'full vs today':^21}|{'full vs ours':^21}")
+        native = [TESTDATA / n for n in NATIVE if (TESTDATA / n).exists()]
+        for line in quality_rows(photos, "synthetic") + quality_rows(native, f"native{len(native)}"):
+            print(line)
     return 0
 
 

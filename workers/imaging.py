@@ -3,9 +3,9 @@ rendering and encoding with Pillow.
 
 Geometry (`plan`) mirrors IIv3 `RectangleResizer` / `Rectangle` and the Imagick modifiers
 (see reference/pipeline.md §1.2): PHP `round()` (half away from zero), proportional sides
-`max(1, round(...))`, centre pivots `round(w/2)`. Pixels are resampled with Pillow (LANCZOS), so
+`max(1, round(...))`, centre pivots `round(w/2)`. Pixels are resampled with Lanczos-3, so
 sizes, crops and padding match Intervention exactly while pixel values cannot (Imagick uses
-ScaleImage).
+ScaleImage). The resample itself lives in workers/resample.py (libvips, Pillow for the rest).
 
 Decoding (`open_source` + `decode`): header checks first (pixel budget), JPEG DCT scaling via
 `Image.draft` where it keeps the quality (see DRAFT_GAP), EXIF orientation
@@ -14,6 +14,7 @@ tag), first frame of animations. Every decoder failure becomes ImageError.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -22,6 +23,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from PIL import Image, ImageCms
+
+from .resample import resample
 
 try:  # HEIC/HEIF input
     import pillow_heif
@@ -45,10 +48,8 @@ SWAPS_AXES = {5, 6, 7, 8}
 # levels, before encoding; bench/thumbnails.py prints it): 1/2 0.4, 1/4 0.3-1.0, 1/8 with margin
 # 0.3, 1/8 without margin 1.5-2.1 (soft, aliased foliage). JPEG q75 itself moves pixels ~3.5.
 DRAFT_GAP = {2: 1.0, 4: 1.0, 8: 2.0}
-# LANCZOS `reducing_gap`: for non-JPEG sources (PNG, HEIC...) first box-reduce by an integer
-# factor while >= 2 source pixels per output pixel remain (Pillow's thumbnail() default).
-RESAMPLE_GAP = 2.0
 WHITE = (255, 255, 255)
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 class ImageError(ValueError):
@@ -265,7 +266,7 @@ def render(src: Source, decoded: Image.Image, p: Plan) -> Image.Image:
     f = 1 / round(stored_w / decoded.width) if decoded.width != stored_w else 1
     box = (box[0] * f, box[1] * f, box[2] * f, box[3] * f)
     size = p.scaled[::-1] if swap else p.scaled
-    out = decoded.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=RESAMPLE_GAP)
+    out = resample(decoded, size, box)
     if src.orientation != 1:
         out = out.transpose(TRANSPOSE[src.orientation])
     out = to_srgb(out, src.icc)
@@ -283,6 +284,17 @@ def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The embedded profile -> sRGB transform for `mode` images, None if it is sRGB already.
+    Cached: a library holds a handful of distinct profiles (a camera's, Display P3...), and
+    building one costs ~10 ms, per size, every photo."""
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    if _is_srgb(profile):
+        return None
+    return ImageCms.buildTransform(profile, SRGB, mode, "RGBA" if mode == "RGBA" else "RGB")
+
+
 def to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
     """Convert through the embedded ICC profile to sRGB; RGB/RGBA out. A broken profile is
     ignored (the pixels are taken as sRGB) rather than failing the photo."""
@@ -290,11 +302,9 @@ def to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
         im = im.convert("RGBA")
     if icc:
         try:
-            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            if not _is_srgb(profile):
-                out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
-                return ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"),
-                                                 outputMode=out_mode)
+            transform = _srgb_transform(icc, im.mode)
+            if transform is not None:
+                return ImageCms.applyTransform(im, transform)
         except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
             pass
     return im if im.mode in ("RGB", "RGBA") else im.convert("RGB")
