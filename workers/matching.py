@@ -11,7 +11,8 @@ Speed: one float32 matrix-vector product over the set (|r|^2 - 2 r.q + |q|^2), t
 candidates within a small margin of the limit (or of the best) are recomputed exactly in
 float64 as ||r - q||, the way face_recognition.face_distance does. dlib descriptors are float32
 values, so float32 storage holds them exactly; the stored distance and the threshold test are
-float64 on those values.
+float64 on those values. The matrix is stored one face per COLUMN (DIM x capacity): BLAS reads
+it in one streaming pass that way, 2x faster than `q @ rows.T` at 100,000 faces (2.3 vs 4.6 ms).
 
 Refresh (`refresh(conn)`, run by every job before matching). Both queries below are answered
 from the (parent_id, status) index, which carries the id: no row (~2.6 KB of JSON) is read.
@@ -129,7 +130,7 @@ class FaceMatrix:
 
     def _clear(self):
         self._ids = np.empty(0, np.int64)
-        self._m = np.empty((0, DIM), np.float32)        # capacity rows; first _n are live
+        self._t = np.empty((DIM, 0), np.float32)        # one face per column; first _n are live
         self._sq = np.empty(0, np.float32)              # |r|^2 per row
         self._parent = np.empty(0, np.int64)            # parent_id per row, 0 for none
         self._n = 0
@@ -147,8 +148,9 @@ class FaceMatrix:
         index = cls()
         n = len(ids)
         index._ids, index._parent = np.asarray(ids, np.int64).copy(), np.asarray(parents, np.int64).copy()
-        index._m = np.asarray(matrix, np.float32).copy()
-        index._sq = np.einsum("ij,ij->i", index._m.astype(np.float64), index._m.astype(np.float64)).astype(np.float32)
+        rows = np.asarray(matrix, np.float32).reshape(n, DIM)
+        index._t = np.ascontiguousarray(rows.T)
+        index._sq = np.einsum("ij,ij->i", rows.astype(np.float64), rows.astype(np.float64)).astype(np.float32)
         index._n, index._row = n, dict(zip(index._ids.tolist(), range(n)))
         index._changed()
         return index
@@ -218,8 +220,9 @@ class FaceMatrix:
         self._invalid.difference_update(ids.tolist())
         keep = ~np.isin(self._ids[:self._n], ids)
         k = int(keep.sum())
-        for arr in (self._m, self._ids, self._sq, self._parent):
+        for arr in (self._ids, self._sq, self._parent):
             arr[:k] = arr[:self._n][keep]
+        self._t[:, :k] = self._t[:, :self._n][:, keep]
         self._n = k
         self._row = dict(zip(self._ids[:k].tolist(), range(k)))
 
@@ -236,9 +239,11 @@ class FaceMatrix:
         if not len(ids):
             return
         need = self._n + len(ids)
-        if need > len(self._m):           # grow by doubling so appends are amortised O(1)
-            cap = max(need, 2 * len(self._m), 1024)
-            self._m = _grown(self._m, cap, self._n)
+        if need > len(self._ids):         # grow by doubling so appends are amortised O(1)
+            cap = max(need, 2 * len(self._ids), 1024)
+            t = np.zeros((DIM, cap), np.float32)
+            t[:, :self._n] = self._t[:, :self._n]
+            self._t = t
             self._ids = _grown(self._ids, cap, self._n)
             self._sq = _grown(self._sq, cap, self._n)
             self._parent = _grown(self._parent, cap, self._n)
@@ -248,18 +253,22 @@ class FaceMatrix:
         self._n = need
 
     def _set_rows(self, at: int, ids: np.ndarray, mat: np.ndarray) -> None:
-        block = self._m[at:at + len(ids)]
-        block[:] = mat
+        block = np.asarray(mat, np.float32)
+        self._t[:, at:at + len(ids)] = block.T
         self._ids[at:at + len(ids)] = ids
         exact = block.astype(np.float64)
         self._sq[at:at + len(ids)] = np.einsum("ij,ij->i", exact, exact)
 
     # ------------------------------------------------------------------ distances
 
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        """The encodings of the given rows, one per row (float32)."""
+        return self._t[:, idx].T
+
     def _approx(self, q: np.ndarray) -> np.ndarray:
         """approx[j, i] = |r_i|^2 - 2 r_i.q_j + |q_j|^2, one BLAS pass over the matrix."""
         n = self._n
-        approx = np.dot(q.astype(np.float32), self._m[:n].T)
+        approx = q.astype(np.float32) @ self._t[:, :n]
         approx *= -2
         approx += self._sq[:n]
         approx += (q * q).sum(axis=1).astype(np.float32)[:, None]
@@ -273,7 +282,7 @@ class FaceMatrix:
             return np.empty(0, np.int64), np.empty(0)
         col = self._approx(q)[0]
         cand = np.flatnonzero(col <= limit * limit + MARGIN)
-        exact = np.linalg.norm(self._m[cand].astype(np.float64) - q[0], axis=1)
+        exact = np.linalg.norm(self._rows(cand).astype(np.float64) - q[0], axis=1)
         inside = exact < limit
         cand, exact = cand[inside], exact[inside]
         order = np.lexsort((self._ids[cand], exact))
@@ -310,7 +319,7 @@ class RootIndex(FaceMatrix):
                     out.append(None)
                     continue
                 cand = np.flatnonzero(col <= min(best, threshold * threshold) + MARGIN)
-                exact = np.linalg.norm(self._m[cand].astype(np.float64) - q[j], axis=1)
+                exact = np.linalg.norm(self._rows(cand).astype(np.float64) - q[j], axis=1)
                 order = np.lexsort((self._ids[cand], exact))
                 i = order[0]
                 d = float(exact[i])
@@ -345,7 +354,7 @@ class ApprovedIndex(FaceMatrix):
                 live = self._person >= 0
                 n = self._n
                 self._people = (rules, People.learn(self._ids[:n][live], self._person[live],
-                                                    self._m[:n][live], rules))
+                                                    self._rows(np.flatnonzero(live)), rules))
             return self._people[1]
 
     def candidates(self, encoding, rules: Rules) -> Candidates:
@@ -366,7 +375,7 @@ class UnknownIndex(FaceMatrix):
         """(ids, float64 encodings) of these faces closer than `limit`, nearest first."""
         with self._lock:
             rows, _ = self._within(encoding, limit)
-            return self._ids[rows].copy(), self._m[rows].astype(np.float64)
+            return self._ids[rows].copy(), self._rows(rows).astype(np.float64)
 
 
 _indexes: dict[tuple[int, str, type], FaceMatrix] = {}
