@@ -299,6 +299,14 @@ def auto_rematch(conn: sa.Connection, engine: sa.Engine, settings, exclude_image
     return counts
 
 
+def idle_rematch(conn: sa.Connection, engine: sa.Engine, settings) -> bool:
+    """The faces consumers' idle task (workers/idle.py): the next step of the automatic rematch
+    while no face job comes; True while the pass has more to do."""
+    auto_rematch(conn, engine, settings)
+    state = _passes.get((os.getpid(), engine.url.render_as_string(hide_password=False)))
+    return state is not None and not state.done
+
+
 def people_report(engine: sa.Engine, settings) -> list[dict]:
     """Each person: approved faces, learned radius and why, and the nearest other person."""
     rules = Rules.from_settings(settings)

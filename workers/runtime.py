@@ -52,6 +52,7 @@ import sqlalchemy as sa
 from . import broker, db, dedup
 from .jobs import Context, FollowUp, JobFailed, JobReleased, image_id_of
 from .laravel import build_chain_payload, decode_payload, next_chain_message
+from .idle import IdleWork
 from .leases import Lease, LeasePolicy
 from .locks import DatabaseLock, job_owner, job_token
 from .metrics import ConsumerMetrics
@@ -105,6 +106,7 @@ class Consumer:
         self._worker: _JobThread | None = None
         self.metrics = ConsumerMetrics(settings.metrics_port, queue)
         self.leases = LeasePolicy.of(settings, self.engine)
+        self.idle = IdleWork(settings, queue, self.engine)
 
     # --- connection -------------------------------------------------------------------------
 
@@ -157,8 +159,11 @@ class Consumer:
         while not self.stopping:
             if not self.inbox:
                 self.conn.process_data_events(time_limit=0.5)
+                if not self.inbox:
+                    self.idle.maybe_run()
                 continue
             self._process(self.inbox.pop(0))
+            self.idle.busy()
             if self.broken:
                 raise self.broken
 

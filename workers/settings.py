@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     face_rematch_batch: int = 200            # faces per automatic rematch step (one per face job)
     face_cluster_radius: float = 0.45        # suggested groups: DBSCAN eps...
     face_cluster_min_faces: int = 3          # ...and minimum faces (the face itself included)
+    # Work a consumer does when its queue has been empty this long (workers/idle.py): the faces
+    # workers finish the automatic rematch after approvals even when no photo is uploaded.
+    idle_interval: float = Field(5.0, ge=0)  # seconds; 0 = never
+    idle_tasks: dict[str, str] = Field(default_factory=lambda: {"faces": "workers.grouping:idle_rematch"})
 
     # Reprocess (`python -m workers reprocess`): publishing jobs for rows that already exist.
     reprocess_max_queue_depth: int = Field(1000, ge=1)   # reprocess waits while a queue holds this many ready

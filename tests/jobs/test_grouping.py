@@ -201,6 +201,24 @@ def test_automatic_rematch_after_approvals_change(lib):
     assert not job_step()                                    # nothing changed since: no pass
 
 
+def test_idle_faces_consumer_files_faces_after_approvals(mysql_url, rabbitmq, tmp_path):
+    """A reviewer approves a person on a quiet library (no face job comes): the faces consumer,
+    idle, files the waiting faces by itself in bounded steps."""
+    from tests.runtime.consumers import consumer_env, start_consumer, stop_consumer, wait_for
+
+    lib = Lib(mysql_url)
+    root = lib.face(e(0, 0.0))
+    waiting = [lib.face(e(0, 0.1 + 0.01 * i)) for i in range(5)]
+    env = consumer_env(mysql_url, rabbitmq.url, idle_interval=0.3, face_rematch_batch=2)
+    proc = start_consumer("faces", env, tmp_path)
+    try:
+        lib.review(root, status="ok")
+        wait_for(lambda: [lib.parent(f) for f in waiting] == [root] * 5, 30, "idle rematch", proc)
+        assert lib.row(root).status == "ok" and lib.parent(root) is None     # the review untouched
+    finally:
+        assert stop_consumer(proc) == 0
+
+
 def test_suggested_groups(lib, capsys):
     big = [lib.face(at((0, 1.0), (1 + i, 0.1))) for i in range(5)]
     small = [lib.face(at((10, 1.0), (11 + i, 0.1))) for i in range(3)]
