@@ -53,7 +53,7 @@ def test_unknown_detector_is_one_line_naming_the_variable():
         load_settings(face_detector="cnn")
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("PHOTO_FACE_DETECTOR:") and "'cnn'" in message and "hog, yunet" in message
+    assert message.startswith("PHOTO_FACE_DETECTOR") and "'cnn'" in message and "hog, yunet" in message
 
 
 def test_missing_yuface_is_one_line(monkeypatch):
