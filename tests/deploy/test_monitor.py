@@ -34,10 +34,7 @@ def publish(url: str, job_class: str, queue: str, n: int, delay: float = 0) -> N
 def scene(rabbitmq, mysql_url):
     """3 ready thumbnails jobs, 1 in thumbnails.delay.600000, metadata: 1 ready + 1 held unacked by
     a consumer, geolocation declared and empty, faces absent; failures, dedup rows, done images."""
-    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
-    for q in (*QUEUES, "thumbnails.delay.600000", "thumbnails.delay.10000"):
-        conn.channel().queue_delete(q)
-    conn.close()
+    drop_queues(rabbitmq.url)
     publish(rabbitmq.url, "App\\Jobs\\ThumbnailProcessJob", "thumbnails", 3)
     publish(rabbitmq.url, "App\\Jobs\\ThumbnailProcessJob", "thumbnails", 1, delay=600)
     publish(rabbitmq.url, "App\\Jobs\\MetadataProcessJob", "metadata", 2)
@@ -76,6 +73,14 @@ def scene(rabbitmq, mysql_url):
                                         "geocoded_at": None}, **r} for r in rows])
     yield {"db": mysql_url, "amqp": rabbitmq.url}
     holder.close()
+    drop_queues(rabbitmq.url)   # the delayed job would reach `thumbnails` of a later test in 600 s
+
+
+def drop_queues(url: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    for q in (*QUEUES, "thumbnails.delay.600000", "thumbnails.delay.10000"):
+        conn.channel().queue_delete(q)
+    conn.close()
 
 
 def check_db_sections(report: dict) -> None:

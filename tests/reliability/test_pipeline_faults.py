@@ -13,6 +13,7 @@ import collections
 import random
 import shutil
 import time
+import uuid
 
 import httpx
 import pytest
@@ -102,6 +103,11 @@ def test_thousand_jobs_survive_kills_and_restarts(mysql_url, mariadb, rabbitmq, 
     storage = tmp_path / "storage"
     sources = make_sources(shared_testdata, storage / "src")
     engine = db.engine_for(mysql_url)
+    # a vhost of its own: messages other tests left behind (a delayed job) never reach it
+    vhost = "faults-" + uuid.uuid4().hex[:8]
+    rabbitmq.ctl("add_vhost", vhost)
+    rabbitmq.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    amqp_url = rabbitmq.url.rsplit("/", 1)[0] + "/" + vhost
 
     # --- images rows: N copies of the sources, each its own file -------------------------------
     src_of: dict[int, int] = {}
@@ -130,13 +136,13 @@ def test_thousand_jobs_survive_kills_and_restarts(mysql_url, mariadb, rabbitmq, 
     nominatim = FakeNominatim().start()
 
     env = consumer_env(
-        mysql_url, rabbitmq.url, storage_root=storage, log_dir=tmp_path / "worker-logs",
+        mysql_url, amqp_url, storage_root=storage, log_dir=tmp_path / "worker-logs",
         face_api_url=face_url, face_api_timeout=30, nominatim_url=nominatim.url,
         nominatim_interval=0.01, nominatim_timeout=2, tries=5, backoff=2, lock_release_delay=1, heartbeat=10,
         # the spec's job timeouts (up to 360 s) and the default lock lease (30 s): a kill -9'ed
         # job's redelivery takes its lock over, another job for the image waits one lease at most
         thumbnail_sizes=[{"method": "cover", "width": 96, "height": 96}])
-    publisher = Publisher(engine, rabbitmq.url, ids)
+    publisher = Publisher(engine, amqp_url, ids)
     geo_expected = len(gps_ids)
     print(f"\nphotos {N_IMAGES} ({len(sources)} sources, {geo_expected} with GPS), jobs "
           f"{len(publisher.todo)} published + {geo_expected} geolocation chained = {len(publisher.todo) + geo_expected}")
@@ -194,7 +200,7 @@ def test_thousand_jobs_survive_kills_and_restarts(mysql_url, mariadb, rabbitmq, 
         quiet_since, seen = time.monotonic(), -1
         while time.monotonic() - quiet_since < 5:
             n = sum(len(s.lines()) for s in sups)
-            depth = sum(queue_depth(rabbitmq.url, q) for q in PROCS)
+            depth = sum(queue_depth(amqp_url, q) for q in PROCS)
             if n != seen or depth:
                 seen, quiet_since = n, time.monotonic()
             time.sleep(0.5)
@@ -245,5 +251,5 @@ def test_thousand_jobs_survive_kills_and_restarts(mysql_url, mariadb, rabbitmq, 
     per_image = collections.Counter(f.image_id for f in face_rows)
     assert len(set(face_rows)) == len(face_rows), "duplicate (image_id, face_index)"
     assert per_image == collections.Counter({i: want_faces[src_of[i]] for i in ids if want_faces[src_of[i]]})
-    assert all(queue_depth(rabbitmq.url, q) == 0 for q in PROCS)
+    assert all(queue_depth(amqp_url, q) == 0 for q in PROCS)
     assert kills >= 5 and restarts["rabbitmq"] == 2 and restarts["mariadb"] == 1 and restarts["face_api"] == 1
