@@ -81,7 +81,7 @@ class Matcher:
             excluded = rejected.get(f.id, set()) | taken.get(f.image_id, set())
             out.append(decide(self.approved.candidates(f.encoding, self.rules), self.people, self.rules,
                               excluded, self._unknown_closer(f)))
-        return out
+        return one_per_photo(batch, out) if self.settings.face_one_per_photo else out
 
     def _unknown_closer(self, face: Face):
         """For rule 5: unknown faces without a person closer than d, not counting those that
@@ -193,7 +193,7 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
     matcher = Matcher(conn, engine, settings)
     decisions = matcher.decide(batch)
     if settings.face_one_per_photo and not matcher.original:
-        decisions = _against_filed(conn, batch, one_per_photo(batch, decisions))
+        decisions = _against_filed(conn, batch, decisions)
     now = dbmod.now()
     for f, d in zip(batch, decisions):
         r = old[f.id]

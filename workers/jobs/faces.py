@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import sqlalchemy as sa
 
 from .. import db as dbmod
-import numpy as np
-
 from .. import grouping, suggest
 from ..matching import parse_encoding
 from ..people import Decision
@@ -226,8 +225,6 @@ def store_faces(conn: sa.Connection, engine: sa.Engine, settings: Settings, imag
     if fresh:
         batch = [grouping.Face(None, image_id, np.asarray(enc)) for _, enc, _ in fresh]
         decisions = grouping.Matcher(conn, engine, settings).decide(batch)
-        if settings.face_one_per_photo and settings.face_grouping != "roots":
-            decisions = grouping.one_per_photo(batch, decisions)
     taken = {r.face_index for r in reviewed}
     next_free = max(taken | {len(detections) - 1}) + 1   # above every index in use
     now = dbmod.now()
