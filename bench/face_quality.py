@@ -11,11 +11,14 @@ Sections (all in one run, one thread, photos one after another; CPU s = process_
    candidates (their CPU column is the candidate pass plus what the filter adds).
 2. calibration: encodings of faces both detectors find, YuNet's calibrated box against HOG's box
    on the same image (the calibration alone) and the whole pipelines against each other; on the
-   photos the constants were fitted on (detect/) and on others (people/, exif/, faces/).
+   photos the constants were fitted on (detect/) and on others (people/, exif/, faces/). Beside
+   them the noise floor: how far HOG's own encoding moves when its box moves half a HOG cell.
    --fit-calibration refits the constants first and prints them.
 3. people: same/different-person decisions at 0.6 on faces/people, HOG vs YuNet encodings.
 4. mix: photos per CPU second on a library-like mix (bench/face_api.build_mix: half no-face,
    8-12 MP) for the thumbnail reconstruction, ours with HOG and ours with YuNet (per --sides).
+5. profile: where the YuNet path's CPU goes per photo of the same mix, stage by stage (decode,
+   resize, YuNet's passes, the second look, landmarks + ResNet, the debug JPEG the API writes).
 
 CPU-heavy (minutes): on a shared machine run it under `flock` on the machine's bench lock. The
 truth and the photos are the shared development set; never point it at the held-out eval photos.
@@ -174,18 +177,32 @@ def yunets_own_box(c, shape) -> tuple[int, int, int, int]:
     return (max(0, round(y)), min(shape[1], round(x + w)), min(shape[0], round(y + h)), max(0, round(x)))
 
 
-def encoding_distances(pairs_by_photo, box_of) -> tuple[list[float], list[float]]:
-    """Distances HOG box vs `box_of(candidate, shape)` encodings on the same image; box IoUs."""
+def encoding_distances(pairs_by_photo, box_of, landmarks=None) -> tuple[list[float], list[float]]:
+    """Distances HOG box vs `box_of(candidate, shape)` encodings on the same image (landmarks as
+    engine.face_encodings takes them); box IoUs."""
     distances, ious = [], []
     for _, img, pairs in pairs_by_photo:
         if not pairs:
             continue
         hog_boxes = [box for _, box in pairs]
         ours = [box_of(c, img.shape) for c, _ in pairs]
-        a, b = engine.face_encodings(img, hog_boxes), engine.face_encodings(img, ours)
+        a, b = engine.face_encodings(img, hog_boxes), engine.face_encodings(img, ours, landmarks=landmarks)
         distances += [float(np.linalg.norm(x - y)) for x, y in zip(a, b)]
         ious += [gt.iou(x, y) for x, y in zip(hog_boxes, ours)]
     return distances, ious
+
+
+def hog_noise_floor(pairs_by_photo) -> list[float]:
+    """Per face: how far HOG's own encoding moves when its box moves by half a HOG cell (median of
+    the four directions), i.e. had its sliding window fallen half a step elsewhere."""
+    h = calibration.HALF_CELL
+    floor = []
+    for _, img, pairs in pairs_by_photo:
+        for _, box in pairs:
+            moved = [calibration.shifted(box, dx, dy) for dx, dy in ((h, 0), (-h, 0), (0, h), (0, -h))]
+            base, *others = engine.face_encodings(img, [box] + moved)
+            floor.append(float(np.median([np.linalg.norm(base - o) for o in others])))
+    return floor
 
 
 def _summary(values: list[float]) -> str:
@@ -205,13 +222,17 @@ def calibration_section(truth, runs, fit: bool) -> None:
         refit = calibration.fit(pairs)
         print(f"fitted on {len(pairs)} faces of detect/: CENTRE_X={refit[0]:.3f} "
               f"CENTRE_Y={refit[1]:.3f} SIDE={refit[2]:.3f} (in use: {constants})")
-    boxes = {"calibrated": lambda c, shape: calibration.hog_box(c, shape, constants),
-             "YuNet's own box": yunets_own_box}
+    calibrated = lambda c, shape: calibration.hog_box(c, shape, constants)  # noqa: E731
+    variants = {"calibrated box, averaged landmarks (engine)": (calibrated, calibration.landmarks),
+                "calibrated box, one landmark fit": (calibrated, None),
+                "YuNet's own box": (yunets_own_box, None)}
     for label, photos in (("detect/ (fitted on)", fitted_on), ("people/ faces/ exif/ (not)", others)):
-        for what, box_of in boxes.items():
-            d, ious = encoding_distances(photos, box_of)
-            print(f"{label:28s} {what:15s} encoding distance to the HOG box's: {_summary(d)}; "
+        for what, (box_of, landmarks) in variants.items():
+            d, ious = encoding_distances(photos, box_of, landmarks)
+            print(f"{label:28s} {what:44s} distance to the HOG box's encoding: {_summary(d)}; "
                   f"box IoU median {statistics.median(ious) if ious else 0:.2f}")
+        print(f"{label:28s} {'noise floor: HOG box moved half a HOG cell':44s} distance to the HOG "
+              f"box's encoding: {_summary(hog_noise_floor(photos))}")
     for side_name in [n for n in runs if n.startswith("ours, YuNet")]:
         for ref in gt.RECONSTRUCTIONS:
             d = gt.encoding_deltas(runs[ref], runs[side_name])
@@ -287,6 +308,54 @@ def mix_section(n: int, sides: list[int]) -> None:
               f"{faces:>20d} {false:>10d}", flush=True)
 
 
+# ------------------------------------------------------------------ 5. profile
+
+def profile_section(n: int, side: int) -> None:
+    """CPU seconds per photo of each stage of the YuNet path, the stages run one by one as
+    detect_yunet runs them (the debug JPEG as face_api/app.py draws it: a quality-85 save)."""
+    import io
+
+    from PIL import Image
+
+    from bench.face_api import build_mix
+
+    s = settings(face_detector="yunet", yunet_max_side=side)
+    photos = build_mix(Path(tempfile.mkdtemp(prefix="face-quality-profile-")), n)
+    stages: dict[str, float] = {}
+
+    def timed(stage, fn, *args):
+        started = time.process_time()
+        out = fn(*args)
+        stages[stage] = stages.get(stage, 0.0) + time.process_time() - started
+        return out
+
+    kept_faces = 0
+    for path in photos:
+        source = timed("header", load, path.read_bytes())
+        timed("decode (JPEG draft)", source._decode, side, True)
+        img = timed("resize", source.scaled, side)
+        main = timed(f"YuNet pass at {side}", yunet.run, img)
+        large = s.yunet_large_face_side
+        small = timed(f"resize for the {large} pass", yunet._resized, img, large)
+        factor = max(img.shape[:2]) / max(small.shape[:2])
+        main += [c.scaled(factor) for c in timed(f"YuNet pass at {large}", yunet.run, small)]
+        found = yunet._suppress_overlaps(sorted(main, key=lambda c: -c.score))
+        kept = timed("filters (second look)", lambda: [
+            c for c in found if filters.keep(img, c, s.yunet_min_score, s.yunet_confirm_score, yunet.run)])
+        boxes = [calibration.hog_box(c, img.shape) for c in kept]
+        kept_faces += len(boxes)
+        timed("landmarks + ResNet", engine.face_encodings, img, boxes, 1, None, calibration.landmarks)
+        timed("debug JPEG (API)", lambda: Image.fromarray(img).save(io.BytesIO(), "JPEG", quality=85))
+        timed("whole engine call", lambda: engine.encode_image(load(path.read_bytes()), s))
+    print(f"\n## 5. profile of the YuNet path at {side} px: {len(photos)} mix photos, "
+          f"{kept_faces} faces kept; CPU s per photo; load {_load()}")
+    whole = stages.pop("whole engine call")
+    for stage, seconds in stages.items():
+        print(f"{stage:28s} {seconds / len(photos):7.4f}  {100 * seconds / whole:5.1f} %")
+    print(f"{'whole engine call':28s} {whole / len(photos):7.4f}  (stages sum to "
+          f"{100 * sum(stages.values()) / whole:.0f} % with the debug JPEG)")
+
+
 def _load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -297,8 +366,9 @@ def main() -> None:
                     help="YuNet long sides to compare, e.g. 1280,1600")
     ap.add_argument("--fit-calibration", action="store_true")
     ap.add_argument("--skip-mix", action="store_true")
-    ap.add_argument("--sections", default="truth,calibration,people,mix",
-                    help="which of truth,calibration,people,mix to run (calibration needs truth)")
+    ap.add_argument("--sections", default="truth,calibration,people,mix,profile",
+                    help="which of truth,calibration,people,mix,profile to run "
+                         "(calibration needs truth)")
     ap.add_argument("--mix", type=int, default=16, help="photos in the library mix")
     args = ap.parse_args()
     sides = [int(s) for s in args.sides.split(",")]
@@ -313,6 +383,8 @@ def main() -> None:
         people_section()
     if "mix" in sections:
         mix_section(args.mix, sides)
+    if "profile" in sections:
+        profile_section(args.mix, sides[-1])
     print(json.dumps({"done": True, "load": _load()}))
 
 

@@ -10,7 +10,8 @@ Same pipeline as ageitgey/face_recognition with the original server's multi-scal
     locations = boxes mapped back to pixels of the (EXIF-oriented) photo
 
 PHOTO_FACE_DETECTOR=yunet replaces the scale loop with one YuNet pass whose boxes are redrawn
-like HOG's (face_api/detectors); landmarks and encodings are computed the same way.
+like HOG's (face_api/detectors); its 5-point landmarks are averaged over the box's half-HOG-cell
+shifts (detectors/calibration.py), the encodings are computed the same way.
 
 What makes it cheaper than the original (each measured against the ground truth with
 bench/groundtruth.py, and on the library mix with bench/face_api.py; settings turn them off):
@@ -41,6 +42,7 @@ import dlib
 import numpy as np
 from PIL import Image
 
+from .detectors import calibration
 from .detectors.yunet import detect_yunet
 from .imaging import REDUCING_GAP, RESAMPLE
 from .models import ModelFiles, find_model_files
@@ -136,14 +138,18 @@ def face_locations(rgb: np.ndarray, upsample: int = 1, models: Models | None = N
 
 
 def face_encodings(rgb: np.ndarray, locations, jitters: int = 1,
-                   models: Models | None = None) -> list[np.ndarray]:
-    """128-d encodings for the given boxes, same as face_recognition.face_encodings(model='small')."""
+                   models: Models | None = None, landmarks=None) -> list[np.ndarray]:
+    """128-d encodings for the given boxes, same as face_recognition.face_encodings(model='small').
+    `landmarks(img, box, predictor)` replaces dlib's one 5-point fit on the box (YuNet's path)."""
     models = models or load_models()
     img = np.ascontiguousarray(rgb)
     out = []
     with models.encode_lock:  # the ResNet keeps per-call buffers: one thread at a time
         for top, right, bottom, left in locations:
-            shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
+            if landmarks is None:
+                shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
+            else:
+                shape = landmarks(img, (top, right, bottom, left), models.shape_predictor)
             out.append(np.array(models.encoder.compute_face_descriptor(img, shape, jitters)))
     return out
 
@@ -267,14 +273,16 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
     source = image if hasattr(image, "scaled") and hasattr(image, "width") else ArraySource(image)
     width, height = int(source.width), int(source.height)
     timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
+    landmarks = None
     if settings.face_detector == "yunet":  # PHOTO_FACE_DETECTOR: its one pass replaces HOG's loop
         img, boxes, used, tried = detect_yunet(source, settings, timings)
-        enc_img = img
+        enc_img, landmarks = img, calibration.landmarks
     else:
         img, boxes, used, tried = detect_hog(source, settings, models, timings)
         enc_img = _encoding_image(source, img, boxes, used, settings.face_full_decode_below)
     t = time.monotonic()
-    encodings = face_encodings(enc_img, boxes, settings.face_jitters, models) if boxes else []
+    encodings = (face_encodings(enc_img, boxes, settings.face_jitters, models, landmarks)
+                 if boxes else [])
     timings["encode"] = time.monotonic() - t
     fy, fx = height / img.shape[0], width / img.shape[1]
     locations = [[min(height, round(top * fy)), min(width, round(right * fx)),

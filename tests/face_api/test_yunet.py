@@ -7,6 +7,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dlib
 import httpx
 import numpy as np
 import pytest
@@ -180,12 +181,35 @@ def _iou(a, b):
 
 
 def test_calibrated_box_encodings_match_hog_box_encodings(box_pairs):
+    """YuNet's path (calibrated box, landmarks averaged over its half-cell shifts) against the
+    encoding of HOG's own box on the same image."""
     distances = []
     for img, hog_box, ours in box_pairs:
-        a, b = engine.face_encodings(img, [hog_box, ours])
+        a, = engine.face_encodings(img, [hog_box])
+        b, = engine.face_encodings(img, [ours], landmarks=calibration.landmarks)
         distances.append(float(np.linalg.norm(a - b)))
     assert max(distances) <= 0.1, distances
     assert float(np.median(distances)) <= 0.05, distances
+
+
+def test_averaged_landmarks_stay_on_the_face(box_pairs):
+    """Averaging over half-cell shifts moves dlib's points by a few pixels, never off the face."""
+    models = engine.load_models()
+    for img, hog_box, _ in box_pairs:
+        top, right, bottom, left = hog_box
+        one = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
+        averaged = calibration.landmarks(img, hog_box, models.shape_predictor)
+        assert averaged.num_parts == one.num_parts == 5
+        assert averaged.rect == one.rect
+        moved = [np.hypot(p.x - q.x, p.y - q.y) for p, q in zip(averaged.parts(), one.parts())]
+        assert max(moved) <= 0.05 * (bottom - top) + 1, moved
+
+
+def test_engine_encodes_yunet_faces_with_averaged_landmarks(yu):
+    result = engine.encode_image(photo(FACES / "two_people.jpg"), yu)
+    want = engine.face_encodings(result.detection_image, result.detection_locations,
+                                 landmarks=calibration.landmarks)
+    np.testing.assert_allclose(result.encodings, want, atol=1e-6)
 
 
 def test_fit_recovers_the_constants(box_pairs):
