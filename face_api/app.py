@@ -332,7 +332,13 @@ async def metrics_endpoint():
     return Response(body, media_type=ctype)
 
 
-@app.on_event("startup")
-async def _load_on_startup():
+def start_loading_models() -> None:
+    """Load the models in the background if the import did not (PHOTO_LOAD_MODELS_AT_IMPORT=0);
+    /health answers 503 "loading" meanwhile."""
     if not engine.models_loaded():
         threading.Thread(target=engine.load_models, daemon=True).start()
+
+
+@app.on_event("startup")
+async def _load_on_startup():
+    start_loading_models()

@@ -52,18 +52,21 @@ def test_defaults_follow_the_spec():
 
 
 def test_gunicorn_conf_gives_the_spec_command_line(tmp_path):
-    """The unit's `-c gunicorn.conf.py` equals `-k uvicorn.workers.UvicornWorker --bind
-    127.0.0.1:5000 --workers 16 --threads 2 --timeout 300` with the unit's environment."""
+    """The unit's `-c gunicorn.conf.py` gives the spec's `--bind 127.0.0.1:5000 --workers 16
+    --threads 2 --timeout 300` with the unit's environment, served by gthread workers that take a
+    connection only while a thread is free (worker_connections = threads, no keep-alive) instead
+    of the spec's eager uvicorn workers."""
     code = ("from gunicorn.config import Config; import runpy; c = Config();"
             "ns = runpy.run_path('face_api/gunicorn.conf.py');"
             "[c.set(k, v) for k, v in ns.items() if k in c.settings];"
-            "import json; print(json.dumps([c.worker_class_str, c.bind, c.workers, c.threads, c.timeout]))")
+            "import json; print(json.dumps([c.worker_class_str, c.bind, c.workers, c.threads, c.timeout,"
+            " c.worker_connections, c.keepalive]))")
     env = {"PATH": "/usr/bin:/bin", "FACE_API_BIND": "127.0.0.1:5000", "FACE_API_WORKERS": "16",
            "FACE_API_THREADS": "2", "FACE_API_TIMEOUT": "300", "PHOTO_LOG_DIR": str(tmp_path),
            "PHOTO_STORAGE_ROOT": str(tmp_path)}   # the config refuses a missing storage root
     out = subprocess.run([str(VENV / "bin/python"), "-c", code], cwd=PROJECT_ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == ["uvicorn.workers.UvicornWorker", ["127.0.0.1:5000"], 16, 2, 300]
+    assert json.loads(out) == ["gthread", ["127.0.0.1:5000"], 16, 2, 300, 2, 0]
 
 
 def test_numprocs_from_settings_and_flags():
