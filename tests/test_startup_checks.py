@@ -100,9 +100,6 @@ def test_face_api_under_plain_uvicorn_fails_in_one_line(tmp_path, env, words):
     assert "s3cret" not in res.stderr
 
 
-@pytest.mark.xfail(reason="face_api/app.py loads its settings with get_settings(), not "
-                          "startup.settings_or_exit(): under plain uvicorn a missing storage root "
-                          "is not refused and the status is 1, not 2", strict=False)
 def test_face_api_under_uvicorn_checks_storage_roots(tmp_path):
     args = [sys.executable, "-m", "uvicorn", "face_api.app:app", "--port", str(free_port())]
     try:
