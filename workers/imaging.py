@@ -238,13 +238,13 @@ def _decode_packed(im: Image.Image) -> Packed | None:
     Pillow should decode it: CMYK, or anything simplejpeg refuses (strict: a truncated or
     corrupt file too), so bad files fail exactly as before."""
     colorspace = JPEG_COLORSPACES.get(im.mode)
-    if colorspace is None:
+    if colorspace is None or getattr(im, "fp", None) is None:     # no file: loaded already
         return None
     try:
         im.fp.seek(0)
         pixels = simplejpeg.decode_jpeg(im.fp.read(), colorspace=colorspace, strict=True,
                                         min_width=im.width, min_height=im.height)
-    except ValueError:
+    except (ValueError, OSError):
         return None
     if pixels.shape[:2] != (im.height, im.width):     # another scale than Pillow's draft
         return None

@@ -826,3 +826,16 @@ def test_whole_image_needs_no_area():
                                      resample._span(0, 1500, 1200))
     assert whole.tobytes() == searched.tobytes()
     assert resample.vips_spans(im, (400, 300), box) is None       # >= 4x stays with Pillow
+
+
+def test_jpeg_simplejpeg_refuses_is_decoded_by_pillow_as_before(tmp_path):
+    # Stray bytes before a marker: libjpeg warns, Pillow decodes anyway, strict simplejpeg
+    # refuses; the photo still gets its thumbnails, through Pillow.
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    sos = data.index(b"\xff\xda")
+    (tmp_path / "stray.jpg").write_bytes(data[:sos] + b"\0\0\0" + data[sos:])
+    decoded = imaging.decode(imaging.open_source(tmp_path / "stray.jpg", 10**9), (320, 240))
+    assert isinstance(decoded, Image.Image) and decoded.size == (320, 240)
+    assert render(tmp_path, tmp_path / "stray.jpg", [("scale", 300, 300)])["scale-300x300"].size == (300, 225)
