@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Installs photo-pipeline on a Debian/Ubuntu box: Debian packages, the pinned venv, the code,
-# storage/logs, the supervisor programs and the face-api systemd unit; then (re)starts them.
-# Idempotent: run it again after every `git pull`. `--dry-run` prints the steps and changes nothing.
+# Installs photo-pipeline on a Debian/Ubuntu box: Debian packages, a venv holding the pinned lock
+# and this checkout as an installed package (the `photo-pipeline` command), storage/logs, the
+# supervisor programs and the face-api systemd unit; then (re)starts them. The programs run the
+# venv's console script, so the checkout can be deleted or moved after the install.
+# Idempotent: run it again after every `git pull` (it upgrades the package in place); run an older
+# checkout's install.sh to roll back. `--dry-run` prints the steps and changes nothing.
+# Never written: the operator's settings (/etc/default/face-api, the app's .env).
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PREFIX=/var/www/photo
-APP_DIR=""
+WORKDIR=""
 VENV=""
 USER_NAME=www-data
 GROUP_NAME=web
@@ -20,12 +24,13 @@ usage() {
   cat <<EOF
 usage: sudo ./install.sh [options]
   --prefix DIR     the Laravel app root (default /var/www/photo); logs in DIR/storage/logs
-  --app-dir DIR    where this project's code lives (default: the prefix); synced from $SRC
+  --workdir DIR    working directory of the programs: relative settings (storage, .env) resolve
+                   there (default: the prefix). --app-dir is the old name
   --venv DIR       virtualenv (default: <prefix>/face-api-venv)
   --user NAME      process owner (default www-data)
   --group NAME     group (default web; created if missing)
   --root DIR       filesystem root for /etc/supervisor and /etc/systemd (default /; tests)
-  --migrate        run \`python -m workers migrate\` (DB from the app's .env / PHOTO_*)
+  --migrate        run \`photo-pipeline migrate\` (DB from the app's .env / PHOTO_*)
   --no-apt         skip the Debian packages step
   --no-services    do not touch systemctl / supervisorctl
   --dry-run        print every step, change nothing
@@ -35,7 +40,7 @@ EOF
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX="$2"; shift 2 ;;
-    --app-dir) APP_DIR="$2"; shift 2 ;;
+    --workdir|--app-dir) WORKDIR="$2"; shift 2 ;;
     --venv) VENV="$2"; shift 2 ;;
     --user) USER_NAME="$2"; shift 2 ;;
     --group) GROUP_NAME="$2"; shift 2 ;;
@@ -51,13 +56,14 @@ done
 
 abspath() { case "$1" in /*) printf '%s' "${1%/}" ;; *) printf '%s/%s' "$PWD" "${1%/}" ;; esac; }
 PREFIX="$(abspath "$PREFIX")"
-APP_DIR="$(abspath "${APP_DIR:-$PREFIX}")"
+WORKDIR="$(abspath "${WORKDIR:-$PREFIX}")"
 VENV="$(abspath "${VENV:-$PREFIX/face-api-venv}")"
 ROOT="$(abspath "$ROOT")"          # "/" becomes "", so "$ROOT/etc" is /etc
 SUPERVISOR_DIR="$ROOT/etc/supervisor/conf.d"
 SYSTEMD_DIR="$ROOT/etc/systemd/system"
 LOG_DIR="$PREFIX/storage/logs"
 PY="$VENV/bin/python"
+CLI="$VENV/bin/photo-pipeline"
 
 step() { echo "==> $*"; }
 # Every change goes through run: printed always, executed unless --dry-run.
@@ -76,7 +82,7 @@ fi
 
 step "Debian packages (python3-venv, libimage-exiftool-perl, supervisor)"
 if [ "$APT" -eq 1 ]; then
-  run "$SRC/scripts/debian-deps.sh" python3 python3-venv libimage-exiftool-perl supervisor rsync
+  run "$SRC/scripts/debian-deps.sh" python3 python3-venv libimage-exiftool-perl supervisor
 else
   echo "skipped (--no-apt)"
 fi
@@ -90,35 +96,16 @@ else
   echo "group $GROUP_NAME missing and not root: skipped (files keep your group)"
 fi
 
-step "code in $APP_DIR"
-if [ "$APP_DIR" = "$SRC" ]; then
-  echo "already there"
-else
-  run mkdir -p "$APP_DIR"
-  # Only this project's own paths: the app dir may be the Laravel root, whose files we never touch.
-  HAVE_RSYNC=0; command -v rsync >/dev/null && HAVE_RSYNC=1
-  for d in workers face_api etc scripts sql; do
-    [ -d "$SRC/$d" ] || continue
-    if [ "$HAVE_RSYNC" -eq 1 ]; then
-      run rsync -rlt --delete --exclude __pycache__ --exclude '*.pyc' "$SRC/$d/" "$APP_DIR/$d/"
-    else   # no rsync (--no-apt): replace the directory, keeping timestamps
-      run rm -rf "$APP_DIR/$d"
-      run cp -a "$SRC/$d" "$APP_DIR/$d"
-      run find "$APP_DIR/$d" -name __pycache__ -prune -exec rm -rf {} +
-    fi
-  done
-  for f in install.sh requirements.txt requirements-nodeps.txt Makefile; do
-    [ -f "$SRC/$f" ] || continue
-    run cp -p "$SRC/$f" "$APP_DIR/$f"
-  done
-fi
-
-step "virtualenv $VENV"
-# The pinned lock only: the box needs no test oracle (requirements-nodeps.txt).
+step "virtualenv $VENV: the pinned lock, then the photo-pipeline package"
+# `pip install -r requirements.txt` then `pip install --no-deps <checkout>`: the box gets exactly
+# the lock CI tested (tests/test_packaging.py keeps it complete and in step with pyproject.toml),
+# and installing the package can neither add nor upgrade a dependency; `pip check` then proves the
+# lock satisfies what the package declares. (`pip install -c requirements.txt .` would resolve
+# afresh and take an unpinned version of anything the lock missed.)
 REQ="$SRC/requirements.txt"
 # True when every pinned requirement that applies here (environment markers) is installed at
 # exactly its version (offline; no pip).
-venv_satisfied() {
+lock_satisfied() {
   [ -x "$PY" ] || return 1
   "$PY" - "$REQ" <<'EOF'
 import re, sys
@@ -139,24 +126,70 @@ for path in sys.argv[1:]:
             sys.exit(1)
 EOF
 }
-if venv_satisfied; then
+# The files the package is built from. They are built from a copy: an in-tree build would leave
+# build/ in the checkout, whose stale modules setuptools would put into the next wheel.
+PACKAGE_FILES=(pyproject.toml README.md workers face_api)
+package_files() {
+  (cd "$SRC" && find "${PACKAGE_FILES[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
+     LC_ALL=C sort -z)
+}
+# What the installed package was built from, recorded in the venv after each install: a changed
+# checkout (git pull, or an older one to roll back) differs and is reinstalled, the same is not.
+STAMP="$VENV/.photo-pipeline-source"
+DIGEST="$(package_files | (cd "$SRC" && xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)"
+if lock_satisfied; then
   echo "all pinned requirements present"
 else
   [ -x "$PY" ] || run python3 -m venv "$VENV"
   run "$PY" -m pip install -q --upgrade pip
   run "$PY" -m pip install -q -r "$REQ"
 fi
+if [ -x "$CLI" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$DIGEST" ]; then
+  echo "photo-pipeline package up to date ($CLI)"
+else
+  if [ "$DRY_RUN" -eq 1 ]; then
+    BUILD="<tmp>"
+  else
+    BUILD="$(mktemp -d)"; trap 'rm -rf "$BUILD"' EXIT
+    package_files | (cd "$SRC" && xargs -0 cp --parents -p -t "$BUILD")
+  fi
+  echo "+ copy ${PACKAGE_FILES[*]} to $BUILD"
+  # --force-reinstall: two checkouts may carry the same version number.
+  run "$PY" -m pip install -q --no-deps --force-reinstall "$BUILD"
+  run "$PY" -m pip check
+  if [ "$DRY_RUN" -eq 1 ]; then
+    echo "+ record the source digest in $STAMP"
+  else
+    echo "$DIGEST" > "$STAMP"
+  fi
+fi
+
+step "old code copies in $WORKDIR"
+# install.sh used to copy workers/ and face_api/ into the working directory; the programs now run
+# the installed package, and a stale copy there would only mislead whoever reads it.
+OLD=()
+if [ "$WORKDIR" != "$SRC" ]; then
+  [ -f "$WORKDIR/workers/cli.py" ] && OLD+=("$WORKDIR/workers")
+  [ -f "$WORKDIR/face_api/app.py" ] && OLD+=("$WORKDIR/face_api")
+fi
+if [ "${#OLD[@]}" -eq 0 ]; then
+  echo "none"
+else
+  run rm -rf "${OLD[@]}"
+  LEFT=()
+  for p in sql scripts etc install.sh requirements.txt requirements-nodeps.txt Makefile; do
+    [ -e "$WORKDIR/$p" ] && LEFT+=("$WORKDIR/$p")
+  done
+  [ "${#LEFT[@]}" -eq 0 ] || echo "no longer used; remove them if an earlier install.sh put them there: ${LEFT[*]}"
+fi
 
 step "storage/logs (owner $USER_NAME:$GROUP_NAME, dirs 775, files 664)"
 run mkdir -p "$LOG_DIR"
 # u+rwX,g+rwX,o+rX,o-w: dirs 775, files 664, executables (install.sh, scripts/) stay 775.
-PERM_PATHS=("$LOG_DIR")
-[ "$APP_DIR" = "$SRC" ] || for p in workers face_api etc scripts sql install.sh requirements.txt \
-    requirements-nodeps.txt Makefile; do [ -e "$APP_DIR/$p" ] && PERM_PATHS+=("$APP_DIR/$p"); done
-run chmod -R u+rwX,g+rwX,o+rX,o-w "${PERM_PATHS[@]}"
+run chmod -R u+rwX,g+rwX,o+rX,o-w "$LOG_DIR"
 run chmod 775 "$PREFIX/storage"
 if [ "$OWNER_OK" -eq 1 ]; then
-  run chown -R "$USER_NAME:$GROUP_NAME" "${PERM_PATHS[@]}"
+  run chown -R "$USER_NAME:$GROUP_NAME" "$LOG_DIR"
   run chown "$USER_NAME:$GROUP_NAME" "$PREFIX/storage"
 else
   echo "chown skipped: $OWNER_WHY (files stay owned by $(id -un):$(id -gn))"
@@ -165,11 +198,12 @@ fi
 step "config: $SUPERVISOR_DIR/photo-*-worker.conf, $SYSTEMD_DIR/face-api.service"
 CHANGED=0
 if [ "$DRY_RUN" -eq 1 ]; then
-  echo "+ (cd $APP_DIR && $PY -m workers render-config --prefix $PREFIX --venv $VENV --app-dir $APP_DIR" \
+  echo "+ (cd $WORKDIR && $CLI render-config --prefix $PREFIX --venv $VENV --workdir $WORKDIR" \
        "--user $USER_NAME --group $GROUP_NAME --out <tmp>) and install the files that differ"
 else
-  STAGE="$(mktemp -d)"; trap 'rm -rf "$STAGE"' EXIT
-  (cd "$APP_DIR" && "$PY" -m workers render-config --prefix "$PREFIX" --venv "$VENV" --app-dir "$APP_DIR" \
+  STAGE="$(mktemp -d)"; trap 'rm -rf "$STAGE" "${BUILD:-}"' EXIT
+  # From the working directory, so it reads the settings (.env) the programs will read.
+  (cd "$WORKDIR" && "$CLI" render-config --prefix "$PREFIX" --venv "$VENV" --workdir "$WORKDIR" \
      --user "$USER_NAME" --group "$GROUP_NAME" --out "$STAGE" >/dev/null)
   mkdir -p "$SUPERVISOR_DIR" "$SYSTEMD_DIR"
   for f in "$STAGE"/*; do
@@ -185,7 +219,7 @@ fi
 
 step "migrations"
 if [ "$MIGRATE" -eq 1 ]; then
-  run env -C "$APP_DIR" "$PY" -m workers migrate
+  run env -C "$WORKDIR" "$CLI" migrate
 else
   echo "skipped (pass --migrate)"
 fi
@@ -201,7 +235,7 @@ else
   run systemctl restart face-api
   run supervisorctl reread
   run supervisorctl update
-  # New code needs new processes; TERM lets each finish its current job (stopwaitsecs).
+  # A new package needs new processes; TERM lets each finish its current job (stopwaitsecs).
   run supervisorctl restart 'photo-thumbnails-worker:*' 'photo-metadata-worker:*' \
       'photo-geolocation-worker:*' 'photo-faces-worker:*'
 fi

@@ -14,7 +14,10 @@ Servers:
   thumbnail, LANCZOS  the original server reconstructed (bench/groundtruth.py): full decode, then
                       img.thumbnail((scale, scale)) or a LANCZOS resize per scale 1200/1600/2000,
                       HOG upsample 1, stop at the first scale with faces, encode on that image
-  hog, yunet          ours (face_api.app) with PHOTO_FACE_DETECTOR=hog or yunet
+  hog, yunet          ours (face_api.app) with PHOTO_FACE_DETECTOR=hog or yunet, served as
+                      face_api/gunicorn.conf.py serves it (gthread workers that accept only while
+                      a thread is free; the references keep the original's uvicorn workers, which
+                      accept every connection at once). --ours-worker-class changes ours.
 
 Columns: photos/s (wall) and x the thumbnail reconstruction; worker CPU seconds per photo (from
 /proc, every worker process: robust to other load) and its ratio; p50/p95 latency; faces the
@@ -116,20 +119,23 @@ def _memory_mb(pid: int) -> dict:
     return vals
 
 
-def _server_env(server: str, threads: int) -> tuple[str, dict]:
+def _server_env(server: str, threads: int, worker_class: str | None = None) -> tuple[str, dict]:
     if server in REFERENCES:
         # PHOTO_FACE_THREADS keeps gunicorn.conf.py's post_fork from importing our app
         return "bench.face_api:reference_app", {
-            "FACE_BENCH_REFERENCE": server, "FACE_BENCH_THREADS": str(threads), "PHOTO_FACE_THREADS": "1"}
+            "FACE_BENCH_REFERENCE": server, "FACE_BENCH_THREADS": str(threads), "PHOTO_FACE_THREADS": "1",
+            "FACE_API_WORKER_CLASS": "uvicorn.workers.UvicornWorker"}    # as the original ran
     return "face_api.app:app", {"PHOTO_FACE_DETECTOR": server, "FACE_API_THREADS": str(threads),
-                                "PHOTO_FACE_THREADS": str(threads)}
+                                "PHOTO_FACE_THREADS": str(threads),
+                                **({"FACE_API_WORKER_CLASS": worker_class} if worker_class else {})}
 
 
-def run_server(server: str, photos: list[Path], clients: int, workers: int, threads: int, tmp: Path) -> dict:
+def run_server(server: str, photos: list[Path], clients: int, workers: int, threads: int, tmp: Path,
+               worker_class: str | None = None) -> dict:
     import httpx
     from tests.face_api.service import free_port, worker_pids
 
-    app_path, env = _server_env(server, threads)
+    app_path, env = _server_env(server, threads, worker_class)
     port = free_port()
     full_env = dict(os.environ, FACE_API_BIND=f"127.0.0.1:{port}", FACE_API_WORKERS=str(workers),
                     PHOTO_LOG_DIR=str(tmp / "logs"), PHOTO_DEBUG_DIR=str(tmp / "debug"),
@@ -218,6 +224,7 @@ def main():
     ap.add_argument("--workers", type=int, default=cpus)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clients", type=int, default=2 * cpus)
+    ap.add_argument("--ours-worker-class", help="gunicorn worker class for ours (default: the config's)")
     args = ap.parse_args()
     servers = args.servers.split(",")
     if "thumbnail" not in servers:
@@ -236,7 +243,8 @@ def main():
     best: dict[str, dict] = {}
     for round_no in range(args.rounds):
         for server in (servers if round_no % 2 == 0 else servers[::-1]):
-            r = run_server(server, photos, args.clients, args.workers, args.threads, tmp)
+            r = run_server(server, photos, args.clients, args.workers, args.threads, tmp,
+                           args.ours_worker_class)
             print(f"  round {round_no + 1} {server:10s} {r['throughput']:6.3f} photos/s, "
                   f"{r['cpu_per_photo']:6.3f} worker CPU s/photo, load {r['load']:.1f}", flush=True)
             if server not in best or r["throughput"] > best[server]["throughput"]:

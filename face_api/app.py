@@ -31,13 +31,12 @@ from .auth import BearerTokenMiddleware
 from .imaging import ImageError, PathDenied, open_photo, read_limited, resolve_under_roots
 from .memory import IdleTrimmer
 from .detectors import describe as describe_detector
-from .settings import SettingsError, get_settings
+from .startup import settings_or_exit
 
 log = logging.getLogger("face_api")
-try:
-    settings = get_settings()
-except SettingsError as exc:  # e.g. an unknown PHOTO_FACE_DETECTOR: one line, no traceback
-    raise SystemExit(f"face_api: {exc}") from None
+# Bad settings end the process with one line and status 2 under any server (gunicorn.conf.py
+# checks them once more in the master, before forking).
+settings = settings_or_exit()
 
 # Models are loaded at import: under gunicorn preload_app=True this happens once in the master
 # and the forked workers share the pages. Set PHOTO_LOAD_MODELS_AT_IMPORT=0 to load at startup.
@@ -332,7 +331,13 @@ async def metrics_endpoint():
     return Response(body, media_type=ctype)
 
 
-@app.on_event("startup")
-async def _load_on_startup():
+def start_loading_models() -> None:
+    """Load the models in the background if the import did not (PHOTO_LOAD_MODELS_AT_IMPORT=0);
+    /health answers 503 "loading" meanwhile."""
     if not engine.models_loaded():
         threading.Thread(target=engine.load_models, daemon=True).start()
+
+
+@app.on_event("startup")
+async def _load_on_startup():
+    start_loading_models()

@@ -5,6 +5,14 @@ Every value can be overridden by an environment variable (FACE_API_BIND, FACE_AP
 and, as always with gunicorn, by GUNICORN_CMD_ARGS / command-line flags, which win over this file.
 The app is preloaded: the dlib models are loaded once in the master and shared by the forked
 workers (copy-on-write pages).
+
+Workers are gunicorn's `gthread` workers, each accepting a connection only while one of its
+`threads` is free (worker_connections = threads), so a photo waits in the kernel's listen backlog
+for the first idle worker. ASGI workers (uvicorn's, as the original ran, or gunicorn's `asgi`)
+accept every connection at once, busy or not: with every worker computing, one worker queues
+photos while another idles (bench/face_api.py, 2 workers: one idle 65 % of a run, 25-30 % of the
+throughput lost). The FastAPI app reaches gthread workers through a2wsgi (post_worker_init).
+FACE_API_WORKER_CLASS=uvicorn.workers.UvicornWorker still serves the same app the original's way.
 """
 import os
 import sys
@@ -28,11 +36,14 @@ _log_dir = Path(_env("PHOTO_LOG_DIR", "storage/logs"))   # relative to the worki
 
 bind = _env("FACE_API_BIND", "127.0.0.1:5000")
 workers = int(_env("FACE_API_WORKERS", "16"))
-threads = int(_env("FACE_API_THREADS", "2"))  # uvicorn ignores it; see post_fork
-worker_class = _env("FACE_API_WORKER_CLASS", "uvicorn.workers.UvicornWorker")
+threads = int(_env("FACE_API_THREADS", "2"))  # photos at once per worker (see post_fork)
+worker_class = _env("FACE_API_WORKER_CLASS", "gthread")
+# gthread: stop accepting while every thread is busy. An idle kept-alive connection would hold a
+# place too, so keep-alive is off by default (a connection per photo costs nothing beside ~1 s).
+worker_connections = int(_env("FACE_API_WORKER_CONNECTIONS", str(threads)))
 timeout = int(_env("FACE_API_TIMEOUT", "300"))
 graceful_timeout = int(_env("FACE_API_GRACEFUL_TIMEOUT", "30"))
-keepalive = int(_env("FACE_API_KEEPALIVE", "5"))
+keepalive = int(_env("FACE_API_KEEPALIVE", "0" if worker_class in ("gthread", "sync") else "5"))
 max_requests = int(_env("FACE_API_MAX_REQUESTS", "2000"))          # recycle: dlib RSS creep (#1501)
 max_requests_jitter = int(_env("FACE_API_MAX_REQUESTS_JITTER", "200"))
 preload_app = _env("FACE_API_PRELOAD", "1") not in ("0", "false", "False")
@@ -62,12 +73,24 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    # uvicorn workers ignore `threads`: the app runs that many photos at once per worker instead
-    # (dlib releases the GIL), unless PHOTO_FACE_THREADS says otherwise.
+    # The engine runs `threads` photos at once per worker (dlib releases the GIL), unless
+    # PHOTO_FACE_THREADS says otherwise; uvicorn workers ignore `threads` themselves.
     if "PHOTO_FACE_THREADS" not in os.environ:
         from face_api import app
 
         app.set_engine_slots(server.cfg.threads)
+
+
+def post_worker_init(worker):
+    # WSGI workers (gthread, sync) get the ASGI app through a2wsgi, built here in the forked worker
+    # because it starts the thread running the app's event loop. a2wsgi runs no lifespan events.
+    if worker.cfg.worker_class_str in ("gthread", "sync"):
+        from a2wsgi import ASGIMiddleware
+
+        from face_api import app
+
+        worker.wsgi = ASGIMiddleware(worker.wsgi)
+        app.start_loading_models()
 
 
 def child_exit(server, worker):

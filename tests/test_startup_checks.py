@@ -8,19 +8,19 @@ import sys
 
 import pytest
 
-from tests.services import PROJECT_ROOT
+from tests.services import PROJECT_ROOT, free_port
 
 GUNICORN_CONF = PROJECT_ROOT / "face_api" / "gunicorn.conf.py"
 
 
-def run(args: list[str], tmp_path, **env) -> subprocess.CompletedProcess:
+def run(args: list[str], tmp_path, timeout: float = 120, **env) -> subprocess.CompletedProcess:
     """`args` from an empty directory, with only these PHOTO_* settings."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PHOTO_", "FACE_API_"))}
     clean.update({"PYTHONPATH": str(PROJECT_ROOT), "PHOTO_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
                   "PHOTO_STORAGE_ROOT": str(tmp_path), "PHOTO_LOG_DIR": str(tmp_path), **env})
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    return subprocess.run(args, cwd=cwd, env=clean, capture_output=True, text=True, timeout=120)
+    return subprocess.run(args, cwd=cwd, env=clean, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_refused(res: subprocess.CompletedProcess, *words: str) -> str:
@@ -80,3 +80,31 @@ def test_face_api_refuses_to_start(tmp_path, env, words):
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "face_api.app:app"]
     res = run(gunicorn, tmp_path, PHOTO_LOAD_MODELS_AT_IMPORT="0", FACE_API_BIND="127.0.0.1:9", **env)
     assert_refused(res, "face API", *words)
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"PHOTO_FACE_SCALES": "1200,big"}, ["PHOTO_FACE_SCALES"]),
+    ({"PHOTO_FACE_DETECTOR": "cnn"}, ["PHOTO_FACE_DETECTOR='cnn'", "hog, yunet"]),
+    ({"PHOTO_FACE_API_TOKEN": "s3cret", "PHOTO_FACE_UPSAMPLE": "9"}, ["PHOTO_FACE_UPSAMPLE='9'"]),
+])
+def test_face_api_under_plain_uvicorn_fails_in_one_line(tmp_path, env, words):
+    """`uvicorn face_api.app:app` (no gunicorn config) also ends with one line and no traceback.
+    (Its status is 1 and it does not check the storage roots: that needs face_api/app.py to call
+    face_api.startup.settings_or_exit(), see test_face_api_under_uvicorn_checks_storage_roots.)"""
+    res = run([sys.executable, "-m", "uvicorn", "face_api.app:app", "--port", "9"], tmp_path,
+              PHOTO_LOAD_MODELS_AT_IMPORT="0", **env)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode != 0 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "s3cret" not in res.stderr
+
+
+def test_face_api_under_uvicorn_checks_storage_roots(tmp_path):
+    args = [sys.executable, "-m", "uvicorn", "face_api.app:app", "--port", str(free_port())]
+    try:
+        res = run(args, tmp_path, timeout=20, PHOTO_LOAD_MODELS_AT_IMPORT="0",
+                  PHOTO_STORAGE_ROOT="/nonexistent/storage")
+    except subprocess.TimeoutExpired:
+        pytest.fail("uvicorn started with a missing storage root")
+    assert_refused(res, "face API", "PHOTO_STORAGE_ROOT", "not a directory")

@@ -1,7 +1,10 @@
-"""`python -m workers render-config`: the supervisor programs and the face-api systemd unit,
+"""`photo-pipeline render-config`: the supervisor programs and the face-api systemd unit,
 rendered from the jinja2 templates in workers/templates/ (package data, so an installed
 package renders them too) and the settings (queue timeouts and process counts).
 
+The programs run the venv's `photo-pipeline` console script (`consume --queue Q`,
+`serve-face-api`), so nothing depends on a checkout once the package is installed; the working
+directory only anchors relative settings (`storage`, the app's `.env`).
 install.sh calls this and copies the result to /etc/supervisor/conf.d and /etc/systemd/system."""
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ def numprocs_for(settings: Settings, queue: str, override: dict[str, int] | None
 
 
 def render(settings: Settings | None = None, *, prefix: str = "/var/www/photo", venv: str | None = None,
-           user: str = "www-data", group: str = "web", app_dir: str | None = None,
+           user: str = "www-data", group: str = "web", workdir: str | None = None,
            numprocs: dict[str, int] | None = None, environment: dict[str, str] | None = None,
            env_file: str = "/etc/default/face-api", face_api: dict | None = None,
            setpriv: bool = True) -> dict[str, str]:
@@ -84,7 +87,8 @@ def render(settings: Settings | None = None, *, prefix: str = "/var/www/photo", 
     settings = settings or get_settings()
     prefix = prefix.rstrip("/") or "/"
     venv = venv or f"{prefix}/face-api-venv"
-    app_dir = str(app_dir or prefix)       # the working directory: `storage` resolves against it
+    workdir = str(workdir or prefix)       # relative settings (`storage`, `.env`) resolve against it
+    cli = f"{venv}/bin/photo-pipeline"     # the installed console script, never a checkout
     for name, value in (("user", user), ("group", group)):
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", value):
             raise ConfigError(f"bad {name} name: {value!r}")
@@ -97,11 +101,11 @@ def render(settings: Settings | None = None, *, prefix: str = "/var/www/photo", 
         files[f"photo-{queue}-worker.conf"] = worker.render(
             queue=queue, timeout=settings.timeout_for(queue), margin=STOP_MARGIN,
             numprocs=numprocs_for(settings, queue, numprocs),
-            command=f"{venv}/bin/python -m workers consume --queue {queue}",
-            app_dir=app_dir, environment=env, user=user, group=group, setpriv=setpriv,
+            command=f"{cli} consume --queue {queue}",
+            workdir=workdir, environment=env, user=user, group=group, setpriv=setpriv,
             log_file=f"{log_dir}/supervisor-photo-{queue}.log")
     files["face-api.service"] = jinja.get_template("systemd/face-api.service.j2").render(
-        user=user, group=group, app_dir=app_dir, gunicorn=f"{venv}/bin/gunicorn",
+        user=user, group=group, workdir=workdir, command=f"{cli} serve-face-api",
         environment=env, env_file=env_file, face_api={**FACE_API, **(face_api or {})})
     return files
 
@@ -134,7 +138,7 @@ def _numprocs_arg(values: list[str]) -> dict[str, int]:
 def cmd_render_config(args) -> int:
     try:
         files = render(prefix=args.prefix, venv=args.venv, user=args.user, group=args.group,
-                       app_dir=args.app_dir, numprocs=_numprocs_arg(args.numprocs),
+                       workdir=args.workdir, numprocs=_numprocs_arg(args.numprocs),
                        environment=_pairs(args.env, "--env"), env_file=args.env_file,
                        setpriv=not args.no_setpriv)
     except ConfigError as exc:
@@ -163,8 +167,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="directory to write the files to (default: print)")
     p.add_argument("--prefix", default="/var/www/photo", help="Laravel app root (logs in <prefix>/storage/logs)")
     p.add_argument("--venv", help="virtualenv (default: <prefix>/face-api-venv)")
-    p.add_argument("--app-dir", help="working directory of the programs, where a checkout's code lives "
-                                     "(default: the prefix; an installed package runs from anywhere)")
+    p.add_argument("--workdir", "--app-dir", dest="workdir",
+                   help="working directory of the programs, where relative settings such as `storage` "
+                        "resolve (default: the prefix; the code itself is the venv's installed package)")
     p.add_argument("--user", default="www-data")
     p.add_argument("--group", default="web")
     p.add_argument("--numprocs", action="append", metavar="N|QUEUE=N",

@@ -1,18 +1,21 @@
-"""`pip install .` into a fresh virtualenv: the `photo-pipeline` command and the face API work
-from another directory, with nothing from the checkout on sys.path.
+"""install.sh into a fresh virtualenv: the `photo-pipeline` command and the face API work from
+another directory, with nothing from the checkout on sys.path, and the rendered programs run
+that venv's console script.
 
-The venv gets the pinned lock with --no-deps (the lock is complete: tests/test_packaging.py), then
-the package itself; `pip check` confirms every dependency is satisfied. pip's wheel cache and the
-configured find-links make a second run quick; the first needs the index or a wheelhouse."""
+install.sh creates the venv, installs the pinned lock (`pip install -r requirements.txt`), then
+the package (`pip install --no-deps`, built from a copy of the checkout) and runs `pip check`.
+pip's wheel cache and the configured find-links make a second run quick; the first needs the index
+or a wheelhouse."""
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import httpx
@@ -24,16 +27,24 @@ pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory):
-    """bin/ of a fresh venv holding the lock and `pip install --no-deps <checkout>`."""
-    root = tmp_path_factory.mktemp("clean") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
-    pip = [str(root / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps"]
-    subprocess.run([*pip, "-r", str(PROJECT_ROOT / "requirements.txt")], check=True, timeout=1200)
-    subprocess.run([*pip, str(PROJECT_ROOT)], check=True, timeout=600)
-    check = subprocess.run([str(root / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    return root / "bin"
+def box(tmp_path_factory):
+    """(filesystem root, venv) after install.sh --root: a fresh venv and the rendered config."""
+    base = tmp_path_factory.mktemp("clean")
+    root, venv = base / "root", base / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PHOTO_", "PYTHON", "VIRTUAL_ENV"))}
+    res = subprocess.run([str(PROJECT_ROOT / "install.sh"), "--prefix", str(root / "var/www/photo"),
+                          "--root", str(root), "--venv", str(venv), "--no-apt", "--no-services",
+                          "--user", pwd.getpwuid(os.getuid()).pw_name, "--group", grp.getgrgid(os.getgid()).gr_name],
+                         env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"python3 -m venv {venv}" in res.stdout and "No broken requirements found" in res.stdout
+    return root, venv
+
+
+@pytest.fixture(scope="module")
+def venv(box):
+    """bin/ of the fresh venv."""
+    return box[1] / "bin"
 
 
 @pytest.fixture
@@ -58,6 +69,22 @@ def test_modules_come_from_the_installed_package(venv, elsewhere):
                          text=True, check=True).stdout
     for path in json.loads(out):
         assert "site-packages" in path and not path.startswith(str(PROJECT_ROOT)), path
+
+
+def test_rendered_programs_run_the_venvs_console_script(box, elsewhere):
+    root, venv = box
+    cwd, env = elsewhere
+    cli = venv / "bin" / "photo-pipeline"
+    unit = (root / "etc/systemd/system/face-api.service").read_text()
+    assert f"ExecStart={cli} serve-face-api\n" in unit
+    for queue in ("thumbnails", "metadata", "geolocation", "faces"):
+        conf = (root / f"etc/supervisor/conf.d/photo-{queue}-worker.conf").read_text()
+        assert f" {cli} consume --queue {queue}\n" in conf or f"={cli} consume --queue {queue}\n" in conf
+        res = subprocess.run([str(cli), "consume", "--queue", queue, "--help"], cwd=cwd, env=env,
+                             capture_output=True, text=True)
+        assert res.returncode == 0 and "--queue" in res.stdout, res.stderr
+    for text in [unit] + [p.read_text() for p in (root / "etc/supervisor/conf.d").iterdir()]:
+        assert str(PROJECT_ROOT) not in text
 
 
 def test_cli_has_the_same_commands_as_python_m_workers(venv, elsewhere):

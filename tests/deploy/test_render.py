@@ -13,6 +13,7 @@ import pytest
 
 from workers import deploy
 from workers.settings import QUEUE_TIMEOUTS, Settings
+from tests.deploy.venvs import install_checkout, locked_venv
 from tests.services import PROJECT_ROOT
 
 VENV = PROJECT_ROOT / ".venv"
@@ -33,7 +34,7 @@ def test_defaults_follow_the_spec():
         assert sec["numprocs"] == str(numprocs)
         assert sec["process_name"] == "%(program_name)s_%(process_num)02d"
         assert sec["command"] == ("/usr/bin/setpriv --reuid=www-data --regid=web --init-groups "
-                                  f"/var/www/photo/face-api-venv/bin/python -m workers consume --queue {queue}")
+                                  f"/var/www/photo/face-api-venv/bin/photo-pipeline consume --queue {queue}")
         assert sec["directory"] == "/var/www/photo"          # the prefix: `storage` resolves there
         assert sec["umask"] == "002"
         assert sec["autostart"] == sec["autorestart"] == sec["redirect_stderr"] == "true"
@@ -42,8 +43,7 @@ def test_defaults_follow_the_spec():
         assert sec["stdout_logfile"] == f"/var/www/photo/storage/logs/supervisor-photo-{queue}.log"
     assert "may run more than one process" in files["photo-geolocation-worker.conf"]
     unit = files["face-api.service"]
-    assert ("ExecStart=/var/www/photo/face-api-venv/bin/gunicorn -c "
-            "/var/www/photo/face_api/gunicorn.conf.py face_api.app:app") in unit
+    assert "ExecStart=/var/www/photo/face-api-venv/bin/photo-pipeline serve-face-api" in unit.splitlines()
     for line in ("User=www-data", "Group=web", "UMask=0002", "WorkingDirectory=/var/www/photo",
                  "Restart=on-failure", "EnvironmentFile=-/etc/default/face-api",
                  "Environment=FACE_API_BIND=127.0.0.1:5000", "Environment=FACE_API_WORKERS=16",
@@ -52,18 +52,21 @@ def test_defaults_follow_the_spec():
 
 
 def test_gunicorn_conf_gives_the_spec_command_line(tmp_path):
-    """The unit's `-c gunicorn.conf.py` equals `-k uvicorn.workers.UvicornWorker --bind
-    127.0.0.1:5000 --workers 16 --threads 2 --timeout 300` with the unit's environment."""
+    """The unit's `-c gunicorn.conf.py` gives the spec's `--bind 127.0.0.1:5000 --workers 16
+    --threads 2 --timeout 300` with the unit's environment, served by gthread workers that take a
+    connection only while a thread is free (worker_connections = threads, no keep-alive) instead
+    of the spec's eager uvicorn workers."""
     code = ("from gunicorn.config import Config; import runpy; c = Config();"
             "ns = runpy.run_path('face_api/gunicorn.conf.py');"
             "[c.set(k, v) for k, v in ns.items() if k in c.settings];"
-            "import json; print(json.dumps([c.worker_class_str, c.bind, c.workers, c.threads, c.timeout]))")
+            "import json; print(json.dumps([c.worker_class_str, c.bind, c.workers, c.threads, c.timeout,"
+            " c.worker_connections, c.keepalive]))")
     env = {"PATH": "/usr/bin:/bin", "FACE_API_BIND": "127.0.0.1:5000", "FACE_API_WORKERS": "16",
            "FACE_API_THREADS": "2", "FACE_API_TIMEOUT": "300", "PHOTO_LOG_DIR": str(tmp_path),
            "PHOTO_STORAGE_ROOT": str(tmp_path)}   # the config refuses a missing storage root
     out = subprocess.run([str(VENV / "bin/python"), "-c", code], cwd=PROJECT_ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == ["uvicorn.workers.UvicornWorker", ["127.0.0.1:5000"], 16, 2, 300]
+    assert json.loads(out) == ["gthread", ["127.0.0.1:5000"], 16, 2, 300, 2, 0]
 
 
 def test_numprocs_from_settings_and_flags():
@@ -141,7 +144,7 @@ def test_supervisor_reads_the_default_rendering(tmp_path):
     assert faces["umask"] == 0o002 and faces["stopsignal"] == 15 and faces["redirect_stderr"]
     assert faces["stopwaitsecs"] == QUEUE_TIMEOUTS["faces"] + deploy.STOP_MARGIN
     assert faces["uid"] is None              # setpriv drops to www-data:web, supervisor does not
-    assert faces["command"].endswith("python -m workers consume --queue faces")
+    assert faces["command"].endswith("/bin/photo-pipeline consume --queue faces")
     assert faces["logfile"] == f"{tmp_path}/storage/logs/supervisor-photo-faces.log"
 
 
@@ -162,7 +165,7 @@ def test_cli_writes_files_and_keeps_unchanged_ones(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
     faces = ini((tmp_path / "photo-faces-worker.conf").read_text())["program:photo-faces-worker"]
     assert faces["numprocs"] == "3"
-    assert faces["command"].endswith("/opt/venv/bin/python -m workers consume --queue faces")
+    assert faces["command"].endswith("/opt/venv/bin/photo-pipeline consume --queue faces")
     assert 'PHOTO_STORAGE_ROOT="/srv/photo/storage/app"' in faces["environment"]
     assert faces["stdout_logfile"] == "/srv/photo/storage/logs/supervisor-photo-faces.log"
     assert ini((tmp_path / "photo-metadata-worker.conf").read_text())["program:photo-metadata-worker"]["numprocs"] == "1"
@@ -186,13 +189,15 @@ def test_systemd_analyze_verify(tmp_path):
     import os
     import pwd
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    venv = locked_venv(tmp_path / "venv")     # a venv holding the package: its photo-pipeline exists
+    install_checkout(venv)
     unit = tmp_path / "face-api.service"
-    unit.write_text(deploy.render(Settings(), venv=str(VENV), user=user, group=group)["face-api.service"])
+    unit.write_text(deploy.render(Settings(), venv=str(venv), user=user, group=group)["face-api.service"])
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     if res.returncode != 0 and "Failed to " in res.stderr and "face-api" not in res.stderr:
         pytest.skip(f"systemd-analyze cannot run here: {res.stderr.strip()[:200]}")
     assert res.returncode == 0, res.stderr
-    # and it does check: a venv without gunicorn is refused
+    # and it does check: a venv without the console script is refused
     unit.write_text(deploy.render(Settings(), venv=str(tmp_path / "novenv"), user=user, group=group)["face-api.service"])
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    assert res.returncode != 0 and "gunicorn" in res.stderr
+    assert res.returncode != 0 and "photo-pipeline" in res.stderr

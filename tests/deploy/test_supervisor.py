@@ -1,5 +1,6 @@
 """The rendered supervisor programs under a real supervisord (its own config, socket and temp
-dir): the four consumers come up, attach to RabbitMQ and process Laravel jobs into MariaDB."""
+dir): the four consumers, the console script of a venv holding the installed package, come up,
+attach to RabbitMQ and process Laravel jobs into MariaDB."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,10 +17,9 @@ import sqlalchemy as sa
 
 from workers import deploy
 from workers.settings import Settings
-from tests.services import PROJECT_ROOT
+from tests.deploy.venvs import install_checkout, locked_venv
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
-VENV = PROJECT_ROOT / ".venv"
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/supervisord").exists(),
                                 reason="supervisor not installed (make test installs it)")
@@ -121,6 +121,8 @@ def deployed(mariadb, rabbitmq, tmp_path_factory):
         pytest.skip("workers/runtime.py (`python -m workers consume`) has not landed yet")
     from workers import db
     base = tmp_path_factory.mktemp("supervisor")
+    venv = locked_venv(base / "venv")
+    install_checkout(venv)
     prefix, storage = base / "photo", base / "photo/storage"
     (prefix / "storage/logs").mkdir(parents=True)
     db_url = mariadb.create_database("t_sup_" + uuid.uuid4().hex[:8])
@@ -136,13 +138,14 @@ def deployed(mariadb, rabbitmq, tmp_path_factory):
     import grp
     import pwd
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    files = deploy.render(Settings(), prefix=str(prefix), venv=str(VENV), user=user, group=group,
-                          app_dir=str(PROJECT_ROOT), numprocs=dict.fromkeys(QUEUES, 1),
+    files = deploy.render(Settings(), prefix=str(prefix), venv=str(venv), user=user, group=group,
+                          numprocs=dict.fromkeys(QUEUES, 1),
                           setpriv=os.getuid() == 0,      # setpriv needs root, like supervisord on the box
                           environment={"PHOTO_DATABASE_URL": db_url, "PHOTO_AMQP_URL": rabbitmq.url,
                                        "PHOTO_STORAGE_ROOT": str(storage), "PHOTO_HEARTBEAT": "10",
                                        "PHOTO_GEOCODER": "offline"})
-    sup_env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTO_")}
+    # No PYTHONPATH: the programs must run the installed package, not this checkout.
+    sup_env = {k: v for k, v in os.environ.items() if not k.startswith(("PHOTO_", "PYTHONPATH"))}
     sup = Supervisord(base / "sup", sup_env)
     for name, text in files.items():
         if name.endswith(".conf"):

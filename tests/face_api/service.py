@@ -1,4 +1,5 @@
-"""Start a real face API (gunicorn + uvicorn workers) for tests; reusable by other test suites.
+"""Start a real face API for tests (gunicorn, as face_api/gunicorn.conf.py serves it); reusable
+by other test suites.
 
     url, stop = start_face_api(tmpdir, [storage_root], workers=2)
     ...

@@ -1,4 +1,4 @@
-"""Endpoints through a real gunicorn (2 uvicorn workers): encode, compare, health, metrics,
+"""Endpoints through a real gunicorn (2 gthread workers): encode, compare, health, metrics,
 path traversal, and the bad-input corpus (every file under the testdata tree + synthetic)."""
 import io
 import json
