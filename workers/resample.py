@@ -92,6 +92,7 @@ Decoded = Image.Image | Packed
 
 
 def pillow(im: Decoded) -> Image.Image:
+    """`im` as the Pillow image the Pillow resample (and anything else Pillow does) needs."""
     return im.image() if isinstance(im, Packed) else im
 
 
