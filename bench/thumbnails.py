@@ -9,10 +9,10 @@ quality-90 JPEG with their EXIF and ICC kept; one carries Orientation 6 and a Ge
 profile), then times, per photo and method (cover 300x300, scale 1600x1600, contain 800x600,
 resize 400x400):
 
-  ours        workers.jobs.thumbnails.render_files: header checks, JPEG draft decoding, EXIF
-              orientation, Lanczos-3 (libvips where it lines up with Pillow's box, else Pillow),
-              ICC->sRGB, JPEG q75 encode, atomic write
-  today       the same with every resample done by Pillow (LANCZOS), as before libvips
+  ours        workers.jobs.thumbnails.render_files: header checks, JPEG DCT-scaled decoding
+              (simplejpeg, packed for libvips), EXIF orientation, Lanczos-3 (libvips where it
+              lines up with Pillow's box, else Pillow), ICC->sRGB, JPEG q75 encode, atomic write
+  today       the same with Pillow decoding and resampling (LANCZOS) everything, as before libvips
   imagick     one php process: readImage, Intervention's AlignRotationModifier (flop/rotate +
               setImageOrientation), the Imagick modifier (cropImage+scaleImage for cover,
               scaleImage (+extentImage on white) for the others), Intervention's JPEG encoder
@@ -132,14 +132,15 @@ def make_photos(tmp: Path, count: int, megapixels: float) -> list[Path]:
 
 @contextlib.contextmanager
 def pillow_only():
-    """Today's resample: every size by Pillow (LANCZOS), libvips never asked."""
-    from workers import resample
-    saved = resample.vips_spans
+    """Today's pipeline: every JPEG decoded and every size resampled by Pillow (LANCZOS)."""
+    from workers import imaging, resample
+    saved = resample.vips_spans, imaging._decode_packed
     resample.vips_spans = lambda *a: None
+    imaging._decode_packed = lambda *a: None
     try:
         yield
     finally:
-        resample.vips_spans = saved
+        resample.vips_spans, imaging._decode_packed = saved
 
 
 def ours_round(photos, method, w, h, out_dir: Path) -> tuple[list, dict]:

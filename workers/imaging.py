@@ -8,7 +8,9 @@ sizes, crops and padding match Intervention exactly while pixel values cannot (I
 ScaleImage). The resample itself lives in workers/resample.py (libvips, Pillow for the rest).
 
 Decoding (`open_source` + `decode`): header checks first (pixel budget), JPEG DCT scaling via
-`Image.draft` where it keeps the quality (see DRAFT_GAP), EXIF orientation
+`Image.draft` where it keeps the quality (see DRAFT_GAP); RGB and greyscale JPEGs are decoded by
+simplejpeg (the same libjpeg-turbo, identical pixels) straight into the packed layout libvips
+reads, anything it refuses by Pillow as before; EXIF orientation
 applied once (never for HEIF: libheif already applied irot/imir and pillow-heif reset the EXIF
 tag), first frame of animations. Every decoder failure becomes ImageError.
 """
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+import simplejpeg
 from PIL import Image, ImageCms
 
-from .resample import resample
+from .resample import Decoded, Packed, resample
 
 try:  # HEIC/HEIF input
     import pillow_heif
@@ -204,7 +207,7 @@ def _inspect(im: Image.Image, max_pixels: int) -> Source:
     return Source(im, W, H, orientation, im.info.get("icc_profile") or None, exif)
 
 
-def decode(src: Source, draft: tuple[int, int] | None) -> Image.Image:
+def decode(src: Source, draft: tuple[int, int] | None) -> Decoded:
     """Decode the first frame (DCT-scaled to >= `draft` for JPEG), still in the stored
     orientation (render() transposes the small result), in a mode Pillow resamples well
     (RGB, RGBA, L, LA or CMYK)."""
@@ -212,8 +215,12 @@ def decode(src: Source, draft: tuple[int, int] | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if draft and im.format == "JPEG":
-                im.draft(im.mode, draft)
+            if im.format == "JPEG":
+                if draft:
+                    im.draft(im.mode, draft)        # sets im.size to the DCT-scaled size
+                packed = _decode_packed(im)
+                if packed is not None:
+                    return packed
             im.seek(0)
             im.load()
         return _resampleable(im)
@@ -221,6 +228,27 @@ def decode(src: Source, draft: tuple[int, int] | None) -> Image.Image:
         raise ImageError("image too large to decode") from exc
     except Exception as exc:
         raise ImageError(f"cannot decode image: {_one_line(exc)}") from exc
+
+
+JPEG_COLORSPACES = {"RGB": "RGB", "L": "GRAY"}
+
+
+def _decode_packed(im: Image.Image) -> Packed | None:
+    """A JPEG (opened, maybe drafted) decoded by simplejpeg at Pillow's DCT scale, or None when
+    Pillow should decode it: CMYK, or anything simplejpeg refuses (strict: a truncated or
+    corrupt file too), so bad files fail exactly as before."""
+    colorspace = JPEG_COLORSPACES.get(im.mode)
+    if colorspace is None or getattr(im, "fp", None) is None:     # no file: loaded already
+        return None
+    try:
+        im.fp.seek(0)
+        pixels = simplejpeg.decode_jpeg(im.fp.read(), colorspace=colorspace, strict=True,
+                                        min_width=im.width, min_height=im.height)
+    except (ValueError, OSError):
+        return None
+    if pixels.shape[:2] != (im.height, im.width):     # another scale than Pillow's draft
+        return None
+    return Packed(pixels, im.mode)
 
 
 def stored_box(box: tuple[float, float, float, float], upright: tuple[int, int], orientation: int
@@ -254,7 +282,7 @@ def _resampleable(im: Image.Image) -> Image.Image:
 
 # --- rendering and encoding ---------------------------------------------------------------------
 
-def render(src: Source, decoded: Image.Image, p: Plan) -> Image.Image:
+def render(src: Source, decoded: Decoded, p: Plan) -> Image.Image:
     """Apply a plan to a decoded (possibly DCT-reduced, stored-orientation) image -> upright
     RGB or RGBA in sRGB."""
     x, y, cw, ch = p.crop

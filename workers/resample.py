@@ -16,6 +16,12 @@ Everything else goes to Pillow:
   - enlargements, and reductions of >= 2 * GAP, where Pillow first box-reduces (cheap anyway),
   - the rare box no area within the search limits lines up with,
   - modes other than L, RGB and CMYK (Pillow premultiplies alpha; libvips' reduce would not).
+When the box is the whole image, libvips' grid is Pillow's as it stands: no area is needed (its
+own edge copies are the ones the area would add), which saves a copy of the photo.
+
+The source is a Pillow image or `Packed` pixels (a JPEG decoded by workers/imaging.py straight
+into the tight layout libvips reads, so neither Pillow's 4-bytes-per-pixel unpacking nor the copy
+out of it is paid); Pillow gets a Pillow image made from them on first use.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pyvips
 from PIL import Image
 
@@ -59,7 +66,37 @@ class Span:
     skip: int
 
 
-def resample(im: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
+class Packed:
+    """Decoded 8-bit pixels, (height, width, bands) packed tightly, in mode L or RGB."""
+
+    def __init__(self, pixels: np.ndarray, mode: str):
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != VIPS_MODES[mode]:
+            raise ValueError(f"not packed {mode} pixels: {pixels.dtype} {pixels.shape}")
+        self.pixels = np.ascontiguousarray(pixels)
+        self.mode = mode
+        self.height, self.width = pixels.shape[:2]
+        self._image: Image.Image | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def image(self) -> Image.Image:
+        """The same pixels as a Pillow image (made once: the sizes Pillow resamples share it)."""
+        if self._image is None:
+            self._image = Image.fromarray(self.pixels[:, :, 0] if self.mode == "L" else self.pixels, self.mode)
+        return self._image
+
+
+Decoded = Image.Image | Packed
+
+
+def pillow(im: Decoded) -> Image.Image:
+    """`im` as the Pillow image the Pillow resample (and anything else Pillow does) needs."""
+    return im.image() if isinstance(im, Packed) else im
+
+
+def resample(im: Decoded, size: tuple[int, int], box: Box) -> Image.Image:
     """`box` (x0, y0, x1, y1, fractional allowed) of `im` resampled to `size` with Lanczos-3."""
     spans = vips_spans(im, size, box)
     if spans is not None:
@@ -67,16 +104,25 @@ def resample(im: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
             return _vips_reduce(im, size, box, *spans)
         except pyvips.Error as exc:     # out of memory or the like: still make the thumbnail
             log.warning("libvips reduce failed, Pillow resamples instead: %s", " ".join(str(exc).split()))
-    return im.resize(size, PILLOW_FILTER, box=box, reducing_gap=GAP)
+    return pillow(im).resize(size, PILLOW_FILTER, box=box, reducing_gap=GAP)
 
 
-def vips_spans(im: Image.Image, size: tuple[int, int], box: Box) -> tuple[Span, Span] | None:
+def vips_spans(im: Decoded, size: tuple[int, int], box: Box) -> tuple[Span, Span] | None:
     """The area libvips should reduce, or None where Pillow must do it."""
     if im.mode not in VIPS_MODES:
         return None
     x0, y0, x1, y1 = box
-    across, down = _span(x0, x1, size[0]), _span(y0, y1, size[1])
+    if box == (0, 0, im.width, im.height):
+        across, down = _whole(im.width, size[0]), _whole(im.height, size[1])
+    else:
+        across, down = _span(x0, x1, size[0]), _span(y0, y1, size[1])
     return None if across is None or down is None else (across, down)
+
+
+def _whole(length: int, out: int) -> Span | None:
+    """The whole side: libvips centres round(length / shrink) = out pixels on it, which is
+    Pillow's grid exactly (both start at (i + 0.5) * shrink)."""
+    return Span(0, length, 0) if 1 <= length / out < 2 * GAP else None
 
 
 @functools.lru_cache(maxsize=4096)     # ~1 ms of search; a library repeats its few geometries
@@ -100,10 +146,11 @@ def _span(lo: float, hi: float, out: int) -> Span | None:
     return None
 
 
-def _vips_reduce(im: Image.Image, size: tuple[int, int], box: Box, across: Span, down: Span
+def _vips_reduce(im: Decoded, size: tuple[int, int], box: Box, across: Span, down: Span
                  ) -> Image.Image:
     x0, y0, x1, y1 = box
-    v = pyvips.Image.new_from_memory(_pixels(im), im.width, im.height, VIPS_MODES[im.mode], "uchar")
+    pixels = im.pixels.data if isinstance(im, Packed) else _pixels(im)
+    v = pyvips.Image.new_from_memory(pixels, im.width, im.height, VIPS_MODES[im.mode], "uchar")
     # The part of the area inside the photo, then edge copies around it up to the whole area.
     left, top = max(0, across.start), max(0, down.start)
     right = min(im.width, across.start + across.length)
@@ -114,7 +161,8 @@ def _vips_reduce(im: Image.Image, size: tuple[int, int], box: Box, across: Span,
         v = v.embed(left - across.start, top - down.start, across.length, down.length,
                     extend="copy")
     v = v.reduce((x1 - x0) / size[0], (y1 - y0) / size[1], kernel=KERNEL)
-    v = v.crop(across.skip, down.skip, *size)
+    if (v.width, v.height) != size:
+        v = v.crop(across.skip, down.skip, *size)
     out = Image.new(im.mode, size, None)    # uninitialised: Image.frombytes would zero it first
     out.frombytes(v.write_to_memory())
     return out

@@ -769,3 +769,73 @@ def test_pixels_for_libvips_are_tobytes(mode):
     im = Image.fromarray(np.random.default_rng(1).integers(0, 255, (301, 517, 3), dtype=np.uint8))
     im = im.convert(mode)
     assert resample._pixels(im) == im.tobytes()
+
+
+# --- JPEGs decoded packed for libvips (simplejpeg): the same pixels as Pillow's decode ------------
+
+@pytest.mark.parametrize("name", ["exif/jpg/mobile/jolla.jpg",                     # 3264x2448
+                                  "detect/lychee_undefined-exif-tag.jpg",          # odd sizes
+                                  "exif/jpg/orientation/portrait_6.jpg"])
+@pytest.mark.parametrize("n", [None, 2, 4, 8])
+def test_packed_jpeg_decode_is_pillows_decode(shared_testdata, name, n):
+    path = shared_testdata / name
+    src = imaging.open_source(path, 10**9)
+    W, H = src.image.size
+    request = None if n is None else (W // n, H // n)
+    decoded = imaging.decode(src, request)
+    assert isinstance(decoded, resample.Packed)
+    with Image.open(path) as im:
+        if request:
+            im.draft(im.mode, request)
+        im.load()
+        assert decoded.size == im.size and decoded.mode == im.mode
+        assert np.array_equal(np.asarray(decoded.image()), np.asarray(im))
+
+
+def test_greyscale_jpeg_decoded_packed_and_cmyk_by_pillow(tmp_path, shared_testdata):
+    with Image.open(shared_testdata / "exif/jpg/mobile/jolla.jpg") as im:
+        im.convert("L").save(tmp_path / "grey.jpg", quality=90)
+        im.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    grey = imaging.decode(imaging.open_source(tmp_path / "grey.jpg", 10**9), (816, 612))
+    assert isinstance(grey, resample.Packed) and grey.mode == "L" and grey.size == (816, 612)
+    with Image.open(tmp_path / "grey.jpg") as im:
+        im.draft("L", (816, 612))
+        assert np.array_equal(np.asarray(grey.image()), np.asarray(im))
+    cmyk = imaging.decode(imaging.open_source(tmp_path / "cmyk.jpg", 10**9), (816, 612))
+    assert isinstance(cmyk, Image.Image) and cmyk.mode == "CMYK"
+
+
+def test_packed_and_pillow_sources_resample_alike(shared_testdata):
+    # The sizes Pillow keeps (>= 4x) read the Pillow image made from the packed pixels.
+    src = imaging.open_source(shared_testdata / "exif/jpg/mobile/jolla.jpg", 10**9)
+    packed = imaging.decode(src, (1632, 1224))
+    im = packed.image()
+    for size, box in [((1600, 1200), (0, 0, 1632, 1224)), ((300, 300), (204, 0, 1428, 1224)),
+                      ((800, 600), (0.5, 0, 1631.5, 1224))]:
+        assert resample.resample(packed, size, box).tobytes() == resample.resample(im, size, box).tobytes()
+
+
+def test_whole_image_needs_no_area():
+    # libvips' centred grid on the whole image is Pillow's: no edge copies added, nothing cropped,
+    # and the same pixels as through an area found by the search.
+    im = Image.fromarray(np.random.default_rng(5).integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
+    box = (0, 0, 2000, 1500)
+    assert resample.vips_spans(im, (1600, 1200), box) == (resample.Span(0, 2000, 0), resample.Span(0, 1500, 0))
+    whole = resample.resample(im, (1600, 1200), box)
+    searched = resample._vips_reduce(im, (1600, 1200), box, resample._span(0, 2000, 1600),
+                                     resample._span(0, 1500, 1200))
+    assert whole.tobytes() == searched.tobytes()
+    assert resample.vips_spans(im, (400, 300), box) is None       # >= 4x stays with Pillow
+
+
+def test_jpeg_simplejpeg_refuses_is_decoded_by_pillow_as_before(tmp_path):
+    # Stray bytes before a marker: libjpeg warns, Pillow decodes anyway, strict simplejpeg
+    # refuses; the photo still gets its thumbnails, through Pillow.
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    sos = data.index(b"\xff\xda")
+    (tmp_path / "stray.jpg").write_bytes(data[:sos] + b"\0\0\0" + data[sos:])
+    decoded = imaging.decode(imaging.open_source(tmp_path / "stray.jpg", 10**9), (320, 240))
+    assert isinstance(decoded, Image.Image) and decoded.size == (320, 240)
+    assert render(tmp_path, tmp_path / "stray.jpg", [("scale", 300, 300)])["scale-300x300"].size == (300, 225)
