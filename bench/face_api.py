@@ -105,11 +105,6 @@ def build_mix(out: Path, n: int, seed: int = 7) -> list[Path]:
 
 # ------------------------------------------------------------------ running a server and clients
 
-def _proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _memory_mb(pid: int) -> dict:
     vals = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -134,6 +129,7 @@ def run_server(server: str, photos: list[Path], clients: int, workers: int, thre
                worker_class: str | None = None) -> dict:
     import httpx
     from tests.face_api.service import free_port, worker_pids
+    from tests.services import cpu_seconds
 
     app_path, env = _server_env(server, threads, worker_class)
     port = free_port()
@@ -166,7 +162,7 @@ def run_server(server: str, photos: list[Path], clients: int, workers: int, thre
         with ThreadPoolExecutor(workers * threads) as pool:  # warm-up: a photo per slot
             list(pool.map(post, [datas[1]] * (workers * threads)))
         pids = sorted(worker_pids(proc.pid))
-        cpu_before = sum(_proc_cpu_seconds(p) for p in pids)
+        cpu_before = sum(cpu_seconds(p) for p in pids)
         results, latencies = {}, {}
 
         def one(i):
@@ -179,7 +175,7 @@ def run_server(server: str, photos: list[Path], clients: int, workers: int, thre
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(one, range(len(photos))))
         wall = time.monotonic() - started
-        cpu = sum(_proc_cpu_seconds(p) for p in pids) - cpu_before
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
         memory = [_memory_mb(p) for p in pids]
         load = (load_before + os.getloadavg()[0]) / 2
     finally:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.runtime.consumers import consumer_env, log_lines, start_consumer, stop_consumer  # noqa: E402
-from tests.services import MariaDB, RabbitMQ  # noqa: E402
+from tests.services import MariaDB, RabbitMQ, cpu_seconds  # noqa: E402
 
 JOB = "App\\Jobs\\MetadataProcessJob"
 TARGET = 300.0   # jobs/s per process (the brief's target on this 2-core box)
@@ -36,12 +36,6 @@ def publish(amqp_url: str, queue: str, n: int) -> None:
     conn.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (includes start-up, ~1 s of imports)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(db_url: str, amqp_url: str, queue: str, n: int, procs: int, logs: Path) -> dict:
     from workers import db
     db.migrate(db.engine_for(db_url))
@@ -52,7 +46,7 @@ def run(db_url: str, amqp_url: str, queue: str, n: int, procs: int, logs: Path) 
     while sum(Path(p.log_path).read_bytes().count(b"\n") for p in ps) < n:   # cheap: no parsing
         time.sleep(0.2)
     wall = time.monotonic() - t0
-    cpu = sum(_cpu_seconds(p.pid) for p in ps)
+    cpu = sum(cpu_seconds(p.pid) for p in ps)
     for p in ps:
         stop_consumer(p)
     lines = [l for p in ps for l in log_lines(p)]

@@ -4,20 +4,14 @@ a worker that accepted it eagerly (the original's uvicorn workers). Checked by o
 one worker with one thread computes a large photo; a /health sent meanwhile is answered only
 after the photo, while under uvicorn workers it is answered first."""
 import io
-import os
 import threading
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
 from tests.face_api.service import TESTDATA, start_face_api, worker_pids
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from tests.services import cpu_seconds
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +30,7 @@ def _order_of_answers(tmp_path, large_photo, worker_class: str) -> list[str]:
     answered: list[str] = []
     try:
         worker, = worker_pids(stop.pid)
-        cpu_before = _proc_cpu_seconds(worker)
+        cpu_before = cpu_seconds(worker)
 
         def encode():
             r = httpx.post(url + "/encode", files={"image": ("big.jpg", large_photo)}, timeout=120)
@@ -45,7 +39,7 @@ def _order_of_answers(tmp_path, large_photo, worker_class: str) -> list[str]:
         photo = threading.Thread(target=encode)
         photo.start()
         # The worker is computing once its CPU time moves (it has accepted the photo).
-        while _proc_cpu_seconds(worker) - cpu_before < 0.15 and photo.is_alive():
+        while cpu_seconds(worker) - cpu_before < 0.15 and photo.is_alive():
             threading.Event().wait(0.02)
         r = httpx.get(url + "/health", timeout=120)
         answered.append(f"health {r.status_code}")
