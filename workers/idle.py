@@ -10,11 +10,12 @@ An idle task is `func(conn, engine, settings) -> bool`: True when it has more to
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 
 import sqlalchemy as sa
+
+from .settings import resolve
 
 log = logging.getLogger("workers")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("workers")
 class IdleWork:
     def __init__(self, settings, queue: str, engine: sa.Engine):
         spec = settings.idle_tasks.get(queue)
-        self.func = _load(spec) if spec and settings.idle_interval > 0 else None
+        self.func = resolve(spec, default=None)[1] if spec and settings.idle_interval > 0 else None
         self.settings, self.engine, self.every = settings, engine, settings.idle_interval
         self.due = time.monotonic() + self.every
 
@@ -41,8 +42,3 @@ class IdleWork:
             log.warning("idle task failed (%s: %s); retrying in %ss", type(exc).__name__,
                         str(exc)[:200], self.every)
         self.due = time.monotonic() + (0 if more else self.every)
-
-
-def _load(spec: str):
-    module_name, _, func_name = spec.partition(":")
-    return getattr(importlib.import_module(module_name), func_name)

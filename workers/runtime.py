@@ -32,7 +32,6 @@ handler) are not the job's fault: the message is requeued after a back-off, unco
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -57,7 +56,7 @@ from .leases import Lease, LeasePolicy
 from .locks import DatabaseLock, job_owner, job_token
 from .metrics import ConsumerMetrics
 from .schema import failed_jobs
-from .settings import Settings, get_settings
+from .settings import Settings, get_settings, resolve
 
 log = logging.getLogger("workers.runtime")
 
@@ -426,9 +425,8 @@ class Consumer:
 # --- helpers --------------------------------------------------------------------------------
 
 def _load_handler(spec: str, queue: str) -> Handler:
-    module_name, _, func_name = spec.partition(":")
-    module = importlib.import_module(module_name)
-    return Handler(getattr(module, func_name or "handle"), getattr(module, "QUEUE", queue))
+    module, func = resolve(spec)
+    return Handler(func, getattr(module, "QUEUE", queue))
 
 
 def _attempts(headers) -> int:

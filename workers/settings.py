@@ -2,6 +2,7 @@
 Laravel app's own `.env` (PHOTO_LARAVEL_ENV) so DB_* and RABBITMQ_* are not written twice."""
 from __future__ import annotations
 
+import importlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -214,5 +215,15 @@ class Settings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
+def resolve(spec: str, default: str | None = "handle"):
+    """A "module:function" reference of the settings (job_handlers, idle_tasks) -> (module,
+    function); a bare "module" means its `default` function (None: the function is required)."""
+    module_name, _, func_name = spec.partition(":")
+    module = importlib.import_module(module_name)
+    if not (func_name or default):
+        raise ValueError(f"{spec!r} names no function (module:function)")
+    return module, getattr(module, func_name or default)
+
+
 def get_settings() -> Settings:
     return Settings()
