@@ -38,12 +38,13 @@ bind = _env("FACE_API_BIND", "127.0.0.1:5000")
 workers = int(_env("FACE_API_WORKERS", "16"))
 threads = int(_env("FACE_API_THREADS", "2"))  # photos at once per worker (see post_fork)
 worker_class = _env("FACE_API_WORKER_CLASS", "gthread")
+WSGI_WORKERS = ("gthread", "sync")   # gunicorn's own worker classes: they call a WSGI app
 # gthread: stop accepting while every thread is busy. An idle kept-alive connection would hold a
 # place too, so keep-alive is off by default (a connection per photo costs nothing beside ~1 s).
 worker_connections = int(_env("FACE_API_WORKER_CONNECTIONS", str(threads)))
 timeout = int(_env("FACE_API_TIMEOUT", "300"))
 graceful_timeout = int(_env("FACE_API_GRACEFUL_TIMEOUT", "30"))
-keepalive = int(_env("FACE_API_KEEPALIVE", "0" if worker_class in ("gthread", "sync") else "5"))
+keepalive = int(_env("FACE_API_KEEPALIVE", "0" if worker_class in WSGI_WORKERS else "5"))
 max_requests = int(_env("FACE_API_MAX_REQUESTS", "2000"))          # recycle: dlib RSS creep (#1501)
 max_requests_jitter = int(_env("FACE_API_MAX_REQUESTS_JITTER", "200"))
 preload_app = _env("FACE_API_PRELOAD", "1") not in ("0", "false", "False")
@@ -84,7 +85,7 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     # WSGI workers (gthread, sync) get the ASGI app through a2wsgi, built here in the forked worker
     # because it starts the thread running the app's event loop. a2wsgi runs no lifespan events.
-    if worker.cfg.worker_class_str in ("gthread", "sync"):
+    if worker.cfg.worker_class_str in WSGI_WORKERS:
         from a2wsgi import ASGIMiddleware
 
         from face_api import app
