@@ -319,6 +319,8 @@ async def health():
         "draft_decode": settings.face_draft_decode,
         "threads": _engine_threads,
         "landmarks": "5-point",
+        "encoder_runtime": engine.encoder_runtime(settings, models),   # onnxruntime or dlib
+        **({"encoder_fallback_reason": models.onnx_problem} if models.onnx_problem else {}),
         "models": models.files.describe(),
         "versions": {"dlib": dlib.__version__, "numpy": np.__version__, "pillow": Image.__version__},
         "dlib_cuda": bool(getattr(dlib, "DLIB_USE_CUDA", False)),

@@ -32,6 +32,7 @@ and the embedded mode of the workers call.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -42,20 +43,27 @@ import dlib
 import numpy as np
 from PIL import Image
 
+from . import resnet
 from .detectors import calibration
 from .detectors.yunet import detect_yunet
 from .imaging import REDUCING_GAP, RESAMPLE
 from .models import ModelFiles, find_model_files
+
+log = logging.getLogger("face_api")
 
 
 @dataclass
 class Models:
     detector_bytes: bytes               # the serialized HOG detector: detector() builds one per call
     shape_predictor: object
-    encoder: object
+    encoder: object                     # dlib's ResNet
     files: ModelFiles
     load_seconds: float
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The same ResNet run by onnxruntime (resnet.py); None where it could not be built or did
+    # not reproduce dlib's encodings, and then dlib's is used.
+    onnx_encoder: resnet.Encoder | None = None
+    onnx_problem: str | None = None
 
 
 _models: Models | None = None
@@ -69,14 +77,36 @@ def load_models() -> Models:
         if _models is None:
             started = time.monotonic()
             files = find_model_files()
+            encoder = dlib.face_recognition_model_v1(str(files.face_recognition))
+            onnx_encoder, problem = _onnx_encoder(files, encoder)
             _models = Models(
                 detector_bytes=dlib.get_frontal_face_detector().__getstate__()[0],
                 shape_predictor=dlib.shape_predictor(str(files.shape_predictor_5)),
-                encoder=dlib.face_recognition_model_v1(str(files.face_recognition)),
+                encoder=encoder,
                 files=files,
                 load_seconds=time.monotonic() - started,
+                onnx_encoder=onnx_encoder,
+                onnx_problem=problem,
             )
         return _models
+
+
+def _onnx_encoder(files: ModelFiles, dlib_encoder) -> tuple[resnet.Encoder | None, str | None]:
+    """dlib's ResNet as an onnxruntime session, checked against dlib's own output once."""
+    try:
+        built = resnet.Encoder(files.face_recognition)
+        built.check_against(dlib_encoder)
+        return built, None
+    except Exception as exc:  # ImportError, a model file of another layout, a mismatch
+        problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        log.warning("face encodings fall back to dlib's ResNet: %s", problem)
+        return None, problem
+
+
+def encoder_runtime(settings, models: Models | None = None) -> str:
+    """Which runtime computes the encodings under `settings`: "onnxruntime" or "dlib"."""
+    models = models or load_models()
+    return "onnxruntime" if settings.face_encoder == "onnxruntime" and models.onnx_encoder else "dlib"
 
 
 # In dlib's serialized scan_fhog_pyramid: window 80x80, max_pyramid_levels 1000, min layer 64x64
@@ -137,21 +167,28 @@ def face_locations(rgb: np.ndarray, upsample: int = 1, models: Models | None = N
     return [_trim(r, rgb.shape) for r in detector(models, levels)(img, upsample)]
 
 
-def face_encodings(rgb: np.ndarray, locations, jitters: int = 1,
-                   models: Models | None = None, landmarks=None) -> list[np.ndarray]:
+def face_encodings(rgb: np.ndarray, locations, jitters: int = 1, models: Models | None = None,
+                   landmarks=None, runtime: str = "onnxruntime") -> list[np.ndarray]:
     """128-d encodings for the given boxes, same as face_recognition.face_encodings(model='small').
-    `landmarks(img, box, predictor)` replaces dlib's one 5-point fit on the box (YuNet's path)."""
+    `landmarks(img, box, predictor)` replaces dlib's one 5-point fit on the box (YuNet's path).
+    `runtime` "onnxruntime" runs dlib's ResNet in onnxruntime (resnet.py) when it was built and
+    jitters is 1 (dlib's jitter has its own random crops); "dlib" is the original's call."""
     models = models or load_models()
     img = np.ascontiguousarray(rgb)
-    out = []
-    with models.encode_lock:  # the ResNet keeps per-call buffers: one thread at a time
-        for top, right, bottom, left in locations:
-            if landmarks is None:
-                shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
-            else:
-                shape = landmarks(img, (top, right, bottom, left), models.shape_predictor)
-            out.append(np.array(models.encoder.compute_face_descriptor(img, shape, jitters)))
-    return out
+    shapes = []
+    for top, right, bottom, left in locations:
+        if landmarks is None:
+            shapes.append(models.shape_predictor(img, dlib.rectangle(left, top, right, bottom)))
+        else:
+            shapes.append(landmarks(img, (top, right, bottom, left), models.shape_predictor))
+    if not shapes:
+        return []
+    if runtime == "onnxruntime" and models.onnx_encoder is not None and jitters <= 1:
+        chips = np.stack([dlib.get_face_chip(img, s, resnet.CHIP_SIZE, resnet.CHIP_PADDING)
+                          for s in shapes])
+        return list(models.onnx_encoder.encode(chips))
+    with models.encode_lock:  # dlib's ResNet keeps per-call buffers: one thread at a time
+        return [np.array(models.encoder.compute_face_descriptor(img, s, jitters)) for s in shapes]
 
 
 def face_distance(known, candidate) -> np.ndarray:
@@ -281,8 +318,8 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
         img, boxes, used, tried = detect_hog(source, settings, models, timings)
         enc_img = _encoding_image(source, img, boxes, used, settings.face_full_decode_below)
     t = time.monotonic()
-    encodings = (face_encodings(enc_img, boxes, settings.face_jitters, models, landmarks)
-                 if boxes else [])
+    encodings = (face_encodings(enc_img, boxes, settings.face_jitters, models, landmarks,
+                                settings.face_encoder) if boxes else [])
     timings["encode"] = time.monotonic() - t
     fy, fx = height / img.shape[0], width / img.shape[1]
     locations = [[min(height, round(top * fy)), min(width, round(right * fx)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     yunet_large_face_side: int = Field(320, ge=0, le=2048)
     yunet_min_score: float = Field(0.5, ge=0.0, le=1.0)
     yunet_confirm_score: float = Field(0.7, ge=0.0, le=1.0)
+
+    # What runs dlib's face ResNet: "onnxruntime" (the same weights, read from dlib's model file,
+    # about 12x less CPU per face; face_api/resnet.py) or "dlib" (the original's call). Encodings
+    # agree to ~1e-6; onnxruntime falls back to dlib if they ever do not (logged, /health says).
+    face_encoder: Literal["onnxruntime", "dlib"] = "onnxruntime"
 
     # Detection as the original server: HOG, upsample 1, scales 1200/1600/2000, 1 jitter.
     face_scales: Annotated[list[int], NoDecode] = [1200, 1600, 2000]

@@ -42,6 +42,7 @@ def test_health(face_api_url):
     # gunicorn's `threads` (2 by default) becomes the photos one uvicorn worker runs at once
     assert body["threads"] == 2 and body["rescan"] == "new levels + 0"
     assert body["skip_covered_scales"] is True and body["draft_decode"] is True
+    assert body["encoder_runtime"] == "onnxruntime" and "encoder_fallback_reason" not in body
 
 
 def test_concurrent_requests_give_the_sequential_answers(face_api_url):

@@ -1,0 +1,114 @@
+"""dlib's face ResNet run by onnxruntime (face_api/resnet.py) against dlib's own, on real faces."""
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from face_api import engine, resnet
+from face_api.imaging import open_photo
+from face_api.settings import Settings
+
+from tests.face_api.service import FACES
+
+PEOPLE = FACES / "people"
+
+
+def _people_photos(limit=12):
+    return sorted(p for p in PEOPLE.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return engine.load_models()
+
+
+def test_the_onnx_network_is_built_and_checked_at_load(models):
+    assert models.onnx_encoder is not None and models.onnx_problem is None
+    assert engine.encoder_runtime(Settings(debug_images=False), models) == "onnxruntime"
+    assert engine.encoder_runtime(Settings(debug_images=False, face_encoder="dlib"), models) == "dlib"
+
+
+def test_encodings_equal_dlibs_on_real_faces(models):
+    """Same boxes, same landmarks, both runtimes: the encodings agree to float rounding."""
+    compared = 0
+    for path in _people_photos():
+        img = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB")))
+        boxes = engine.face_locations(img, 1, models)
+        ours = engine.face_encodings(img, boxes, 1, models, runtime="onnxruntime")
+        theirs = engine.face_encodings(img, boxes, 1, models, runtime="dlib")
+        for a, b in zip(ours, theirs):
+            assert np.max(np.abs(a - b)) < 1e-5
+            compared += 1
+    assert compared >= 8
+
+
+def test_the_whole_pipeline_gives_the_same_answer_under_both_runtimes(models):
+    data = (FACES / "obama.jpg").read_bytes()
+    fast = engine.encode_image(open_photo(data, 100_000_000), Settings(debug_images=False), models)
+    slow = engine.encode_image(open_photo(data, 100_000_000),
+                               Settings(debug_images=False, face_encoder="dlib"), models)
+    assert fast.locations == slow.locations and len(fast.encodings) == 1
+    assert np.max(np.abs(np.array(fast.encodings) - np.array(slow.encodings))) < 1e-5
+
+
+def test_jitters_keep_dlibs_call(models):
+    """dlib jitters with its own random crops: more than one jitter is dlib's computation."""
+    class NotToBeCalled:
+        def encode(self, chips):
+            raise AssertionError("onnxruntime used for a jittered encoding")
+
+    img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
+    boxes = engine.face_locations(img, 1, models)
+    jittered = engine.face_encodings(img, boxes, 3, replace(models, onnx_encoder=NotToBeCalled()))
+    plain = engine.face_encodings(img, boxes, 1, models)
+    assert 0 < np.linalg.norm(jittered[0] - plain[0]) < 0.3   # the same face, jittered
+
+
+def test_threads_share_one_session(models):
+    img = np.asarray(Image.open(FACES / "biden.jpg").convert("RGB"))
+    boxes = engine.face_locations(img, 1, models)
+    want = engine.face_encodings(img, boxes, 1, models)
+    with ThreadPoolExecutor(4) as pool:
+        for got in pool.map(lambda _: engine.face_encodings(img, boxes, 1, models), range(8)):
+            assert np.array_equal(got[0], want[0])
+
+
+def test_a_batch_equals_one_chip_at_a_time(models):
+    chips = np.random.default_rng(3).integers(0, 256, (3, 150, 150, 3), dtype=np.uint8)
+    batch = models.onnx_encoder.encode(chips)
+    for chip, row in zip(chips, batch):
+        assert np.max(np.abs(models.onnx_encoder.encode(chip[None])[0] - row)) < 1e-6
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not dlib", "empty"])
+def test_a_damaged_model_file_falls_back_to_dlib_with_a_reason(models, tmp_path, damage):
+    bad = tmp_path / "dlib_face_recognition_resnet_model_v1.dat"
+    shutil.copy(models.files.face_recognition, bad)
+    data = bad.read_bytes()
+    bad.write_bytes({"truncated": data[: len(data) // 2], "not dlib": b"\x01\x01\x05hello" + data,
+                     "empty": b""}[damage])
+    with pytest.raises(resnet.ModelFormatError):
+        resnet.read_network(bad)
+    encoder, problem = engine._onnx_encoder(replace(models.files, face_recognition=bad), models.encoder)
+    assert encoder is None and "ModelFormatError" in problem and "\n" not in problem
+    fallback = replace(models, onnx_encoder=None, onnx_problem=problem)
+    assert engine.encoder_runtime(Settings(debug_images=False), fallback) == "dlib"
+    img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
+    boxes = engine.face_locations(img, 1, models)
+    assert len(engine.face_encodings(img, boxes, 1, fallback)) == 1   # dlib's, still answered
+
+
+def test_a_network_that_does_not_reproduce_dlib_is_refused(models):
+    """The load-time check: a graph with one weight changed is not used."""
+    means, layers = resnet.read_network(models.files.face_recognition)
+    layers[-1].params["weight"] = layers[-1].params["weight"] * 1.01
+    encoder = resnet.Encoder.__new__(resnet.Encoder)
+    encoder.means = np.asarray(means, dtype=np.float32)
+    import onnxruntime as ort
+
+    encoder.session = ort.InferenceSession(resnet.build_onnx(layers), providers=["CPUExecutionProvider"])
+    with pytest.raises(resnet.ModelFormatError, match="differ from dlib"):
+        encoder.check_against(models.encoder)
