@@ -282,7 +282,7 @@ def _original_loop(rgb_at: Callable[[int], np.ndarray], width: int, height: int,
             break
         if max(width, height) <= scale:
             break
-    encodings = engine.face_encodings(img, boxes, runtime="dlib") if boxes else []  # as the original
+    encodings = engine.face_encodings(img, boxes, runtime="native") if boxes else []  # as the original
     fy, fx = height / img.shape[0], width / img.shape[1]
     located = [(round(t * fy), round(r * fx), round(b * fy), round(lf * fx)) for t, r, b, lf in boxes]
     return Detections(located, encodings, used, width, height)

@@ -319,12 +319,25 @@ async def health():
         "draft_decode": settings.face_draft_decode,
         "threads": _engine_threads,
         "landmarks": "5-point",
-        "encoder_runtime": engine.encoder_runtime(settings, models),   # onnxruntime or dlib
-        **({"encoder_fallback_reason": models.onnx_problem} if models.onnx_problem else {}),
+        **_runtimes(models),
         "models": models.files.describe(),
         "versions": {"dlib": dlib.__version__, "numpy": np.__version__, "pillow": Image.__version__},
         "dlib_cuda": bool(getattr(dlib, "DLIB_USE_CUDA", False)),
     }
+
+
+def _runtimes(models) -> dict:
+    """What computes the networks (PHOTO_FACE_RUNTIME), and why not onnxruntime where it fell back."""
+    out = {"runtime": settings.face_runtime, "encoder_runtime": engine.encoder_runtime(settings, models)}
+    if models.onnx_problem:
+        out["encoder_fallback_reason"] = models.onnx_problem
+    if settings.face_detector == "yunet":
+        from .detectors import yunet
+
+        out["detector_runtime"] = yunet.runtime_in_use(settings.face_runtime)
+        if yunet.onnx_problem:
+            out["detector_fallback_reason"] = yunet.onnx_problem
+    return out
 
 
 @app.get("/metrics")

@@ -104,9 +104,9 @@ def _onnx_encoder(files: ModelFiles, dlib_encoder) -> tuple[resnet.Encoder | Non
 
 
 def encoder_runtime(settings, models: Models | None = None) -> str:
-    """Which runtime computes the encodings under `settings`: "onnxruntime" or "dlib"."""
+    """What computes the encodings under `settings`: "onnxruntime" or "dlib"."""
     models = models or load_models()
-    return "onnxruntime" if settings.face_encoder == "onnxruntime" and models.onnx_encoder else "dlib"
+    return "onnxruntime" if settings.face_runtime == "onnxruntime" and models.onnx_encoder else "dlib"
 
 
 # In dlib's serialized scan_fhog_pyramid: window 80x80, max_pyramid_levels 1000, min layer 64x64
@@ -172,7 +172,7 @@ def face_encodings(rgb: np.ndarray, locations, jitters: int = 1, models: Models 
     """128-d encodings for the given boxes, same as face_recognition.face_encodings(model='small').
     `landmarks(img, box, predictor)` replaces dlib's one 5-point fit on the box (YuNet's path).
     `runtime` "onnxruntime" runs dlib's ResNet in onnxruntime (resnet.py) when it was built and
-    jitters is 1 (dlib's jitter has its own random crops); "dlib" is the original's call."""
+    jitters is 1 (dlib's jitter has its own random crops); "native" is the original's dlib call."""
     models = models or load_models()
     img = np.ascontiguousarray(rgb)
     shapes = []
@@ -319,7 +319,7 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
         enc_img = _encoding_image(source, img, boxes, used, settings.face_full_decode_below)
     t = time.monotonic()
     encodings = (face_encodings(enc_img, boxes, settings.face_jitters, models, landmarks,
-                                settings.face_encoder) if boxes else [])
+                                settings.face_runtime) if boxes else [])
     timings["encode"] = time.monotonic() - t
     fy, fx = height / img.shape[0], width / img.shape[1]
     locations = [[min(height, round(top * fy)), min(width, round(right * fx)),

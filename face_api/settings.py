@@ -45,10 +45,12 @@ class Settings(BaseSettings):
     yunet_min_score: float = Field(0.5, ge=0.0, le=1.0)
     yunet_confirm_score: float = Field(0.7, ge=0.0, le=1.0)
 
-    # What runs dlib's face ResNet: "onnxruntime" (the same weights, read from dlib's model file,
-    # about 12x less CPU per face; face_api/resnet.py) or "dlib" (the original's call). Encodings
-    # agree to ~1e-6; onnxruntime falls back to dlib if they ever do not (logged, /health says).
-    face_encoder: Literal["onnxruntime", "dlib"] = "onnxruntime"
+    # What computes the two networks: "onnxruntime" (the same weights, read from dlib's model file
+    # and yuface's library, run as ONNX graphs: face_api/resnet.py, detectors/yunet_onnx.py; same
+    # outputs, ~12x less CPU per face encoding and ~5x less per YuNet pass) or "native" (dlib's
+    # and yuface's own code, as the original). Each graph is checked against the native output
+    # when first built; if it ever disagrees, the native code is used (logged; /health says).
+    face_runtime: Literal["onnxruntime", "native"] = "onnxruntime"
 
     # Detection as the original server: HOG, upsample 1, scales 1200/1600/2000, 1 jitter.
     face_scales: Annotated[list[int], NoDecode] = [1200, 1600, 2000]

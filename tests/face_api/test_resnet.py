@@ -28,7 +28,7 @@ def models():
 def test_the_onnx_network_is_built_and_checked_at_load(models):
     assert models.onnx_encoder is not None and models.onnx_problem is None
     assert engine.encoder_runtime(Settings(debug_images=False), models) == "onnxruntime"
-    assert engine.encoder_runtime(Settings(debug_images=False, face_encoder="dlib"), models) == "dlib"
+    assert engine.encoder_runtime(Settings(debug_images=False, face_runtime="native"), models) == "dlib"
 
 
 def test_encodings_equal_dlibs_on_real_faces(models):
@@ -38,7 +38,7 @@ def test_encodings_equal_dlibs_on_real_faces(models):
         img = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB")))
         boxes = engine.face_locations(img, 1, models)
         ours = engine.face_encodings(img, boxes, 1, models, runtime="onnxruntime")
-        theirs = engine.face_encodings(img, boxes, 1, models, runtime="dlib")
+        theirs = engine.face_encodings(img, boxes, 1, models, runtime="native")
         for a, b in zip(ours, theirs):
             assert np.max(np.abs(a - b)) < 1e-5
             compared += 1
@@ -49,7 +49,7 @@ def test_the_whole_pipeline_gives_the_same_answer_under_both_runtimes(models):
     data = (FACES / "obama.jpg").read_bytes()
     fast = engine.encode_image(open_photo(data, 100_000_000), Settings(debug_images=False), models)
     slow = engine.encode_image(open_photo(data, 100_000_000),
-                               Settings(debug_images=False, face_encoder="dlib"), models)
+                               Settings(debug_images=False, face_runtime="native"), models)
     assert fast.locations == slow.locations and len(fast.encodings) == 1
     assert np.max(np.abs(np.array(fast.encodings) - np.array(slow.encodings))) < 1e-5
 

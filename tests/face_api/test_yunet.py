@@ -238,6 +238,35 @@ def test_http_health_names_yunet(yunet_api):
     body = httpx.get(yunet_api + "/health").json()
     assert body["detector"] == "yunet" and body["detector_package"] == "yuface"
     assert body["detector_version"] == "2023.5.1"
+    assert body["runtime"] == "onnxruntime" and body["detector_runtime"] == "onnxruntime"
+    assert body["encoder_runtime"] == "onnxruntime" and "detector_fallback_reason" not in body
+
+
+@pytest.mark.parametrize("name", ["two_people.jpg", "obama.jpg"])
+def test_both_runtimes_find_and_encode_the_same_faces(name):
+    """PHOTO_FACE_RUNTIME=native (yuface's and dlib's code) and onnxruntime: same boxes, same
+    encodings to float rounding."""
+    data = (FACES / name).read_bytes()
+    answers = [engine.encode_image(open_photo(data, 100_000_000),
+                                   Settings(face_detector="yunet", face_runtime=runtime, debug_images=False))
+               for runtime in ("native", "onnxruntime")]
+    assert answers[0].locations == answers[1].locations and answers[0].locations
+    assert np.max(np.abs(np.array(answers[0].encodings) - np.array(answers[1].encodings))) < 1e-5
+
+
+def test_a_yunet_graph_that_cannot_be_built_falls_back_to_yuface(monkeypatch):
+    from face_api.detectors import yunet_onnx
+
+    def refuse(self, path=None):
+        raise yunet_onnx.ModelFormatError("another libfacedetection")
+
+    monkeypatch.setattr(yunet, "_onnx", None)
+    monkeypatch.setattr(yunet, "onnx_problem", None)
+    monkeypatch.setattr(yunet_onnx.Detector, "__init__", refuse)
+    img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
+    found = yunet.run(img)
+    assert len(found) == 1 and yunet.runtime_in_use("onnxruntime") == "yuface"
+    assert "another libfacedetection" in yunet.onnx_problem
 
 
 def test_http_encode_with_yunet(yunet_api):
@@ -300,7 +329,7 @@ def test_yunet_runs_one_openmp_thread_per_engine_thread():
     seen = []
 
     def one():
-        yunet.run(np.zeros((64, 64, 3), np.uint8))
+        yunet.run(np.zeros((64, 64, 3), np.uint8), runtime="native")
         seen.append(yunet._load()[1].omp_get_max_threads())
 
     worker = threading.Thread(target=one)
