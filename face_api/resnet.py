@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .onnxgraph import Graph, session
+
 CHIP_SIZE = 150        # dlib's face chip: 150x150 ...
 CHIP_PADDING = 0.25    # ... with 25% padding around the landmarks' face box
 
@@ -157,31 +159,18 @@ def read_network(path: Path) -> tuple[tuple[float, float, float], list[Layer]]:
 def build_onnx(layers: list[Layer]) -> bytes:
     """The network as a serialized ONNX model: input "chips" (N, 3, 150, 150) float32, already
     normalised; output "encodings" (N, 128). Each convolution absorbs the affine layer after it."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, weights = [], []
+    g = Graph()
     shape = [3, CHIP_SIZE, CHIP_SIZE]          # channels, rows, columns of the current tensor
-    names = iter(range(10_000))
-
-    def const(value: np.ndarray) -> str:
-        name = f"w{next(names)}"
-        weights.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
-        return name
-
-    def node(op: str, inputs: list[str], **attrs) -> str:
-        out = f"t{next(names)}"
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
 
     def pooled(size: int, kernel: int, stride: int, pad: int) -> int:
         return (size + 2 * pad - kernel) // stride + 1
 
     def padded_to(x: str, have: list[int], want: list[int]) -> str:
+        """dlib's add_prev: the smaller tensor gets zeros at the end of each dimension."""
         if have == want:
             return x
         ends = [0] + [w - h for w, h in zip(want, have)]      # batch, channels, rows, columns
-        pads = np.array([0, 0, 0, 0] + ends, dtype=np.int64)
-        return node("Pad", [x, _int_const(weights, pads, f"p{next(names)}")])
+        return g.node("Pad", [x, g.const(np.array([0, 0, 0, 0] + ends, dtype=np.int64))])
 
     x, block_in, block_out = "chips", None, None
     in_shape = out_shape = None
@@ -201,26 +190,26 @@ def build_onnx(layers: list[Layer]) -> bytes:
                 w, b = w * scale[:, None, None, None], b * scale + shift
                 i += 1
             (kr, kc), (sr, sc), (pr, pc) = p["kernel"], p["stride"], p["pad"]
-            x = node("Conv", [x, const(w), const(b)], kernel_shape=[kr, kc], strides=[sr, sc],
-                     pads=[pr, pc, pr, pc])
+            x = g.node("Conv", [x, g.const(w), g.const(b)], kernel_shape=[kr, kc],
+                       strides=[sr, sc], pads=[pr, pc, pr, pc])
             shape = [w.shape[0], pooled(shape[1], kr, sr, pr), pooled(shape[2], kc, sc, pc)]
         elif layer.kind == "affine":
-            x = node("Add", [node("Mul", [x, const(p["scale"][:, None, None])]),
-                             const(p["shift"][:, None, None])])
+            x = g.node("Add", [g.node("Mul", [x, g.const(p["scale"][:, None, None])]),
+                               g.const(p["shift"][:, None, None])])
         elif layer.kind == "relu":
-            x = node("Relu", [x])
+            x = g.node("Relu", [x])
         elif layer.kind == "max_pool":
             (kr, kc), (sr, sc), (pr, pc) = p["kernel"], p["stride"], p["pad"]
-            x = node("MaxPool", [x], kernel_shape=[kr, kc], strides=[sr, sc], pads=[pr, pc, pr, pc])
+            x = g.node("MaxPool", [x], kernel_shape=[kr, kc], strides=[sr, sc], pads=[pr, pc, pr, pc])
             shape = [shape[0], pooled(shape[1], kr, sr, pr), pooled(shape[2], kc, sc, pc)]
         elif layer.kind == "avg_pool" and p["kernel"] == (0, 0):   # avg_pool_everything
-            x = node("Flatten", [node("GlobalAveragePool", [x])])
+            x = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
             shape = [shape[0]]
         elif layer.kind == "avg_pool":      # a down-sampling unit's shortcut, from its input
             block_out, out_shape = x, list(shape)
             (kr, kc), (sr, sc), (pr, pc) = p["kernel"], p["stride"], p["pad"]
-            x = node("AveragePool", [block_in], kernel_shape=[kr, kc], strides=[sr, sc],
-                     pads=[pr, pc, pr, pc])
+            x = g.node("AveragePool", [block_in], kernel_shape=[kr, kc], strides=[sr, sc],
+                       pads=[pr, pc, pr, pc])
             shape = [in_shape[0], pooled(in_shape[1], kr, sr, pr), pooled(in_shape[2], kc, sc, pc)]
         elif layer.kind == "add_prev":
             if previous == "avg_pool":
@@ -228,52 +217,28 @@ def build_onnx(layers: list[Layer]) -> bytes:
             else:
                 other, other_shape = block_in, in_shape
             want = [max(a, b) for a, b in zip(shape, other_shape)]
-            x = node("Add", [padded_to(x, shape, want), padded_to(other, other_shape, want)])
+            x = g.node("Add", [padded_to(x, shape, want), padded_to(other, other_shape, want)])
             shape = want
         elif layer.kind == "fc":
-            x = node("MatMul", [x, const(p["weight"])])
+            x = g.node("MatMul", [x, g.const(p["weight"])])
         else:
             raise ModelFormatError(f"no ONNX mapping for {layer.kind}")
         i += 1
-    nodes[-1].output[0] = "encodings"
-    graph = helper.make_graph(
-        nodes, "dlib_face_resnet",
-        [helper.make_tensor_value_info("chips", TensorProto.FLOAT, [None, 3, CHIP_SIZE, CHIP_SIZE])],
-        [helper.make_tensor_value_info("encodings", TensorProto.FLOAT, [None, 128])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _int_const(weights: list, value: np.ndarray, name: str) -> str:
-    from onnx import numpy_helper
-
-    weights.append(numpy_helper.from_array(value, name))
-    return name
+    g.rename_last("encodings")
+    return g.serialized("dlib_face_resnet", {"chips": [None, 3, CHIP_SIZE, CHIP_SIZE]},
+                        {"encodings": [None, 128]})
 
 
 # ------------------------------------------------------------------ running it
 
 class Encoder:
-    """`encode(chips)`: 128-d encodings of (N, 150, 150, 3) uint8 RGB face chips.
-
-    One onnxruntime session per process, one thread per call (the engine runs one photo per
-    core; onnxruntime's own thread pool would fight it), and no spinning between calls. Runs
-    concurrently from several threads; onnxruntime releases the GIL while computing."""
+    """`encode(chips)`: 128-d encodings of (N, 150, 150, 3) uint8 RGB face chips; one session per
+    process (onnxgraph.session: one thread per call, several threads at once)."""
 
     def __init__(self, model_path: Path):
-        import onnxruntime as ort
-
         means, layers = read_network(model_path)
         self.means = np.asarray(means, dtype=np.float32)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(build_onnx(layers), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = session(build_onnx(layers))
 
     def encode(self, chips: np.ndarray) -> np.ndarray:
         """dlib's input layer: (pixel - channel mean) / 256, planes R, G, B."""

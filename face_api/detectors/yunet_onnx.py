@@ -32,6 +32,8 @@ import threading
 
 import numpy as np
 
+from ..onnxgraph import Graph, session
+
 PAD = 32                    # input sides are padded to multiples of this
 STRIDES = (8, 16, 32)
 SCORE_THRESHOLD = 0.2       # libfacedetection's detection_output arguments
@@ -108,23 +110,11 @@ def build_onnx(layers: dict[str, dict]) -> bytes:
     """YuNet as a serialized ONNX model: input "image" (1, 3, H, W) float32 B, G, R planes, 0..255,
     H and W multiples of 32; outputs "level8", "level16", "level32" (1, 16, H/s, W/s): the heads'
     cls, bbox (4), obj, kps (10) channels before any activation."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, weights = [], []
-    names = iter(range(10_000))
-
-    def const(value: np.ndarray) -> str:
-        name = f"w{next(names)}"
-        weights.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def node(op: str, inputs: list[str], **attrs) -> str:
-        out = f"t{next(names)}"
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
+    g = Graph()
+    node = g.node
 
     def conv(x: str, weight: np.ndarray, bias: np.ndarray, relu: bool, **attrs) -> str:
-        x = node("Conv", [x, const(weight.astype(np.float32)), const(bias.astype(np.float32))],
+        x = node("Conv", [x, g.const(weight.astype(np.float32)), g.const(bias.astype(np.float32))],
                  **attrs)
         return node("Relu", [x]) if relu else x
 
@@ -148,7 +138,7 @@ def build_onnx(layers: dict[str, dict]) -> bytes:
         return node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
 
     def up(x: str) -> str:
-        scales = const(np.array([1, 1, 2, 2], dtype=np.float32))
+        scales = g.const(np.array([1, 1, 2, 2], dtype=np.float32))
         return node("Resize", [x, "", scales], mode="nearest", nearest_mode="floor",
                     coordinate_transformation_mode="asymmetric")
 
@@ -167,7 +157,7 @@ def build_onnx(layers: dict[str, dict]) -> bytes:
     f16 = dp(node("Add", [up(f32), f16]), "neck__lateral_convs__1")
     f8 = dp(node("Add", [up(f16), f8]), "neck__lateral_convs__0")
     # the heads of a level: their point-wise layers stacked into one, likewise the depth-wise
-    outputs = []
+    outputs = {}
     for level, (feature, stride) in enumerate(zip((f8, f16, f32), STRIDES)):
         parts = [layers[f"bbox_head__multi_level_{head}__{level}_{kind}"]
                  for head, _ in HEAD_CHANNELS for kind in ("pw", "dw")]
@@ -180,16 +170,8 @@ def build_onnx(layers: dict[str, dict]) -> bytes:
         y = conv(y, np.concatenate([p["weight"] for p in dw])[:, None],
                  np.concatenate([p["bias"] for p in dw]), False, kernel_shape=[3, 3],
                  pads=[1, 1, 1, 1], group=16)
-        nodes[-1].output[0] = f"level{stride}"
-        outputs.append(helper.make_tensor_value_info(f"level{stride}", TensorProto.FLOAT,
-                                                     [1, 16, None, None]))
-    graph = helper.make_graph(
-        nodes, "yunet_libfacedetection",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, None, None])],
-        outputs, weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+        outputs[g.rename_last(f"level{stride}")] = [1, 16, None, None]
+    return g.serialized("yunet_libfacedetection", {"image": [1, 3, None, None]}, outputs)
 
 
 # ------------------------------------------------------------------ decoding
@@ -266,24 +248,13 @@ def _nms(boxes: np.ndarray, threshold: float) -> list[int]:
 
 class Detector:
     """`rows(bgr)`: what yuface's `detect` returns for a BGR uint8 image; `run(rgb)` likewise for
-    an RGB one. One onnxruntime thread per call, no spinning; usable from several threads at
-    once (onnxruntime releases the GIL while computing). Building it costs ~0.07 s; a 1200x900
-    call keeps ~70 MB of intermediate tensors in onnxruntime's arena (libfacedetection: ~20)."""
+    an RGB one (onnxgraph.session: one thread per call, several threads at once). Building it
+    costs ~0.07 s; a 1200x900 call keeps ~70 MB of intermediate tensors in onnxruntime's arena
+    (libfacedetection: ~20)."""
 
     def __init__(self, path: str | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # every image has its own size: a memory plan per shape buys nothing here, and without
-        # it the arena stays smaller (~160 MB RSS after 1200x900 calls instead of ~185 MB)
-        options.enable_mem_pattern = False
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(build_onnx(read_layers(path)), options,
-                                            providers=["CPUExecutionProvider"])
+        # every image has its own size: no memory plan per shape (~25 MB less RSS, same speed)
+        self.session = session(build_onnx(read_layers(path)), memory_pattern=False)
 
     def rows(self, bgr: np.ndarray) -> np.ndarray:
         h, w = bgr.shape[:2]
