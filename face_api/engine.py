@@ -47,6 +47,7 @@ from . import resnet
 from .detectors import calibration
 from .detectors.yunet import detect_yunet
 from .imaging import REDUCING_GAP, RESAMPLE
+from .memory import release_freed
 from .models import ModelFiles, find_model_files
 
 log = logging.getLogger("face_api")
@@ -88,6 +89,7 @@ def load_models() -> Models:
                 onnx_encoder=onnx_encoder,
                 onnx_problem=problem,
             )
+            release_freed()
         return _models
 
 

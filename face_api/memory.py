@@ -19,6 +19,16 @@ except (OSError, AttributeError):  # pragma: no cover - not glibc
     _malloc_trim = None
 
 
+def release_freed() -> None:
+    """Return what glibc keeps of freed memory now (after loading the models: building the ONNX
+    graphs frees ~50 MB that forked workers would otherwise carry)."""
+    import gc
+
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 class IdleTrimmer:
     def __init__(self, delay: float = 1.0, trim=_malloc_trim):
         self.delay = delay
