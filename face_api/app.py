@@ -41,7 +41,7 @@ settings = settings_or_exit()
 # Models are loaded at import: under gunicorn preload_app=True this happens once in the master
 # and the forked workers share the pages. Set PHOTO_LOAD_MODELS_AT_IMPORT=0 to load at startup.
 if os.environ.get("PHOTO_LOAD_MODELS_AT_IMPORT", "1") != "0":
-    engine.load_models()
+    engine.prepare(settings)
 
 # Photos processed at once by this worker. The engine is thread-safe (a HOG detector per call,
 # the ResNet behind a lock) and dlib releases the GIL, so each slot uses a core; the bound keeps
@@ -328,15 +328,16 @@ async def health():
 
 def _runtimes(models) -> dict:
     """What computes the networks (PHOTO_FACE_RUNTIME), and why not onnxruntime where it fell back."""
-    out = {"runtime": settings.face_runtime, "encoder_runtime": engine.encoder_runtime(settings, models)}
-    if models.onnx_problem:
-        out["encoder_fallback_reason"] = models.onnx_problem
+    networks = {"encoder": (models.onnx_encoder, "dlib")}
     if settings.face_detector == "yunet":
         from .detectors import yunet
 
-        out["detector_runtime"] = yunet.runtime_in_use(settings.face_runtime)
-        if yunet.onnx_problem:
-            out["detector_fallback_reason"] = yunet.onnx_problem
+        networks["detector"] = (yunet.onnx, "yuface")
+    out = {"runtime": settings.face_runtime}
+    for name, (rebuilt, native) in networks.items():
+        out[f"{name}_runtime"] = rebuilt.runtime(settings.face_runtime, native) if rebuilt else native
+        if rebuilt is not None and rebuilt.problem:
+            out[f"{name}_fallback_reason"] = rebuilt.problem
     return out
 
 
@@ -350,7 +351,7 @@ def start_loading_models() -> None:
     """Load the models in the background if the import did not (PHOTO_LOAD_MODELS_AT_IMPORT=0);
     /health answers 503 "loading" meanwhile."""
     if not engine.models_loaded():
-        threading.Thread(target=engine.load_models, daemon=True).start()
+        threading.Thread(target=engine.prepare, args=(settings,), daemon=True).start()
 
 
 @app.on_event("startup")

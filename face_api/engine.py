@@ -32,7 +32,7 @@ and the embedded mode of the workers call.
 """
 from __future__ import annotations
 
-import logging
+import functools
 import math
 import threading
 import time
@@ -49,8 +49,7 @@ from .detectors.yunet import detect_yunet
 from .imaging import REDUCING_GAP, RESAMPLE
 from .memory import release_freed
 from .models import ModelFiles, find_model_files
-
-log = logging.getLogger("face_api")
+from .onnxgraph import Rebuilt
 
 
 @dataclass
@@ -61,10 +60,9 @@ class Models:
     files: ModelFiles
     load_seconds: float
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
-    # The same ResNet run by onnxruntime (resnet.py); None where it could not be built or did
-    # not reproduce dlib's encodings, and then dlib's is used.
-    onnx_encoder: resnet.Encoder | None = None
-    onnx_problem: str | None = None
+    # The same ResNet run by onnxruntime (resnet.py), built on first use (prepare() builds it
+    # before gunicorn forks); where it cannot be, dlib's is used.
+    onnx_encoder: Rebuilt[resnet.Encoder] | None = None
 
 
 _models: Models | None = None
@@ -79,36 +77,33 @@ def load_models() -> Models:
             started = time.monotonic()
             files = find_model_files()
             encoder = dlib.face_recognition_model_v1(str(files.face_recognition))
-            onnx_encoder, problem = _onnx_encoder(files, encoder)
             _models = Models(
                 detector_bytes=dlib.get_frontal_face_detector().__getstate__()[0],
                 shape_predictor=dlib.shape_predictor(str(files.shape_predictor_5)),
                 encoder=encoder,
                 files=files,
                 load_seconds=time.monotonic() - started,
-                onnx_encoder=onnx_encoder,
-                onnx_problem=problem,
+                onnx_encoder=Rebuilt("face encodings", functools.partial(
+                    resnet.checked_encoder, files.face_recognition, encoder)),
             )
-            release_freed()
         return _models
 
 
-def _onnx_encoder(files: ModelFiles, dlib_encoder) -> tuple[resnet.Encoder | None, str | None]:
-    """dlib's ResNet as an onnxruntime session, checked against dlib's own output once."""
-    try:
-        built = resnet.Encoder(files.face_recognition)
-        built.check_against(dlib_encoder)
-        return built, None
-    except Exception as exc:  # ImportError, a model file of another layout, a mismatch
-        problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-        log.warning("face encodings fall back to dlib's ResNet: %s", problem)
-        return None, problem
+def prepare(settings) -> Models:
+    """The models, and now (not at the first photo) the onnxruntime network `settings` use: under
+    gunicorn's preload this runs once in the master and the forked workers share the result.
+    Building the graph frees ~50 MB that the workers would otherwise carry: given back here."""
+    models = load_models()
+    if settings.face_runtime == "onnxruntime" and models.onnx_encoder is not None:
+        models.onnx_encoder.get()
+        release_freed()
+    return models
 
 
 def encoder_runtime(settings, models: Models | None = None) -> str:
     """What computes the encodings under `settings`: "onnxruntime" or "dlib"."""
-    models = models or load_models()
-    return "onnxruntime" if settings.face_runtime == "onnxruntime" and models.onnx_encoder else "dlib"
+    rebuilt = (models or load_models()).onnx_encoder
+    return rebuilt.runtime(settings.face_runtime, "dlib") if rebuilt is not None else "dlib"
 
 
 # In dlib's serialized scan_fhog_pyramid: window 80x80, max_pyramid_levels 1000, min layer 64x64
@@ -185,10 +180,12 @@ def face_encodings(rgb: np.ndarray, locations, jitters: int = 1, models: Models 
             shapes.append(landmarks(img, (top, right, bottom, left), models.shape_predictor))
     if not shapes:
         return []
-    if runtime == "onnxruntime" and models.onnx_encoder is not None and jitters <= 1:
+    fast = (models.onnx_encoder.get() if runtime == "onnxruntime" and jitters <= 1
+            and models.onnx_encoder is not None else None)
+    if fast is not None:
         chips = np.stack([dlib.get_face_chip(img, s, resnet.CHIP_SIZE, resnet.CHIP_PADDING)
                           for s in shapes])
-        return list(models.onnx_encoder.encode(chips))
+        return list(fast.encode(chips))
     with models.encode_lock:  # dlib's ResNet keeps per-call buffers: one thread at a time
         return [np.array(models.encoder.compute_face_descriptor(img, s, jitters)) for s in shapes]
 

@@ -1,5 +1,7 @@
 """The small part of ONNX both rebuilt networks need (resnet.py, detectors/yunet_onnx.py): a graph
-built node by node in memory, and an onnxruntime session that computes on the calling thread.
+built node by node in memory, an onnxruntime session that computes on the calling thread, and
+`Rebuilt`, which builds a network on first use, checks it against the native code and falls back
+to that code if the two ever differ.
 
 The engine runs one photo per core (gunicorn's workers x threads is the core budget), so a session
 gets one thread and never spins waiting for work: onnxruntime's own pool would fight the other
@@ -9,8 +11,14 @@ run from several threads at once.
 from __future__ import annotations
 
 import itertools
+import logging
+import threading
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
+
+log = logging.getLogger("face_api")
+T = TypeVar("T")
 
 OPSET = 17
 IR_VERSION = 8      # what the pinned onnxruntime reads
@@ -68,3 +76,30 @@ def session(model: bytes, memory_pattern: bool = True):
     options.enable_mem_pattern = memory_pattern
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class Rebuilt(Generic[T]):
+    """A native network's onnxruntime rebuild, made on first use by `build` (which checks it
+    against the native code and raises if they differ). Thread-safe. `get()` is None, and
+    `problem` says why in one line (logged once), when it cannot be built or does not agree:
+    the caller then runs the native code."""
+
+    def __init__(self, what: str, build: Callable[[], T]):
+        self.what, self._build = what, build
+        self._lock = threading.Lock()
+        self._built: T | None = None
+        self.problem: str | None = None
+
+    def get(self) -> T | None:
+        with self._lock:
+            if self._built is None and self.problem is None:
+                try:
+                    self._built = self._build()
+                except Exception as exc:  # ImportError, another model build, a mismatch
+                    self.problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                    log.warning("%s fall back to the native code: %s", self.what, self.problem)
+            return self._built
+
+    def runtime(self, setting: str, native: str) -> str:
+        """What computes the network under PHOTO_FACE_RUNTIME=`setting`: "onnxruntime" or `native`."""
+        return "onnxruntime" if setting == "onnxruntime" and self.get() is not None else native

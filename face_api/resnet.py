@@ -263,3 +263,10 @@ class Encoder:
         if not worst <= tolerance:
             raise ModelFormatError(f"onnxruntime encodings differ from dlib's by {worst:.2g}")
         return worst
+
+
+def checked_encoder(model_path: Path, dlib_encoder) -> Encoder:
+    """An Encoder whose output matched dlib's own (ModelFormatError otherwise)."""
+    encoder = Encoder(model_path)
+    encoder.check_against(dlib_encoder)
+    return encoder

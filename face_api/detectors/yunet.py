@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
-import logging
 import os
 import threading
 import time
@@ -30,9 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..onnxgraph import Rebuilt
 from . import calibration, filters, yunet_onnx
-
-log = logging.getLogger("face_api")
 
 MIN_SCORE_FLOOR = 0.3  # libfacedetection answers from ~0.2; nothing this weak is ever kept
 
@@ -58,8 +56,6 @@ class Candidate:
 
 _runtime_lock = threading.Lock()
 _runtime = None
-_onnx: yunet_onnx.Detector | None = None
-onnx_problem: str | None = None      # why the onnxruntime graph is not used, once tried
 
 
 def _load():
@@ -77,26 +73,13 @@ def _load():
         return _runtime
 
 
-def onnx_detector() -> yunet_onnx.Detector | None:
-    """The onnxruntime YuNet, built and checked against yuface on first use; None (and
-    `onnx_problem` says why, logged once) when it cannot be built or does not agree."""
-    global _onnx, onnx_problem
-    c_detect, _ = _load()
-    with _runtime_lock:
-        if _onnx is None and onnx_problem is None:
-            try:
-                built = yunet_onnx.Detector()
-                built.check_against(c_detect)
-                _onnx = built
-            except Exception as exc:  # ImportError, another libfacedetection build, a mismatch
-                onnx_problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-                log.warning("YuNet falls back to yuface's own code: %s", onnx_problem)
-        return _onnx
+def _checked_onnx() -> yunet_onnx.Detector:
+    return yunet_onnx.checked_detector(_load()[0])
 
 
-def runtime_in_use(runtime: str) -> str:
-    """"onnxruntime" or "yuface": what computes YuNet under PHOTO_FACE_RUNTIME=`runtime`."""
-    return "onnxruntime" if runtime == "onnxruntime" and onnx_detector() else "yuface"
+# Built in each worker at its first photo, not before gunicorn forks: the check runs yuface,
+# whose libgomp threads would not survive the fork.
+onnx: Rebuilt[yunet_onnx.Detector] = Rebuilt("YuNet passes", _checked_onnx)
 
 
 def run(rgb: np.ndarray, threads: int = 1, runtime: str = "onnxruntime") -> list[Candidate]:
@@ -105,7 +88,7 @@ def run(rgb: np.ndarray, threads: int = 1, runtime: str = "onnxruntime") -> list
     c_detect, gomp = _load()
     if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
         return []
-    fast = onnx_detector() if runtime == "onnxruntime" else None
+    fast = onnx.get() if runtime == "onnxruntime" else None
     if fast is not None:
         rows = fast.run(rgb)
     else:
@@ -146,7 +129,7 @@ def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3) -> list[C
     small faces to the main pass."""
     kept: list[Candidate] = []
     for c in ordered:
-        if all(_iou(c.box, k.box) < max_iou for k in kept):
+        if all(box_iou(c.box, k.box) < max_iou for k in kept):
             kept.append(c)
     return [c for c in kept if not any(k.size >= 1.5 * c.size and _inside(c.box, k.box) >= 0.6
                                        for k in kept)]
@@ -161,7 +144,8 @@ def _inside(a, b) -> float:
     return max(0.0, iw) * max(0.0, ih) / max(aw * ah, 1e-9)
 
 
-def _iou(a, b) -> float:
+def box_iou(a, b) -> float:
+    """IoU of two (x, y, w, h) boxes."""
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     iw = min(ax + aw, bx + bw) - max(ax, bx)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 
 import numpy as np
 
@@ -303,13 +302,9 @@ def compare(ours: np.ndarray, theirs: np.ndarray, floor: float = 0.3, score_tol:
 
 
 def _row_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ax, ay, aw, ah = (float(v) for v in a[1:5])
-    bx, by, bw, bh = (float(v) for v in b[1:5])
-    iw = min(ax + aw, bx + bw) - max(ax, bx)
-    ih = min(ay + ah, by + bh) - max(ay, by)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    return iw * ih / (aw * ah + bw * bh - iw * ih)
+    from .yunet import box_iou   # here, not at the top: yunet.py imports this module
+
+    return box_iou(tuple(float(v) for v in a[1:5]), tuple(float(v) for v in b[1:5]))
 
 
 def _test_image() -> np.ndarray:
@@ -333,19 +328,8 @@ def _test_image() -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
 
 
-_lock = threading.Lock()
-_detector: Detector | None = None
-
-
-def detector() -> Detector:
-    """The process's Detector, built on first use."""
-    global _detector
-    with _lock:
-        if _detector is None:
-            _detector = Detector()
-        return _detector
-
-
-def run(rgb: np.ndarray) -> np.ndarray:
-    """yuface's rows for an RGB uint8 image (what yunet.run gets from `c_detect`)."""
-    return detector().run(rgb)
+def checked_detector(c_detect) -> Detector:
+    """A Detector whose rows matched yuface's `detect` (ModelFormatError otherwise)."""
+    detector = Detector()
+    detector.check_against(c_detect)
+    return detector

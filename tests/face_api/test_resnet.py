@@ -9,6 +9,7 @@ from PIL import Image
 
 from face_api import engine, resnet
 from face_api.imaging import open_photo
+from face_api.onnxgraph import Rebuilt
 from face_api.settings import Settings
 
 from tests.face_api.service import FACES
@@ -25,8 +26,8 @@ def models():
     return engine.load_models()
 
 
-def test_the_onnx_network_is_built_and_checked_at_load(models):
-    assert models.onnx_encoder is not None and models.onnx_problem is None
+def test_the_onnx_network_is_built_and_checked_on_first_use(models):
+    assert models.onnx_encoder.get() is not None and models.onnx_encoder.problem is None
     assert engine.encoder_runtime(Settings(debug_images=False), models) == "onnxruntime"
     assert engine.encoder_runtime(Settings(debug_images=False, face_runtime="native"), models) == "dlib"
 
@@ -62,7 +63,7 @@ def test_jitters_keep_dlibs_call(models):
 
     img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
     boxes = engine.face_locations(img, 1, models)
-    jittered = engine.face_encodings(img, boxes, 3, replace(models, onnx_encoder=NotToBeCalled()))
+    jittered = engine.face_encodings(img, boxes, 3, replace(models, onnx_encoder=Rebuilt("x", NotToBeCalled)))
     plain = engine.face_encodings(img, boxes, 1, models)
     assert 0 < np.linalg.norm(jittered[0] - plain[0]) < 0.3   # the same face, jittered
 
@@ -78,9 +79,10 @@ def test_threads_share_one_session(models):
 
 def test_a_batch_equals_one_chip_at_a_time(models):
     chips = np.random.default_rng(3).integers(0, 256, (3, 150, 150, 3), dtype=np.uint8)
-    batch = models.onnx_encoder.encode(chips)
+    encoder = models.onnx_encoder.get()
+    batch = encoder.encode(chips)
     for chip, row in zip(chips, batch):
-        assert np.max(np.abs(models.onnx_encoder.encode(chip[None])[0] - row)) < 1e-6
+        assert np.max(np.abs(encoder.encode(chip[None])[0] - row)) < 1e-6
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not dlib", "empty"])
@@ -92,9 +94,10 @@ def test_a_damaged_model_file_falls_back_to_dlib_with_a_reason(models, tmp_path,
                      "empty": b""}[damage])
     with pytest.raises(resnet.ModelFormatError):
         resnet.read_network(bad)
-    encoder, problem = engine._onnx_encoder(replace(models.files, face_recognition=bad), models.encoder)
-    assert encoder is None and "ModelFormatError" in problem and "\n" not in problem
-    fallback = replace(models, onnx_encoder=None, onnx_problem=problem)
+    rebuilt = Rebuilt("face encodings", lambda: resnet.checked_encoder(bad, models.encoder))
+    assert rebuilt.get() is None
+    assert "ModelFormatError" in rebuilt.problem and "\n" not in rebuilt.problem
+    fallback = replace(models, onnx_encoder=rebuilt)
     assert engine.encoder_runtime(Settings(debug_images=False), fallback) == "dlib"
     img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
     boxes = engine.face_locations(img, 1, models)

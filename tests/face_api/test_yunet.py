@@ -260,13 +260,14 @@ def test_a_yunet_graph_that_cannot_be_built_falls_back_to_yuface(monkeypatch):
     def refuse(self, path=None):
         raise yunet_onnx.ModelFormatError("another libfacedetection")
 
-    monkeypatch.setattr(yunet, "_onnx", None)
-    monkeypatch.setattr(yunet, "onnx_problem", None)
+    from face_api.onnxgraph import Rebuilt
+
+    monkeypatch.setattr(yunet, "onnx", Rebuilt("YuNet passes", yunet._checked_onnx))
     monkeypatch.setattr(yunet_onnx.Detector, "__init__", refuse)
     img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
     found = yunet.run(img)
-    assert len(found) == 1 and yunet.runtime_in_use("onnxruntime") == "yuface"
-    assert "another libfacedetection" in yunet.onnx_problem
+    assert len(found) == 1 and yunet.onnx.runtime("onnxruntime", "yuface") == "yuface"
+    assert "another libfacedetection" in yunet.onnx.problem
 
 
 def test_http_encode_with_yunet(yunet_api):

@@ -1,23 +1,16 @@
 """YuNet run by onnxruntime (face_api/detectors/yunet_onnx.py) against yuface's libfacedetection:
 the same detections on real photos at 1200 px, at sides that are not multiples of 32, on the
-~100 px crops of the second look, and on tiny images.
-
-    flock /work/bench.lock .venv/bin/python -m tests.face_api.test_yunet_onnx   # numbers, timings
+~100 px crops of the second look, and on tiny images. (What each costs: bench/face_quality.py
+--sections runtimes.)
 """
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from face_api.detectors import yunet_onnx  # noqa: E402
-from tests.face_api.service import TESTDATA  # noqa: E402
+from face_api.detectors import yunet_onnx
+from tests.face_api.service import TESTDATA
 
 pytest.importorskip("yuface", reason="yuface has wheels for CPython 3.10/3.11 only")
 pytest.importorskip("onnxruntime")
@@ -68,11 +61,15 @@ def images():
     return out
 
 
-def agreement(pairs):
+@pytest.fixture(scope="module")
+def det():
+    return yunet_onnx.Detector()
+
+
+def agreement(pairs, det):
     """Matching statistics of onnx rows against yuface rows over (name, RGB) images."""
     from yuface.yuface import detect
 
-    det = yunet_onnx.detector()
     stats = {"images": 0, "yuface": 0, "onnx": 0, "identical_images": 0, "problems": [],
              "unmatched_near_floor": 0, "score": 0.0, "box": 0, "landmarks": 0}
     for name, rgb in pairs:
@@ -97,10 +94,10 @@ def agreement(pairs):
 
 
 @pytest.fixture(scope="module")
-def stats():
+def stats(det):
     if not _photos():
         pytest.skip(f"{DETECT} has no photos")
-    return agreement(images())
+    return agreement(images(), det)
 
 
 def test_same_detections_as_yuface(stats):
@@ -109,10 +106,9 @@ def test_same_detections_as_yuface(stats):
     assert stats["score"] <= 0.02 and stats["box"] <= 2 and stats["landmarks"] <= 1.5
 
 
-def test_tiny_and_blank_images():
+def test_tiny_and_blank_images(det):
     from yuface.yuface import detect
 
-    det = yunet_onnx.detector()
     for shape in ((1, 1, 3), (2, 3, 3), (20, 30, 3), (33, 1, 3)):
         for value in (0, 128, 255):
             rgb = np.full(shape, value, dtype=np.uint8)
@@ -120,51 +116,12 @@ def test_tiny_and_blank_images():
             assert det.run(rgb).shape[1] == 16 and det.run(rgb).dtype == np.int16
 
 
-def test_check_against_yuface_and_threads():
+def test_check_against_yuface_and_threads(det):
     from yuface.yuface import detect
 
-    det = yunet_onnx.detector()
     assert det.check_against(detect) == 3               # the three drawn faces
     photo = _resized(np.asarray(Image.open(_photos()[0]).convert("RGB")), 640)
     one = det.run(photo)
     with ThreadPoolExecutor(4) as pool:
         for rows in pool.map(det.run, [photo] * 8):
             assert np.array_equal(rows, one)
-
-
-def cpu_per_call(fn, img, repeat=5):
-    best = float("inf")
-    fn(img)
-    for _ in range(repeat):
-        t = time.process_time()
-        fn(img)
-        best = min(best, time.process_time() - t)
-    return best
-
-
-def main():
-    import os
-
-    from face_api.detectors import yunet
-
-    stats = agreement(images())
-    print({k: (v if k != "problems" else len(v)) for k, v in stats.items()})
-    for p in stats["problems"][:10]:
-        print("  ", p)
-    yunet._load()[1].omp_set_num_threads(1) if yunet._load()[1] else None
-    from yuface.yuface import detect
-
-    det = yunet_onnx.detector()
-    photo = np.asarray(Image.open(_photos()[1]).convert("RGB"))
-    print("cores", os.cpu_count())
-    for size in ((900, 1200), (240, 320)):
-        rgb = np.asarray(Image.fromarray(photo).resize(size[::-1], Image.BILINEAR))
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        c = cpu_per_call(detect, bgr)
-        o = cpu_per_call(det.run, rgb)
-        print(f"{size[1]}x{size[0]}: yuface {c * 1000:.1f} ms CPU, onnxruntime {o * 1000:.1f} ms "
-              f"CPU ({c / o:.2f}x)")
-
-
-if __name__ == "__main__":
-    main()
