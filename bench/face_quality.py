@@ -19,6 +19,11 @@ Sections (all in one run, one thread, photos one after another; CPU s = process_
    8-12 MP) for the thumbnail reconstruction, ours with HOG and ours with YuNet (per --sides).
 5. profile: where the YuNet path's CPU goes per photo of the same mix, stage by stage (decode,
    resize, YuNet's passes, the second look, landmarks + ResNet, the debug JPEG the API writes).
+6. runtimes: CPU per call of each network under PHOTO_FACE_RUNTIME=native (yuface's YuNet,
+   dlib's ResNet) and onnxruntime (the same weights rebuilt: face_api/detectors/yunet_onnx.py,
+   face_api/resnet.py), and the resident memory each rebuilt network adds to a process.
+   (The truth and mix sections measure the engine as the environment sets it: run them again
+   with PHOTO_FACE_RUNTIME=native for the whole pipeline on the native code.)
 
 CPU-heavy (minutes): on a shared machine run it under `flock` on the machine's bench lock. The
 truth and the photos are the shared development set; never point it at the held-out eval photos.
@@ -356,6 +361,72 @@ def profile_section(n: int, side: int) -> None:
           f"{100 * sum(stages.values()) / whole:.0f} % with the debug JPEG)")
 
 
+# ------------------------------------------------------------------ 6. runtimes
+
+def _best_cpu(fn, *args, repeat: int = 5) -> float:
+    fn(*args)  # warm: onnxruntime sizes its buffers on the first call of a shape
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        fn(*args)
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def runtimes_section(truth) -> None:
+    """Per-call CPU (best of 5, one thread) of yuface vs onnxruntime YuNet on a truth photo at
+    1200x900 and 320x240, and of dlib vs onnxruntime ResNet per face on the truth photos."""
+    import dlib
+    from PIL import Image
+
+    from face_api import resnet
+    from face_api.detectors import yunet_onnx
+    from face_api.memory import release_freed
+
+    models = engine.load_models()
+    c_detect, gomp = yunet._load()
+    if gomp is not None:
+        gomp.omp_set_num_threads(1)
+    release_freed()
+    before = _rss_mb()
+    detector = yunet_onnx.checked_detector(c_detect)
+    release_freed()   # what stays, not the graph building's transient heap
+    yunet_built_mb = _rss_mb() - before
+    print(f"\n## 6. runtimes: CPU ms per call, best of 5, one thread; load {_load()}")
+    print(f"{'network, input':34s} {'native':>8s} {'onnxruntime':>12s} {'x':>6s}")
+    photo = next(iter(truth.values())).path
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    for w, h in ((1200, 900), (320, 240)):
+        img = np.ascontiguousarray(np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR)))
+        native = _best_cpu(c_detect, np.ascontiguousarray(img[:, :, ::-1]))
+        ours = _best_cpu(detector.run, img)
+        print(f"{f'YuNet, {w}x{h}':34s} {native * 1000:8.1f} {ours * 1000:12.1f} {native / ours:6.1f}")
+    release_freed()
+    yunet_mb = _rss_mb() - before
+    before = _rss_mb()
+    encoder = resnet.checked_encoder(models.files.face_recognition, models.encoder)
+    release_freed()
+    resnet_mb = _rss_mb() - before
+    native, ours, faces = [], [], 0
+    for t in list(truth.values())[:8]:
+        img = np.ascontiguousarray(np.asarray(Image.open(t.path).convert("RGB")))
+        for top, right, bottom, left in engine.face_locations(img, 1, models):
+            shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
+            native.append(_best_cpu(models.encoder.compute_face_descriptor, img, shape, 1, repeat=2))
+            chip = dlib.get_face_chip(img, shape, resnet.CHIP_SIZE, resnet.CHIP_PADDING)[None]
+            ours.append(_best_cpu(encoder.encode, chip, repeat=2))
+            faces += 1
+    n, o = statistics.median(native), statistics.median(ours)
+    print(f"{f'ResNet, one face (median of {faces})':34s} {n * 1000:8.1f} {o * 1000:12.1f} {n / o:6.1f}"
+          "   (onnxruntime: the chip cut by dlib included)")
+    print(f"resident memory the rebuilt networks add: YuNet {yunet_mb:.0f} MB ({yunet_built_mb:.0f} "
+          f"once built, the rest its buffers after the passes above), ResNet {resnet_mb:.0f} MB")
+
+
 def _load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -366,8 +437,8 @@ def main() -> None:
                     help="YuNet long sides to compare, e.g. 1280,1600")
     ap.add_argument("--fit-calibration", action="store_true")
     ap.add_argument("--skip-mix", action="store_true")
-    ap.add_argument("--sections", default="truth,calibration,people,mix,profile",
-                    help="which of truth,calibration,people,mix,profile to run "
+    ap.add_argument("--sections", default="truth,calibration,people,mix,profile,runtimes",
+                    help="which of truth,calibration,people,mix,profile,runtimes to run "
                          "(calibration needs truth)")
     ap.add_argument("--mix", type=int, default=16, help="photos in the library mix")
     args = ap.parse_args()
@@ -385,6 +456,8 @@ def main() -> None:
         mix_section(args.mix, sides)
     if "profile" in sections:
         profile_section(args.mix, sides[-1])
+    if "runtimes" in sections:
+        runtimes_section(truth)
     print(json.dumps({"done": True, "load": _load()}))
 
 
