@@ -128,7 +128,7 @@ EOF
 }
 # The files the package is built from. They are built from a copy: an in-tree build would leave
 # build/ in the checkout, whose stale modules setuptools would put into the next wheel.
-PACKAGE_FILES=(pyproject.toml README.md workers face_api)
+PACKAGE_FILES=(pyproject.toml README.md workers face_api etc)
 package_files() {
   (cd "$SRC" && find "${PACKAGE_FILES[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
      LC_ALL=C sort -z)

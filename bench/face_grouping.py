@@ -6,7 +6,7 @@ The people set (../shared/testdata/people) is encoded once by bench/face_groupin
 the project's engine and cached under bench/.cache/. Every scenario runs the real code on a
 temporary SQLite database: faces are stored `unknown`, a simulated reviewer approves faces the
 way the Laravel app does (status ok; parent_id NULL for a root, the root's id for a member),
-then `faces rematch` (workers.grouping.rematch) files the rest. Scored on the labelled faces the
+then `faces rematch` (workers.faces.filing.rematch) files the rest. Scored on the labelled faces the
 reviewer did not touch: right (filed under their own person), wrong (under another), unassigned.
 
 Scenarios: one root per person; three approved faces per person; one of each look-alike pair
@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from face_grouping_data import DEFAULT_PEOPLE, PeopleSet, load  # noqa: E402
-from workers import db, grouping, suggest  # noqa: E402
+from workers import db  # noqa: E402
+from workers.faces import filing, suggestions
 from workers.schema import faces, images  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 
@@ -80,13 +81,13 @@ class Library:
         self.reviewed.add(face_id)
 
     def rematch(self) -> Counter:
-        return grouping.rematch(self.engine, self.settings)
+        return filing.rematch(self.engine, self.settings)
 
     def auto_rematch(self) -> None:
         """What the face workers do after approvals changed: bounded steps until the pass ends."""
         while True:
             with self.engine.begin() as conn:
-                counts = grouping.auto_rematch(conn, self.engine, self.settings)
+                counts = filing.auto_rematch(conn, self.engine, self.settings)
             if not counts:
                 return
 
@@ -176,7 +177,7 @@ def scenario_random(data, tmp, seed: int, share: float) -> dict[str, Counter]:
 
 def scenario_suggest(data, tmp, settings_overrides=None) -> Counter:
     lib = Library(data, "ours", tmp, "suggest", **(settings_overrides or {}))
-    groups = suggest.refresh(lib.engine, lib.settings)
+    groups = suggestions.refresh(lib.engine, lib.settings)
     photos = Counter(p for p in lib.person_of.values() if p)
     eligible = {p for p, n in photos.items() if n >= 3}
     grouped = {f for g in groups for f in g.face_ids}
@@ -228,8 +229,8 @@ def bench_speed(n: int = 100_000, queries: int = 300) -> dict[str, tuple[float, 
     """p50/p95 ms of one face against n approved faces (10,000 people of 10 faces): ours
     (ApprovedIndex.candidates + people.decide) beside the original's RootIndex.nearest over n
     roots, interleaved query by query so both see the same machine load."""
-    from workers.matching import ApprovedIndex, RootIndex
-    from workers.people import Rules, decide
+    from workers.faces.index import ApprovedIndex, RootIndex
+    from workers.faces.rules import Rules, decide
     rng = np.random.default_rng(42)
     centres = rng.normal(0, 0.12, (n // 10, 128))
     vecs = (np.repeat(centres, 10, axis=0) + rng.normal(0, 0.03, (n, 128))).astype(np.float32)

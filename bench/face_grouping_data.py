@@ -46,7 +46,7 @@ def _sha(path: Path) -> str:
 
 
 def _encode(path: Path) -> dict:
-    from workers.jobs.faces import detect
+    from workers.faces.client import detect
     from workers.settings import Settings
     found = detect(Settings(face_engine="inprocess"), path)
     return {"encodings": [e for e, _ in found], "locations": [b for _, b in found]}

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/matching.py [--roots 100000] [--queries 300] [--db URL]
 
-Prints p50/p95 per face for workers.matching.RootIndex.nearest beside the naive references
+Prints p50/p95 per face for workers.faces.index.RootIndex.nearest beside the naive references
 (face_recognition.face_distance-style `np.linalg.norm(known - face, axis=1)` and a Python loop of
 per-root norms), then the refresh costs: unchanged (one index-only aggregate), 1 new root
 (incremental), 1 rejected root (incremental) and a full reload of every root from the database
@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workers import db  # noqa: E402
-from workers.matching import RootIndex  # noqa: E402
+from workers.faces.index import RootIndex  # noqa: E402
 from workers.schema import faces, images  # noqa: E402
 
 THRESHOLD = 0.6

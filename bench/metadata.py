@@ -5,7 +5,7 @@
 Same photos for every row (all JPEGs under testdata/exif, repeated to --count), same run; the
 first and third rows alternate photo by photo, so machine load hits both alike:
 
-  persistent       workers.exif.read: the per-process `exiftool -stay_open` (its start included)
+  persistent       workers.media.exif.read: the per-process `exiftool -stay_open` (its start included)
   persistent+job   the whole MetadataProcessJob.handle per photo: read, normalize, UPDATE the
                    images row in SQLite, one transaction each (what a consumer does minus AMQP)
   spawn/python     `exiftool -j -G -n -m FILE` started per photo (subprocess.run) + json.loads
@@ -61,7 +61,7 @@ def spawn_read(f: Path) -> dict:
 def bench_interleaved(files: list[Path]) -> tuple[float, float, float]:
     """Persistent read and per-photo spawn of the same photo back to back, so both see the same
     machine load; returns (exiftool start-up, persistent total, spawn total) in seconds."""
-    from workers import exif
+    from workers.media import exif
     reader = exif.Reader()
     t0 = time.perf_counter()
     reader.read(files[0])                       # start-up (+ one read), charged once

@@ -25,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.runtime.consumers import consumer_env, queue_depth, start_consumer, stop_consumer  # noqa: E402
+from tests.runtime.consumers import (  # noqa: E402
+    consumer_env, queue_depth, start_consumer, stop_consumer,
+)
 from tests.services import MariaDB, RabbitMQ  # noqa: E402
 
 QUEUE = "faces"
@@ -56,16 +58,16 @@ def settings_for(db_url: str, amqp_url: str, state: Path, depth: int):
 
 
 def reprocess_all(settings):
-    from workers.reprocess.run import run
-    from workers.reprocess.targets import JOBS, ImageRows
+    from workers.commands.reprocess.run import run
+    from workers.commands.reprocess.targets import JOBS, ImageRows
     return run(settings, ImageRows(JOBS[QUEUE], "all", None, settings), progress=False)
 
 
 def bare_publish(amqp_url: str, n: int) -> float:
     """The floor: build and publish N payloads with confirms; seconds."""
-    from workers import broker
+    from workers.queue import broker
     from workers.laravel import build_payload
-    from workers.reprocess.targets import JOBS
+    from workers.commands.reprocess.targets import JOBS
     conn, ch = broker.connect(amqp_url)
     t0 = time.monotonic()
     for i in range(1, n + 1):
@@ -84,7 +86,7 @@ def drain_with_consumer(db_url: str, amqp_url: str, n: int, logs: Path, feed, ha
                         ) -> tuple[float, int]:
     """Start a no-op consumer, call `feed()` if any (in a thread), wait until it did n jobs:
     (seconds from the consumer being ready, peak depth sampled)."""
-    from workers.reprocess.targets import JOBS
+    from workers.commands.reprocess.targets import JOBS
     env = consumer_env(db_url, amqp_url, {JOBS[QUEUE].class_name: "bench.reprocess:sleeping_handler"})
     env["PHOTO_BENCH_HANDLER_MS"] = str(handler_ms)
     proc = start_consumer(QUEUE, env, logs)
@@ -130,7 +132,7 @@ def main() -> int:
         report = reprocess_all(settings_for(url, rabbit.url, base / "state", n + 1))
         assert report.counts["published"] == n and queue_depth(rabbit.url, QUEUE) == n
         ours = report.seconds
-        from workers import broker
+        from workers.queue import broker
         conn, ch = broker.connect(rabbit.url)
         ch.queue_purge(QUEUE)
         conn.close()

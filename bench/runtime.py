@@ -19,7 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.runtime.consumers import consumer_env, log_lines, start_consumer, stop_consumer  # noqa: E402
+from tests.runtime.consumers import (  # noqa: E402
+    consumer_env, log_lines, start_consumer, stop_consumer,
+)
 from tests.services import MariaDB, RabbitMQ, cpu_seconds  # noqa: E402
 
 JOB = "App\\Jobs\\MetadataProcessJob"
@@ -27,7 +29,7 @@ TARGET = 300.0   # jobs/s per process (the brief's target on this 2-core box)
 
 
 def publish(amqp_url: str, queue: str, n: int) -> None:
-    from workers import broker
+    from workers.queue import broker
     from workers.laravel import build_chain_payload
     conn, ch = broker.connect(amqp_url)
     for i in range(1, n + 1):

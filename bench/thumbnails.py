@@ -26,9 +26,9 @@ upscales, too kind to any resample):
   q75         the yardstick: today's render against its own JPEG q75 round trip
   full        distance from the ideal (a full decode, Pillow LANCZOS), today's and ours
 
-The crop/scale numbers passed to PHP come from workers.imaging.plan (the v3 formulas); output
+The crop/scale numbers passed to PHP come from workers.media.imaging.plan (the v3 formulas); output
 sizes of both sides are checked equal. Single-threaded on both sides (ImageMagick's thread limit
-is printed; libvips is set to one thread by workers/resample.py). Not a test; run it by hand.
+is printed; libvips is set to one thread by workers/media/resample.py). Not a test; run it by hand.
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def make_photos(tmp: Path, count: int, megapixels: float) -> list[Path]:
 @contextlib.contextmanager
 def pillow_only():
     """Today's pipeline: every JPEG decoded and every size resampled by Pillow (LANCZOS)."""
-    from workers import imaging, resample
+    from workers.media import imaging, resample
     saved = resample.vips_spans, imaging._decode_packed
     resample.vips_spans = lambda *a: None
     imaging._decode_packed = lambda *a: None
@@ -159,7 +159,7 @@ def ours_round(photos, method, w, h, out_dir: Path) -> tuple[list, dict]:
 
 def imagick_round(photos, method, w, h, tmp: Path) -> tuple[list, dict, dict]:
     """One php process over the photos (plus one untimed warm-up job)."""
-    from workers import imaging
+    from workers.media import imaging
     jobs, outs = [], {}
     for p in photos:
         src = imaging.open_source(p, 10**9)
@@ -180,7 +180,7 @@ def imagick_round(photos, method, w, h, tmp: Path) -> tuple[list, dict, dict]:
 
 def renders(path: Path, method, w, h) -> dict:
     """ours, today's and the ideal (full decode, Pillow) render of one photo, before encoding."""
-    from workers import imaging
+    from workers.media import imaging
 
     def render(draft: bool):
         src = imaging.open_source(path, 10**9)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest,
+)
 from prometheus_client import REGISTRY
 
 REQUESTS = Counter("face_api_requests_total", "HTTP requests", ["endpoint", "status"])

@@ -110,7 +110,7 @@ def test_default_library_lives_in_the_folder(photo_dir, tmp_path):
 
 
 def test_configured_settings_win_over_the_folder_defaults(tmp_path, monkeypatch):
-    from workers.embedded import embedded_settings
+    from workers.commands.process import embedded_settings
     monkeypatch.chdir(tmp_path)
     for name in ("PHOTO_DATABASE_URL", "PHOTO_THUMBNAIL_ROOT", "PHOTO_GEOCODER"):
         monkeypatch.delenv(name, raising=False)

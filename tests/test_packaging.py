@@ -15,8 +15,12 @@ from packaging.utils import canonicalize_name
 from tests.services import PROJECT_ROOT
 
 
+def pyproject() -> dict:
+    return tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+
+
 def project() -> dict:
-    return tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    return pyproject()["project"]
 
 
 def direct_requirements() -> list[Requirement]:
@@ -68,10 +72,20 @@ def test_every_lock_entry_is_needed_by_the_project():
 
 
 def test_console_script_and_package_data_are_declared():
-    assert project()["scripts"] == {"photo-pipeline": "workers.cli:main"}
-    templates = sorted(p.relative_to(PROJECT_ROOT / "workers").as_posix()
-                       for p in (PROJECT_ROOT / "workers" / "templates").rglob("*.j2"))
-    assert templates == ["templates/supervisor/photo-worker.conf.j2", "templates/systemd/face-api.service.j2"]
+    assert project()["scripts"] == {"photo-pipeline": "workers.commands.cli:main"}
+    templates = sorted(p.relative_to(PROJECT_ROOT).as_posix() for p in (PROJECT_ROOT / "etc").rglob("*.j2"))
+    assert templates == ["etc/supervisor/photo-worker.conf.j2", "etc/systemd/face-api.service.j2"]
+    setuptools = pyproject()["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"workers.etc": "etc"}
+    assert setuptools["package-data"] == {"workers.etc.supervisor": ["*.j2"], "workers.etc.systemd": ["*.j2"]}
+
+
+def test_every_package_in_the_tree_is_listed():
+    """pyproject lists the packages (etc/ is mapped into workers.etc), so a new one must be added."""
+    on_disk = {".".join(p.parent.relative_to(PROJECT_ROOT).parts)
+               for top in ("workers", "face_api") for p in (PROJECT_ROOT / top).rglob("__init__.py")}
+    on_disk |= {"workers.etc." + p.name for p in (PROJECT_ROOT / "etc").iterdir() if p.is_dir()}
+    assert set(pyproject()["tool"]["setuptools"]["packages"]) == on_disk | {"workers.etc"}
 
 
 # A development machine's own directories; built from parts so this file does not match itself.

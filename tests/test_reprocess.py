@@ -22,10 +22,11 @@ import pytest
 import sqlalchemy as sa
 
 from tests.runtime.consumers import PROJECT_ROOT, consumer_env, drain, queue_depth, wait_for
-from workers import db, dedup
+from workers import db
+from workers.queue import dedup
 from workers.laravel import JobClass, PhpObject, build_payload, decode_payload, queue_key
-from workers.reprocess.run import ALREADY_QUEUED, NOT_SENT, PUBLISHED, WOULD_PUBLISH, run
-from workers.reprocess.targets import JOBS, FailedRows, ImageRows
+from workers.commands.reprocess.run import ALREADY_QUEUED, NOT_SENT, PUBLISHED, WOULD_PUBLISH, run
+from workers.commands.reprocess.targets import JOBS, FailedRows, ImageRows
 from workers.schema import failed_jobs, images, queues
 from workers.settings import Settings
 
@@ -204,7 +205,7 @@ def test_queue_depth_stays_under_the_setting_while_consumers_catch_up(settings, 
 
 
 def test_waiting_for_consumers_shows_on_the_bar_and_stops_on_request(settings, mysql_url, amqp_url, capsys):
-    from workers.reprocess.run import StopRequest
+    from workers.commands.reprocess.run import StopRequest
     add_images(mysql_url, 6)
     settings.reprocess_max_queue_depth = 2
     stop = StopRequest()
@@ -286,8 +287,8 @@ def test_killed_run_resumes_from_its_last_confirmed_job(settings, mysql_url, amq
 
 
 def test_damaged_checkpoint_is_one_clear_line(settings, mysql_url):
-    from workers.reprocess.checkpoint import Checkpoint
-    from workers.reprocess.run import run_key
+    from workers.commands.reprocess.checkpoint import Checkpoint
+    from workers.commands.reprocess.run import run_key
     add_images(mysql_url, 2)
     target = ImageRows(JOBS["faces"], "all", None, settings)
     path = Checkpoint.path_for(settings.reprocess_state_dir, run_key(settings, target))

@@ -10,7 +10,7 @@ from functools import lru_cache
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from . import schema
+from workers import schema
 
 
 @lru_cache(maxsize=8)

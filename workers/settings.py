@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     })
     lock_release_delay: int = 10             # seconds before a job that found its lock taken retries
 
-    # Lock leases (workers/leases.py): a running job's lock expires this far after its last
+    # Lock leases (workers/queue/leases.py): a running job's lock expires this far after its last
     # renewal, so a dead consumer's lock lapses within one lease, not the whole job timeout.
     lock_lease: int = Field(30, ge=0)        # seconds; 0: hold the lock for the job's timeout (Laravel)
     lock_renew_every: float = Field(10, gt=0)  # seconds between renewals (at most a third of the lease)
@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     ])
     max_pixels: int = 120_000_000            # decompression-bomb budget
 
-    # Face grouping (issue 10; workers/people.py explains the rule). face_match_threshold above
+    # Face grouping (issue 10; workers/faces/rules.py explains the rule). face_match_threshold above
     # stays the outer bound. "roots" is the original's rule: the nearest approved root < threshold.
     face_grouping: str = "people"            # "people" (all approved faces vote) or "roots"
     face_vote_k: int = 5                     # nearest approved faces that vote
@@ -115,10 +115,10 @@ class Settings(BaseSettings):
     face_rematch_batch: int = 200            # faces per automatic rematch step (one per face job)
     face_cluster_radius: float = 0.45        # suggested groups: DBSCAN eps...
     face_cluster_min_faces: int = 3          # ...and minimum faces (the face itself included)
-    # Work a consumer does when its queue has been empty this long (workers/idle.py): the faces
+    # Work a consumer does when its queue has been empty this long (workers/queue/idle.py): the faces
     # workers finish the automatic rematch after approvals even when no photo is uploaded.
     idle_interval: float = Field(5.0, ge=0)  # seconds; 0 = never
-    idle_tasks: dict[str, str] = Field(default_factory=lambda: {"faces": "workers.grouping:idle_rematch"})
+    idle_tasks: dict[str, str] = Field(default_factory=lambda: {"faces": "workers.faces.filing:idle_rematch"})
 
     # Reprocess (`python -m workers reprocess`): publishing jobs for rows that already exist.
     reprocess_max_queue_depth: int = Field(1000, ge=1)   # reprocess waits while a queue holds this many ready

@@ -95,9 +95,11 @@ def test_units_run_only_the_installed_package(tmp_path, venv):
 
     # The package is in the venv; nothing of the checkout was copied into the app root.
     assert sorted(p.name for p in prefix.iterdir()) == ["storage"]
-    for rel in ("workers/cli.py", "face_api/gunicorn.conf.py", "workers/templates/systemd/face-api.service.j2"):
+    for rel, src in (("workers/commands/cli.py", "workers/commands/cli.py"),
+                     ("face_api/gunicorn.conf.py", "face_api/gunicorn.conf.py"),
+                     ("workers/etc/systemd/face-api.service.j2", "etc/systemd/face-api.service.j2")):
         module, _, rest = rel.partition("/")
-        assert (installed(venv, module) / rest).read_bytes() == (PROJECT_ROOT / rel).read_bytes(), rel
+        assert (installed(venv, module) / rest).read_bytes() == (PROJECT_ROOT / src).read_bytes(), rel
     assert "all pinned requirements present" in res.stdout     # the lock step did not touch pip
     assert "--no-deps --force-reinstall" in res.stdout and "No broken requirements found" in res.stdout
     # The console script works from an unrelated directory with a bare environment.

@@ -10,7 +10,9 @@ import uuid
 import pika
 import pytest
 
-from workers import broker, db, monitor
+from workers.queue import broker
+from workers import db
+from workers.commands import monitor
 from workers.laravel import build_payload
 from workers.schema import failed_jobs, images, queues
 from workers.settings import Settings

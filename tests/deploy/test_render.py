@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import deploy
+from workers.commands import render_config
 from workers.settings import QUEUE_TIMEOUTS, Settings
 from tests.deploy.venvs import install_checkout, locked_venv
 from tests.services import PROJECT_ROOT
@@ -27,7 +27,7 @@ def ini(text: str) -> configparser.RawConfigParser:
 
 
 def test_defaults_follow_the_spec():
-    files = deploy.render(Settings())
+    files = render_config.render(Settings())
     assert sorted(files) == sorted([f"photo-{q}-worker.conf" for q in QUEUES] + ["face-api.service"])
     for queue, numprocs in {"thumbnails": 2, "metadata": 1, "geolocation": 1, "faces": 8}.items():
         sec = ini(files[f"photo-{queue}-worker.conf"])[f"program:photo-{queue}-worker"]
@@ -71,20 +71,20 @@ def test_gunicorn_conf_gives_the_spec_command_line(tmp_path):
 
 def test_numprocs_from_settings_and_flags():
     s = Settings(queue_numprocs={"faces": 12, "geolocation": 3})
-    files = deploy.render(s, numprocs={"thumbnails": 4})
+    files = render_config.render(s, numprocs={"thumbnails": 4})
     got = {q: ini(files[f"photo-{q}-worker.conf"])[f"program:photo-{q}-worker"]["numprocs"] for q in QUEUES}
     assert got == {"thumbnails": "4", "metadata": "1", "geolocation": "3", "faces": "12"}
     timeouts = Settings(queue_timeouts={"metadata": 500})
-    sec = ini(deploy.render(timeouts)["photo-metadata-worker.conf"])["program:photo-metadata-worker"]
-    assert int(sec["stopwaitsecs"]) == 500 + deploy.STOP_MARGIN
-    with pytest.raises(deploy.ConfigError):
-        deploy.render(Settings(), numprocs={"faces": 0})
+    sec = ini(render_config.render(timeouts)["photo-metadata-worker.conf"])["program:photo-metadata-worker"]
+    assert int(sec["stopwaitsecs"]) == 500 + render_config.STOP_MARGIN
+    with pytest.raises(render_config.ConfigError):
+        render_config.render(Settings(), numprocs={"faces": 0})
 
 
 def test_env_values_are_escaped_for_supervisor(tmp_path):
     """'%' is supervisor's expansion character (an AMQP URL has %2F); commas need quotes."""
     env = {"PHOTO_AMQP_URL": "amqp://u:p%40ss@h:5672/%2F", "PHOTO_X": "a,b=c", "PHOTO_Q": 'say "hi" now'}
-    files = deploy.render(Settings(), environment=env, prefix=str(tmp_path), venv="/v", user="root", group="root")
+    files = render_config.render(Settings(), environment=env, prefix=str(tmp_path), venv="/v", user="root", group="root")
     parsed = supervisor_parse(tmp_path, files)
     assert parsed["photo-metadata-worker"]["environment"] == {
         "PHOTO_LOG_DIR": f"{tmp_path}/storage/logs", "PYTHONUNBUFFERED": "1", **env}
@@ -93,14 +93,14 @@ def test_env_values_are_escaped_for_supervisor(tmp_path):
 
 @pytest.mark.parametrize("bad", ["x\ny", "a ;comment", "a #c", "'quoted'", """both ' and " """.strip()])
 def test_unwritable_values_are_refused(bad):
-    with pytest.raises(deploy.ConfigError):
-        deploy.render(Settings(), environment={"PHOTO_X": bad})
+    with pytest.raises(render_config.ConfigError):
+        render_config.render(Settings(), environment={"PHOTO_X": bad})
 
 
 @pytest.mark.parametrize("kw", [{"user": "www data"}, {"group": "web;rm"}, {"environment": {"1BAD": "x"}}])
 def test_bad_names_are_refused(kw):
-    with pytest.raises(deploy.ConfigError):
-        deploy.render(Settings(), **kw)
+    with pytest.raises(render_config.ConfigError):
+        render_config.render(Settings(), **kw)
 
 
 def supervisor_parse(tmp_path: Path, files: dict[str, str]) -> dict:
@@ -136,20 +136,20 @@ print(json.dumps({g.name: {"procs": [p.name for p in g.process_configs],
 
 
 def test_supervisor_reads_the_default_rendering(tmp_path):
-    parsed = supervisor_parse(tmp_path, deploy.render(Settings(), prefix=str(tmp_path)))
+    parsed = supervisor_parse(tmp_path, render_config.render(Settings(), prefix=str(tmp_path)))
     assert sorted(parsed) == sorted(f"photo-{q}-worker" for q in QUEUES)
     faces = parsed["photo-faces-worker"]
     assert faces["procs"] == [f"photo-faces-worker_{i:02d}" for i in range(8)]
     assert parsed["photo-thumbnails-worker"]["procs"] == ["photo-thumbnails-worker_00", "photo-thumbnails-worker_01"]
     assert faces["umask"] == 0o002 and faces["stopsignal"] == 15 and faces["redirect_stderr"]
-    assert faces["stopwaitsecs"] == QUEUE_TIMEOUTS["faces"] + deploy.STOP_MARGIN
+    assert faces["stopwaitsecs"] == QUEUE_TIMEOUTS["faces"] + render_config.STOP_MARGIN
     assert faces["uid"] is None              # setpriv drops to www-data:web, supervisor does not
     assert faces["command"].endswith("/bin/photo-pipeline consume --queue faces")
     assert faces["logfile"] == f"{tmp_path}/storage/logs/supervisor-photo-faces.log"
 
 
 def test_no_setpriv_uses_supervisor_user(tmp_path):
-    files = deploy.render(Settings(), prefix=str(tmp_path), user="root", group="root", setpriv=False)
+    files = render_config.render(Settings(), prefix=str(tmp_path), user="root", group="root", setpriv=False)
     assert "/usr/bin/setpriv" not in files["photo-faces-worker.conf"]
     assert supervisor_parse(tmp_path, files)["photo-faces-worker"]["uid"] == 0
 
@@ -192,12 +192,12 @@ def test_systemd_analyze_verify(tmp_path):
     venv = locked_venv(tmp_path / "venv")     # a venv holding the package: its photo-pipeline exists
     install_checkout(venv)
     unit = tmp_path / "face-api.service"
-    unit.write_text(deploy.render(Settings(), venv=str(venv), user=user, group=group)["face-api.service"])
+    unit.write_text(render_config.render(Settings(), venv=str(venv), user=user, group=group)["face-api.service"])
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     if res.returncode != 0 and "Failed to " in res.stderr and "face-api" not in res.stderr:
         pytest.skip(f"systemd-analyze cannot run here: {res.stderr.strip()[:200]}")
     assert res.returncode == 0, res.stderr
     # and it does check: a venv without the console script is refused
-    unit.write_text(deploy.render(Settings(), venv=str(tmp_path / "novenv"), user=user, group=group)["face-api.service"])
+    unit.write_text(render_config.render(Settings(), venv=str(tmp_path / "novenv"), user=user, group=group)["face-api.service"])
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode != 0 and "photo-pipeline" in res.stderr

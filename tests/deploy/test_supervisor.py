@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from workers import deploy
+from workers.commands import render_config
 from workers.settings import Settings
 from tests.deploy.venvs import install_checkout, locked_venv
 
@@ -117,8 +117,8 @@ def consumer_counts(amqp_url: str) -> dict[str, int | None]:
 
 @pytest.fixture(scope="module")
 def deployed(mariadb, rabbitmq, tmp_path_factory):
-    if not _has("workers.runtime"):
-        pytest.skip("workers/runtime.py (`python -m workers consume`) has not landed yet")
+    if not _has("workers.queue.consumer"):
+        pytest.skip("workers/queue/consumer.py (`python -m workers consume`) has not landed yet")
     from workers import db
     base = tmp_path_factory.mktemp("supervisor")
     venv = locked_venv(base / "venv")
@@ -138,7 +138,7 @@ def deployed(mariadb, rabbitmq, tmp_path_factory):
     import grp
     import pwd
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-    files = deploy.render(Settings(), prefix=str(prefix), venv=str(venv), user=user, group=group,
+    files = render_config.render(Settings(), prefix=str(prefix), venv=str(venv), user=user, group=group,
                           numprocs=dict.fromkeys(QUEUES, 1),
                           setpriv=os.getuid() == 0,      # setpriv needs root, like supervisord on the box
                           environment={"PHOTO_DATABASE_URL": db_url, "PHOTO_AMQP_URL": rabbitmq.url,
@@ -174,7 +174,7 @@ def test_consumers_come_up(deployed):
 
 
 def _publish(amqp_url: str, job_class: str, data: dict, queue: str) -> None:
-    from workers import broker
+    from workers.queue import broker
     from workers.laravel import build_payload
     conn, ch = broker.connect(amqp_url)
     try:

@@ -60,7 +60,7 @@ def install_checkout(venv: Path) -> None:
     build.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PROJECT_ROOT / name, build / name)
-    for package in ("workers", "face_api"):
+    for package in ("workers", "face_api", "etc"):
         shutil.copytree(PROJECT_ROOT / package, build / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", str(build)],
                    check=True, capture_output=True, timeout=300)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.services import free_port  # noqa: F401 - module global: tests patch it for same-port restarts
+from tests.services import (  # noqa: F401 - module global: tests patch it for same-port restarts
+    free_port,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).parent / "gunicorn"

@@ -311,12 +311,12 @@ def _boxes_inside(body) -> bool:
 def test_embedded_mode_honours_the_setting(monkeypatch):
     """workers' in-process engine (PHOTO_FACE_ENGINE=inprocess) reads the same PHOTO_ setting."""
     from face_api.settings import get_settings
-    from workers.jobs import faces
+    from workers.faces import client
 
     monkeypatch.setenv("PHOTO_FACE_DETECTOR", "yunet")
     get_settings.cache_clear()
     try:
-        result = faces._encode_inprocess(FACES / "two_people.jpg")
+        result = client._encode_inprocess(FACES / "two_people.jpg")
     finally:
         get_settings.cache_clear()
     assert result["scale"] == Settings(face_detector="yunet").yunet_max_side

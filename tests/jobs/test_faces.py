@@ -12,10 +12,13 @@ import sqlalchemy as sa
 from PIL import Image
 
 from tests.face_api.service import FACES, free_port, start_face_api
-from workers import db, grouping
+from workers import db
+from workers.faces import filing
 from workers.jobs import Context, JobFailed
 from workers.jobs import faces as job
-from workers.matching import RootIndex
+from workers.faces import client
+from workers.commands import faces as faces_commands
+from workers.faces.index import RootIndex
 from workers.schema import faces, images
 from workers.settings import Settings
 
@@ -106,7 +109,7 @@ def test_people_grouped_under_approved_roots(mysql_url, storage, face_api, rule)
         (face,) = face_rows(s, ids[paths[0]])
         approve(s, face.id)
         roots[name] = face.id
-    assert grouping.rematch(db.engine_for(mysql_url), s)["matched"] == len(ids) - len(PEOPLE)
+    assert filing.rematch(db.engine_for(mysql_url), s)["matched"] == len(ids) - len(PEOPLE)
     expected = {ids[p]: roots[name] for name, paths in photos.items() for p in paths[1:]}
 
     def check():
@@ -117,7 +120,7 @@ def test_people_grouped_under_approved_roots(mysql_url, storage, face_api, rule)
                 assert r.parent_id == expected[r.image_id], r.image_id
                 assert 0 < r.distance < 0.6
     check()
-    assert grouping.rematch(db.engine_for(mysql_url), s)["matched"] == 0   # idempotent
+    assert filing.rematch(db.engine_for(mysql_url), s)["matched"] == 0   # idempotent
 
     # Processing after the approval (a new upload, a redelivery) groups through the job itself,
     # and reprocessing a root's photo keeps the approved face without adding a duplicate.
@@ -130,7 +133,7 @@ def test_people_grouped_under_approved_roots(mysql_url, storage, face_api, rule)
     for root in roots.values():
         assert [r for r in after if r.id == root] == [before[root]]
 
-    st = job.stats(db.engine_for(mysql_url).connect())
+    st = faces_commands.stats(db.engine_for(mysql_url).connect())
     assert st["roots"] == len(PEOPLE) and st["grouped"] == len(ids) - len(PEOPLE)
     assert st["photos_with_faces"] == len(ids) and st["per_status"]["ok"] == len(PEOPLE)
 
@@ -247,7 +250,7 @@ def test_bad_job_data(mysql_url, storage, face_api):
 def test_face_api_down_is_retryable(mysql_url, storage):
     s = settings_for(mysql_url, storage, f"http://127.0.0.1:{free_port()}")
     image_id = add_image(s, "faces/obama.jpg")
-    with pytest.raises(job.FaceApiError) as info:
+    with pytest.raises(client.FaceApiError) as info:
         run_job(s, image_id)
     assert not isinstance(info.value, JobFailed)
 
@@ -274,7 +277,7 @@ def test_face_api_5xx_retried_then_retryable(mysql_url, storage):
     try:
         s = settings_for(mysql_url, storage, f"http://127.0.0.1:{server.server_port}", face_api_retries=2)
         image_id = add_image(s, "faces/obama.jpg")
-        with pytest.raises(job.FaceApiError, match="503.*not loaded"):
+        with pytest.raises(client.FaceApiError, match="503.*not loaded"):
             run_job(s, image_id)
         assert hits == ["/encode"] * 3
     finally:
@@ -316,7 +319,7 @@ def test_inprocess_bad_photo(mysql_url, storage):
 
 
 def test_cli_stats_and_rematch(mysql_url, capsys):
-    from workers.cli import main
+    from workers.commands.cli import main
     assert main(["faces", "stats", "--db", mysql_url]) == 0
     assert "roots" in capsys.readouterr().out
     assert main(["faces", "rematch", "--db", mysql_url]) == 0
@@ -445,7 +448,7 @@ def test_changes_that_cancel_out_are_seen_by_the_sweep(dbconn):
 
 
 def test_parse_rows_bulk_and_fallbacks():
-    from workers.matching import parse_rows
+    from workers.faces.index import parse_rows
     good = np.random.default_rng(3).normal(0, 0.12, (3, 128))
     rows = [(1, json.dumps(good[0].tolist())), (2, good[1].tolist()),
             (3, json.dumps(json.dumps(good[2].tolist()))),           # double-encoded string

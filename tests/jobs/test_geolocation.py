@@ -18,11 +18,12 @@ import sqlalchemy as sa
 
 from tests.fake_nominatim import FakeNominatim
 from workers import db
-from workers.geocoders import (NominatimError, OfflineGeocoder, columns, offline,
-                               parse_retry_after)
+from workers.places.geocoders import (
+    NominatimError, OfflineGeocoder, columns, offline, parse_retry_after,
+)
 from workers.jobs import Context, JobFailed, JobReleased
 from workers.jobs import geolocation
-from workers.ratelimit import RateLimiter
+from workers.places.ratelimit import RateLimiter
 from workers.schema import geocode_cache, images, rate_limits
 from workers.settings import Settings
 
@@ -373,7 +374,7 @@ def test_limiter_spacing_single_process(any_db_url):
 
 
 def test_limiter_refuses_far_slots_without_reserving(sqlite_url):
-    from workers.ratelimit import TooLong
+    from workers.places.ratelimit import TooLong
     lim = RateLimiter(db.engine_for(sqlite_url), "t", interval=5)
     lim.acquire().release()
     before = lim.state()["next_at"]
@@ -500,7 +501,9 @@ def test_a_dead_holders_lease_expires_and_its_late_release_harms_nobody(sqlite_u
 @pytest.mark.timeout(240)
 def test_real_consumers_share_the_limit_and_a_429_pauses_them_all(mysql_url, rabbitmq, nom, tmp_path):
     """Four `python -m workers consume --queue geolocation` processes, jobs published like Laravel."""
-    from tests.runtime.consumers import consumer_env, publish_job, start_consumer, stop_consumer, wait_for
+    from tests.runtime.consumers import (
+        consumer_env, publish_job, start_consumer, stop_consumer, wait_for,
+    )
     eng = db.engine_for(mysql_url)
     coords = grid(12)
     ids = [add_image(eng, *c) for c in coords] + [add_image(eng, lat, lon + 0.00002) for lat, lon in coords[:2]]

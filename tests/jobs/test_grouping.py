@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from workers import db, grouping, suggest
+from workers import db
+from workers.faces import filing, suggestions
 from workers.jobs import faces as job
 from workers.schema import face_rejections, faces, images
 from workers.settings import Settings
@@ -63,7 +64,7 @@ class Lib:
 
     def rematch(self, **overrides):
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings
-        return grouping.rematch(self.engine, settings)
+        return filing.rematch(self.engine, settings)
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ def test_a_reviewers_move_shrinks_the_persons_radius(lib):
     lib.rematch()
     assert lib.parent(moved) == a
     lib.review(moved, status="ok", parent_id=b)              # ...a reviewer says it is b
-    report = {p["person"]: p for p in grouping.people_report(lib.engine, lib.settings)}
+    report = {p["person"]: p for p in filing.people_report(lib.engine, lib.settings)}
     assert "against person" in report[a]["why"] and report[a]["faces"] == 2
     near_moved = lib.face(at((0, 0.45), (2, 0.12)))         # 0.08 from the moved face, 0.26 from a2
     lib.rematch()
@@ -188,7 +189,7 @@ def test_automatic_rematch_after_approvals_change(lib):
 
     def job_step():
         with lib.engine.begin() as conn:
-            return grouping.auto_rematch(conn, lib.engine, settings)
+            return filing.auto_rematch(conn, lib.engine, settings)
 
     job_step()
     while job_step():                                       # nothing approved: the pass ends
@@ -225,13 +226,13 @@ def test_suggested_groups(lib, capsys):
     alone = lib.face(e(20, 1.0))
     filed_root = lib.face(e(30, 1.0), status="ok")
     filed = lib.face(at((30, 1.0), (31, 0.1)), parent=filed_root)
-    groups = suggest.refresh(lib.engine, lib.settings)
+    groups = suggestions.refresh(lib.engine, lib.settings)
     assert [g.size for g in groups] == [5, 3]
     assert set(groups[0].face_ids) == set(big) and set(groups[1].face_ids) == set(small)
     assert lib.row(big[0]).suggested_group == groups[0].id and groups[0].id in big
     assert lib.row(alone).suggested_group is None and lib.row(filed).suggested_group is None
 
-    from workers.cli import main
+    from workers.commands.cli import main
     url = lib.settings.database_url
     assert main(["faces", "suggest", "--json", "--db", url]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -248,14 +249,14 @@ def test_suggested_groups_split_two_chained_people():
     bridge = at((0, 1.0), (1, 0.41))[None, :]                  # ~0.415 from both: only at 0.45
     mat = np.vstack([a, b, bridge])
     ids = np.arange(1, len(mat) + 1)
-    groups = suggest.cluster(ids, ids, mat, radius=0.45, min_faces=3)
+    groups = suggestions.cluster(ids, ids, mat, radius=0.45, min_faces=3)
     assert sorted(g.size for g in groups) == [6, 7]
     assert all(set(g.face_ids) <= set(range(1, 7)) | {13} or set(g.face_ids) <= set(range(7, 14))
                for g in groups)
 
 
 def test_cli_people_and_rematch(lib, capsys):
-    from workers.cli import main
+    from workers.commands.cli import main
     root = lib.face(e(0, 0.0), status="ok", name="Ada")
     lib.face(e(0, 0.3), status="ok", parent=root)
     lib.face(e(0, 0.2))

@@ -11,7 +11,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
-from workers import db, grouping
+from workers import db
+from workers.faces import filing
 from workers.jobs import faces as job
 from workers.schema import face_rejections, faces, images
 from workers.settings import Settings
@@ -71,13 +72,13 @@ def test_two_workers_a_rematch_and_a_reviewer_at_once(mysql_url):
             def run():
                 with engine.begin() as conn:
                     job.store_faces(conn, engine, settings, image, detections[image])
-                    grouping.auto_rematch(conn, engine, settings, exclude_image=image)
+                    filing.auto_rematch(conn, engine, settings, exclude_image=image)
             retrying(run, stats)
             stats["jobs"] += 1
 
     def rematcher():
         while not stop.is_set():
-            retrying(lambda: grouping.rematch(engine, settings), stats)
+            retrying(lambda: filing.rematch(engine, settings), stats)
             stats["rematches"] += 1
 
     def reviewer():
@@ -126,7 +127,7 @@ def test_two_workers_a_rematch_and_a_reviewer_at_once(mysql_url):
     assert not errors, errors
     assert stats["jobs"] > 10 and stats["rematches"] > 2 and reviewed
 
-    grouping.rematch(engine, settings)                # settled: one more pass
+    filing.rematch(engine, settings)                # settled: one more pass
     with engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(sa.select(faces)).all()}
         rejected = set(conn.execute(sa.select(face_rejections.c.face_id, face_rejections.c.person_id)).all())

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from workers import db, exif
+from workers import db
+from workers.media import exif
 from workers.jobs import Context, FollowUp, JobFailed
 from workers.jobs import metadata
 from workers.schema import images

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from PIL import Image, ImageCms
 
 from tests import image_quality
-from workers import db, imaging, resample
+from workers import db
+from workers.media import imaging, resample
 from workers.jobs import Context, JobFailed
 from workers.jobs import thumbnails
 from workers.schema import images

@@ -8,21 +8,9 @@ import json
 import pytest
 
 from workers.laravel import (
-    DecryptError,
-    MissingAppKeyError,
-    PayloadError,
-    PhpObject,
-    attempts_from_headers,
-    build_chain_payload,
-    build_payload,
-    decode_payload,
-    dumps,
-    infer_profile,
-    make_command,
-    next_chain_message,
-    payload_for_command,
-    php_json_encode,
-    loads,
+    DecryptError, MissingAppKeyError, PayloadError, PhpObject, attempts_from_headers,
+    build_chain_payload, build_payload, decode_payload, dumps, infer_profile, make_command,
+    next_chain_message, payload_for_command, php_json_encode, loads,
 )
 
 from .conftest import APP_KEY, CLASSES, needs_php, run_oracle

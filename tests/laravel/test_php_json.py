@@ -7,7 +7,9 @@ import random
 
 import pytest
 
-from workers.laravel import PhpJsonError, php_array_union, php_json_encode, queue_key, queue_key_json
+from workers.laravel import (
+    PhpJsonError, php_array_union, php_json_encode, queue_key, queue_key_json,
+)
 
 from .conftest import needs_php, run_oracle
 

@@ -9,7 +9,9 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from workers.laravel import PhpEnum, PhpObject, PhpRef, PhpSerializeError, dumps, format_php_float, loads
+from workers.laravel import (
+    PhpEnum, PhpObject, PhpRef, PhpSerializeError, dumps, format_php_float, loads,
+)
 
 from .conftest import needs_php, php_run
 

@@ -17,8 +17,11 @@ import sqlalchemy as sa
 
 from tests.face_api import service as face_service
 from tests.reliability.photos import make_sources
-from tests.runtime.consumers import consumer_env, log_lines, queue_depth, start_consumer, stop_consumer, wait_for
-from workers import broker, db, dedup
+from tests.runtime.consumers import (
+    consumer_env, log_lines, queue_depth, start_consumer, stop_consumer, wait_for,
+)
+from workers.queue import broker, dedup
+from workers import db
 from workers.laravel import JobClass, build_payload
 from workers.schema import cache_locks, failed_jobs, faces, images, queues
 

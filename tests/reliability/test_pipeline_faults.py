@@ -23,8 +23,10 @@ from tests.face_api import service as face_service
 from tests.fake_nominatim import FakeNominatim
 from tests.reliability.photos import make_sources
 from tests.runtime.consumers import Supervised, consumer_env, queue_depth
-from workers import broker, db, dedup, exif
-from workers.runtime import AMQP_ERRORS
+from workers.queue import broker, dedup
+from workers import db
+from workers.media import exif
+from workers.queue.consumer import AMQP_ERRORS
 from workers.jobs import metadata as metadata_job
 from workers.laravel import JobClass, build_payload
 from workers.schema import failed_jobs, faces, images, queues

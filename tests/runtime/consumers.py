@@ -137,7 +137,7 @@ def publish_job(amqp_url: str, class_name: str, data, queue: str, *, attempts: i
     """Publish `new class_name($data)` onto `queue` as Laravel + the RabbitMQ driver would; returns the body.
 
     job_class: JobClass fields (tries=, backoff=, timeout=, retry_until=, fail_on_timeout=)."""
-    from workers import broker
+    from workers.queue import broker
     from workers.laravel import JobClass, build_payload
     msg = build_payload(JobClass(class_name, **job_class), data, queue=queue)
     publish_body(amqp_url, msg.body, queue, attempts=attempts, correlation_id=msg.payload["id"])
@@ -147,7 +147,7 @@ def publish_job(amqp_url: str, class_name: str, data, queue: str, *, attempts: i
 def publish_body(amqp_url: str, body: bytes, queue: str, *, attempts: int | None = 0,
                  correlation_id: str | None = None) -> None:
     """Publish raw bytes with the driver's properties (attempts=None: no headers at all)."""
-    from workers import broker
+    from workers.queue import broker
     conn, ch = broker.connect(amqp_url)
     try:
         props: dict = {"content_type": "application/json", "delivery_mode": 2}

@@ -12,7 +12,7 @@ from tests.runtime.consumers import (drain, log_lines, publish_body, publish_job
                                      wait_for, wait_for_log)
 from workers import db
 from workers.laravel import JobClass, build_chain_payload, decode_payload, queue_key
-from workers.locks import DatabaseLock
+from workers.queue.locks import DatabaseLock
 from workers.schema import failed_jobs, queues
 
 GEO = "App\\Jobs\\GeolocationProcessJob"

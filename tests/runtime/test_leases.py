@@ -10,9 +10,11 @@ import sqlalchemy as sa
 
 from tests.runtime import handlers
 from tests.runtime.conftest import JOB
-from tests.runtime.consumers import log_lines, publish_body, publish_job, queue_depth, wait_for, wait_for_log
+from tests.runtime.consumers import (
+    log_lines, publish_body, publish_job, queue_depth, wait_for, wait_for_log,
+)
 from tests.runtime.test_consumer import failed_rows
-from workers.locks import DatabaseLock
+from workers.queue.locks import DatabaseLock
 from workers.schema import cache_locks
 
 LOCK = "laravel_cache_rtest-processing:{}"

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from workers import db
-from workers.locks import DatabaseLock, job_owner, job_token, random_owner
+from workers.queue.locks import DatabaseLock, job_owner, job_token, random_owner
 from workers.schema import cache_locks
 
 
@@ -101,7 +101,7 @@ def test_a_redelivery_takes_over_its_own_jobs_lock_only(any_db_url):
 
 
 def test_lease_policy(mysql_url, sqlite_url):
-    from workers.leases import LeasePolicy
+    from workers.queue.leases import LeasePolicy
     from workers.settings import Settings
     s = Settings(lock_lease=30, lock_renew_every=10)
     mysql = LeasePolicy.of(s, db.engine_for(mysql_url))
@@ -117,7 +117,7 @@ def test_lease_policy(mysql_url, sqlite_url):
 
 
 def test_lease_tick_renews_when_due_and_notices_a_lost_lock(mysql_url):
-    from workers.leases import Lease
+    from workers.queue.leases import Lease
     eng = db.engine_for(mysql_url)
     lock = DatabaseLock(eng, "ticked", 3)
     assert lock.acquire()

@@ -3,7 +3,7 @@
     QUEUE = "metadata"                # queue name, also the lock's job type
     def handle(ctx: Context, data: dict) -> list[FollowUp]
 
-The runtime (workers/runtime.py) decodes the Laravel payload, takes the lock
+The runtime (workers/queue/consumer.py) decodes the Laravel payload, takes the lock
 `{QUEUE}-processing:{image_id}`, opens a DB transaction (`ctx.db`, committed by the runtime after
 `handle` returns), then publishes the follow-ups, each claiming its dedup row in a small
 transaction of its own, so their consumers see this job's writes, then acks. Handlers therefore only do their work and write through `ctx.db`; they must be
@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..settings import Settings
+from workers.settings import Settings
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Context:
 
     def image(self, image_id: int) -> sa.Row:
         """The image row, or JobFailed if it does not exist."""
-        from ..schema import images
+        from workers.schema import images
         row = self.db.execute(sa.select(images).where(images.c.id == image_id)).first()
         if row is None:
             raise JobFailed(f"image {image_id} does not exist")

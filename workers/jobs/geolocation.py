@@ -3,7 +3,7 @@
 Order of answers: no usable coordinates (missing, (0, 0), out of range) -> "no place"
 (place_source 'none'); `geocoder = "offline"` -> GeoNames; else the geocode_cache (coordinates
 rounded to `geocode_precision`; those rounded coordinates are also what is sent, so a cached
-answer is exactly the answer for its key) -> Nominatim through workers.ratelimit: one request at
+answer is exactly the answer for its key) -> Nominatim through workers.places.ratelimit: one request at
 a time for the whole installation, each at least `nominatim_interval` after the previous answer.
 place_source records who answered originally ('nominatim' also for a cache hit).
 
@@ -26,11 +26,11 @@ import time
 
 import sqlalchemy as sa
 
-from .. import db
-from ..geocoders import (Nominatim, NominatimBlocked, NominatimError, columns, offline)
-from ..ratelimit import Paused, RateLimiter, TooLong
-from ..schema import geocode_cache, images
-from . import Context, JobReleased, image_id_of
+from workers import db
+from workers.places.geocoders import Nominatim, NominatimBlocked, NominatimError, columns, offline
+from workers.places.ratelimit import Paused, RateLimiter, TooLong
+from workers.schema import geocode_cache, images
+from workers.jobs import Context, JobReleased, image_id_of
 
 QUEUE = "geolocation"
 LIMITER = "nominatim"

@@ -30,9 +30,10 @@ import os
 import re
 import stat
 
-from .. import db, exif
-from ..schema import images
-from . import Context, FollowUp, JobFailed, image_id_of
+from workers import db
+from workers.media import exif
+from workers.schema import images
+from workers.jobs import Context, FollowUp, JobFailed, image_id_of
 
 QUEUE = "metadata"
 GEOLOCATION = ("App\\Jobs\\GeolocationProcessJob", "geolocation")

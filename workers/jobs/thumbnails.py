@@ -22,11 +22,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .. import imaging
-from ..db import now
-from ..schema import images
-from ..settings import Settings
-from . import Context, FollowUp, JobFailed, image_id_of
+from workers.media import imaging
+from workers.db import now
+from workers.schema import images
+from workers.settings import Settings
+from workers.jobs import Context, FollowUp, JobFailed, image_id_of
 
 QUEUE = "thumbnails"
 MAX_SIDE = 10_000

@@ -33,7 +33,9 @@ from .payload import (
     to_jsonable,
 )
 from .php_json import PhpJsonError, php_array_union, php_json_encode, queue_key, queue_key_json
-from .php_serialize import PhpEnum, PhpObject, PhpRef, PhpSerializeError, dumps, format_php_float, loads
+from .php_serialize import (
+    PhpEnum, PhpObject, PhpRef, PhpSerializeError, dumps, format_php_float, loads,
+)
 
 __all__ = [
     "DecryptError", "MissingAppKeyError", "parse_app_key",

@@ -21,7 +21,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import crypto
 from .php_json import PhpJsonError, php_json_encode
-from .php_serialize import PROTECTED, PUBLIC, PhpObject, PhpSerializeError, dumps, format_php_float, loads
+from .php_serialize import (
+    PROTECTED, PUBLIC, PhpObject, PhpSerializeError, dumps, format_php_float, loads,
+)
 
 __all__ = [
     "PayloadError",

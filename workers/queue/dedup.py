@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from . import db
-from .laravel import queue_key
-from .schema import queues
+from workers import db
+from workers.laravel import queue_key
+from workers.schema import queues
 
 
 def claim(conn: sa.Connection, class_name: str, data) -> bool:

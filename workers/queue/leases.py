@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .locks import DatabaseLock
-from .settings import Settings
+from workers.queue.locks import DatabaseLock
+from workers.settings import Settings
 
-log = logging.getLogger("workers.leases")
+log = logging.getLogger("workers.queue.leases")
 
 # a renewal that cannot reach the database is retried at the next tick, not treated as lost:
 # whether we still own the lock is decided by the commit (runtime), which checks ownership

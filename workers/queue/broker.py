@@ -13,7 +13,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.exceptions import ChannelClosedByBroker
 
-from .laravel import OutgoingMessage
+from workers.laravel import OutgoingMessage
 
 # channel -> names declared through it (the driver declares each name once per process)
 _declared: dict[int, set[str]] = {}

@@ -1,6 +1,6 @@
 """Filing unknown faces under people, in the database: used by the face job (new faces of one
 photo), by `faces rematch` (a full pass) and by the automatic rematch (bounded steps run by the
-face workers after approvals changed). The rule itself is workers/people.py; this module reads
+face workers after approvals changed). The rule itself is workers/faces/rules.py; this module reads
 what it needs, applies the photo and review constraints and writes the outcome.
 
 Only faces that are still ours are ever written: `unknown` and either without a parent or with
@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from . import db as dbmod
-from .matching import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
-from .people import REASONS, Decision, Rules, decide
-from .schema import face_rejections, faces
+from workers import db as dbmod
+from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
+from workers.faces.rules import REASONS, Decision, Rules, decide
+from workers.schema import face_rejections, faces
 
-log = logging.getLogger("workers.grouping")
+log = logging.getLogger("workers.faces.filing")
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at most
@@ -300,7 +300,7 @@ def auto_rematch(conn: sa.Connection, engine: sa.Engine, settings, exclude_image
 
 
 def idle_rematch(conn: sa.Connection, engine: sa.Engine, settings) -> bool:
-    """The faces consumers' idle task (workers/idle.py): the next step of the automatic rematch
+    """The faces consumers' idle task (workers/queue/idle.py): the next step of the automatic rematch
     while no face job comes; True while the pass has more to do."""
     auto_rematch(conn, engine, settings)
     state = _passes.get((os.getpid(), engine.url.render_as_string(hide_password=False)))

@@ -10,26 +10,26 @@ import sys
 
 from pydantic import ValidationError
 
-from .settings import SettingsError
+from workers.settings import SettingsError
 
 PROG = "photo-pipeline"
 
 # Modules that own sub-commands; each has `add_subcommands(subparsers)`.
 COMMAND_MODULES = [
-    "workers.laravel.cli",   # inspect, queue-key, payload
-    "workers.runtime",       # consume
-    "workers.jobs.faces",    # faces rematch|stats
-    "workers.embedded",      # process, enqueue
-    "workers.deploy",        # render-config
-    "workers.monitor",       # monitor
-    "workers.reprocess",     # reprocess
-    "face_api.serve",        # serve-face-api
+    "workers.laravel.cli",            # inspect, queue-key, payload
+    "workers.queue.consumer",         # consume
+    "workers.commands.faces",         # faces rematch|suggest|people|stats
+    "workers.commands.process",       # process, enqueue
+    "workers.commands.render_config", # render-config
+    "workers.commands.monitor",       # monitor
+    "workers.commands.reprocess",     # reprocess
+    "face_api.serve",                 # serve-face-api
 ]
 
 
 def cmd_migrate(args) -> int:
-    from . import db
-    from .settings import get_settings
+    from workers import db
+    from workers.settings import get_settings
     url = args.db or get_settings().database_url
     applied = db.migrate(db.engine_for(url))
     print("applied: " + ", ".join(applied) if applied else "schema up to date")
@@ -37,7 +37,7 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from . import db
+    from workers import db
     sys.stdout.write(db.mysql_ddl())
     return 0
 
@@ -50,14 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     sub.add_parser("schema", help="print the schema as MySQL DDL").set_defaults(func=cmd_schema)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:      # a real missing dependency, not a module yet to be written
-                raise
-            continue
-        if hasattr(module, "add_subcommands"):
-            module.add_subcommands(sub)
+        importlib.import_module(name).add_subcommands(sub)
     return parser
 
 

@@ -20,13 +20,14 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
-from .. import broker, db, dedup
-from ..settings import Settings
-from .checkpoint import Checkpoint
-from .gauge import QueueGauge
-from .targets import Item
+from workers.queue import broker, dedup
+from workers import db
+from workers.settings import Settings
+from workers.commands.reprocess.checkpoint import Checkpoint
+from workers.commands.reprocess.gauge import QueueGauge
+from workers.commands.reprocess.targets import Item
 
-log = logging.getLogger("workers.reprocess")
+log = logging.getLogger("workers.commands.reprocess")
 
 PUBLISHED, WOULD_PUBLISH, ALREADY_QUEUED, NOT_SENT = "published", "would publish", "already queued", "not sent"
 PROBLEMS_KEPT = 20          # the report lists this many rows that could not be sent

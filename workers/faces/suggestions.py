@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .matching import parse_rows
-from .schema import faces
+from workers.faces.index import parse_rows
+from workers.schema import faces
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 BLOCK_CELLS = 25_000_000   # pairwise distances computed at once (100 MB of float32)

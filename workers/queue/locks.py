@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-from .schema import cache_locks
+from workers.schema import cache_locks
 
 DEFAULT_TIMEOUT = 86400          # lock_timeout when seconds <= 0
 LOTTERY = (2, 100)               # lock_lottery: chance of sweeping expired locks per acquire

@@ -30,7 +30,7 @@ import time
 
 import sqlalchemy as sa
 
-from .schema import rate_limits as t
+from workers.schema import rate_limits as t
 
 LEASE_POLL = 0.05       # seconds between looks at a slot another process is using
 

@@ -4,7 +4,7 @@
   * `RootIndex`: approved roots (`parent_id IS NULL AND status='ok'`), the original's rule:
     the NEAREST root whose Euclidean distance is < threshold (strict; face_recognition's
     compare_faces uses <=, the original job used <);
-  * `ApprovedIndex`: every approved face, labelled with its person (issue 10, workers/people.py);
+  * `ApprovedIndex`: every approved face, labelled with its person (issue 10, workers/faces/rules.py);
   * `UnknownIndex`: unknown faces without a parent (the unapproved clusters of rule 5).
 
 Speed: one float32 matrix-vector product over the set (|r|^2 - 2 r.q + |q|^2), then the few
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from .people import Candidates, People, Rules
-from .schema import faces
+from workers.faces.rules import Candidates, People, Rules
+from workers.schema import faces
 
 DIM = 128
 ROOT = sa.and_(faces.c.parent_id.is_(None), faces.c.status == "ok")

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import db, schema, suggest
-from .jobs import Context, FollowUp, JobFailed, JobReleased
-from .settings import Settings
+from workers import db, schema
+from workers.faces import suggestions
+from workers.jobs import Context, FollowUp, JobFailed, JobReleased
+from workers.settings import Settings
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".heic", ".heif", ".tif", ".tiff", ".webp", ".gif", ".bmp"}
 # (job module, image column that marks it done). Geolocation runs as Metadata's follow-up.
@@ -221,14 +222,14 @@ def process(photo_dir: Path, settings: Settings, workers: int | None = None,
 
 
 def library_stats(engine: sa.Engine, settings: Settings) -> dict:
-    """Counts for the summary: faces, suggested people (workers/suggest.py), places."""
+    """Counts for the summary: faces, suggested people (workers/faces/suggestions.py), places."""
     im, fa = schema.images, schema.faces
     with engine.connect() as conn:
         faces = conn.execute(sa.select(sa.func.count()).where(fa.c.encoding.isnot(None))).scalar()
         places = conn.execute(sa.select(sa.func.count(sa.distinct(im.c.display_name)))
                               .where(im.c.display_name.isnot(None))).scalar()
         with_place = conn.execute(sa.select(sa.func.count()).where(im.c.display_name.isnot(None))).scalar()
-    groups = suggest.refresh(engine, settings)
+    groups = suggestions.refresh(engine, settings)
     return {"faces": faces, "face_groups": len(groups), "places": places, "photos_with_place": with_place}
 
 
@@ -277,8 +278,8 @@ def print_summary(summary: Summary, totals: dict[str, str], database: str, out=s
 def enqueue(photo_dir: Path, settings: Settings) -> Counter:
     """Publish Laravel jobs (thumbnails, metadata, faces) for every photo, as the app's
     pushToQueue does: the dedup row first (skipped when the job is already queued), then publish."""
-    from . import broker, dedup
-    from .laravel import build_payload
+    from workers.queue import broker, dedup
+    from workers.laravel import build_payload
     engine = db.engine_for(settings.database_url)
     db.migrate(engine)
     photo_dir = Path(photo_dir).resolve()

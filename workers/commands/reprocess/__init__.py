@@ -11,9 +11,9 @@ import argparse
 import logging
 import sys
 
-from .targets import JOBS
+from workers.commands.reprocess.targets import JOBS
 
-log = logging.getLogger("workers.reprocess")
+log = logging.getLogger("workers.commands.reprocess")
 EXIT_INTERRUPTED = 130      # like a shell's Ctrl-C
 AGAIN = "jobs the broker confirmed are recorded: run the same command again to continue"
 
@@ -35,10 +35,10 @@ def cmd_reprocess(args) -> int:
     import pika.exceptions
     import sqlalchemy as sa
 
-    from ..settings import get_settings
-    from .checkpoint import CheckpointBusy, CheckpointUnreadable
-    from .run import StopRequest, print_report, run
-    from .targets import FailedRows, ImageRows
+    from workers.settings import get_settings
+    from workers.commands.reprocess.checkpoint import CheckpointBusy, CheckpointUnreadable
+    from workers.commands.reprocess.run import StopRequest, print_report, run
+    from workers.commands.reprocess.targets import FailedRows, ImageRows
 
     job = JOBS[args.job]
     mode = "offline-source" if args.where_source else (args.mode or "missing")
@@ -79,9 +79,9 @@ def cmd_reprocess(args) -> int:
 def _warn_if_nominatim_unusable(settings) -> None:
     """Re-geocoding offline answers is pointless while Nominatim cannot answer: say so (the
     operator may still go ahead; the jobs then fall back to offline again)."""
-    from .. import db
-    from ..jobs.geolocation import LIMITER
-    from ..ratelimit import RateLimiter
+    from workers import db
+    from workers.jobs.geolocation import LIMITER
+    from workers.places.ratelimit import RateLimiter
     if settings.geocoder == "offline":
         log.warning("warning: PHOTO_GEOCODER=offline here: consumers with this setting answer offline again")
     state = RateLimiter(db.engine_for(settings.database_url), LIMITER).state()
@@ -92,7 +92,7 @@ def _warn_if_nominatim_unusable(settings) -> None:
 
 
 def _since(text: str):
-    from .run import parse_since
+    from workers.commands.reprocess.run import parse_since
     try:
         return parse_since(text)
     except ValueError as exc:

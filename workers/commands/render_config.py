@@ -1,5 +1,5 @@
 """`photo-pipeline render-config`: the supervisor programs and the face-api systemd unit,
-rendered from the jinja2 templates in workers/templates/ (package data, so an installed
+rendered from the jinja2 templates in etc/ (package data, so an installed
 package renders them too) and the settings (queue timeouts and process counts).
 
 The programs run the venv's `photo-pipeline` console script (`consume --queue Q`,
@@ -9,18 +9,29 @@ install.sh calls this and copies the result to /etc/supervisor/conf.d and /etc/s
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import sys
 from pathlib import Path
 
 import jinja2
 
-from .settings import QUEUE_NUMPROCS, Settings, get_settings
+from workers.settings import QUEUE_NUMPROCS, Settings, get_settings
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 STOP_MARGIN = 30        # seconds past the job timeout before supervisor sends SIGKILL
 FACE_API = {"bind": "127.0.0.1:5000", "workers": 16, "threads": 2, "timeout": 300}
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _templates() -> Path:
+    """The top-level etc/ of a checkout, installed as the package data `workers.etc`."""
+    spec = importlib.util.find_spec("workers.etc")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "etc"
+
+
+TEMPLATES = _templates()
 
 
 class ConfigError(ValueError):
@@ -162,7 +173,7 @@ def cmd_render_config(args) -> int:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render-config", help="render the supervisor programs and face-api.service",
-                       description="Render workers/templates/: photo-{queue}-worker.conf (supervisor) "
+                       description="Render etc/: photo-{queue}-worker.conf (supervisor) "
                                    "and face-api.service (systemd). Without --out, print them.")
     p.add_argument("--out", help="directory to write the files to (default: print)")
     p.add_argument("--prefix", default="/var/www/photo", help="Laravel app root (logs in <prefix>/storage/logs)")

@@ -10,7 +10,7 @@ For each message (prefetch 1):
     → follow-ups (dedup row + publish confirmed by the broker, one small transaction each)
       and the next chain job → ack
 
-Locks are leases (workers/leases.py): taken for `lock_lease` seconds and renewed while the job
+Locks are leases (workers/queue/leases.py): taken for `lock_lease` seconds and renewed while the job
 runs, so a dead consumer's lock lapses within one lease. The owner names the job
 (locks.job_owner), so a redelivered message takes over the lock of its own earlier, dead
 delivery at once; a different job for the same image still waits. A job whose lock was taken
@@ -48,17 +48,18 @@ from typing import Any, Callable
 import pika.exceptions
 import sqlalchemy as sa
 
-from . import broker, db, dedup
-from .jobs import Context, FollowUp, JobFailed, JobReleased, image_id_of
-from .laravel import build_chain_payload, decode_payload, next_chain_message
-from .idle import IdleWork
-from .leases import Lease, LeasePolicy
-from .locks import DatabaseLock, job_owner, job_token
-from .metrics import ConsumerMetrics
-from .schema import failed_jobs
-from .settings import Settings, get_settings, resolve
+from workers.queue import broker, dedup
+from workers import db
+from workers.jobs import Context, FollowUp, JobFailed, JobReleased, image_id_of
+from workers.laravel import build_chain_payload, decode_payload, next_chain_message
+from workers.queue.idle import IdleWork
+from workers.queue.leases import Lease, LeasePolicy
+from workers.queue.locks import DatabaseLock, job_owner, job_token
+from workers.queue.metrics import ConsumerMetrics
+from workers.schema import failed_jobs
+from workers.settings import Settings, get_settings, resolve
 
-log = logging.getLogger("workers.runtime")
+log = logging.getLogger("workers.queue.consumer")
 
 AMQP_ERRORS = (pika.exceptions.AMQPError, ConnectionError, OSError)
 DB_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
@@ -430,7 +431,7 @@ def _load_handler(spec: str, queue: str) -> Handler:
 
 
 def _attempts(headers) -> int:
-    from .laravel import attempts_from_headers
+    from workers.laravel import attempts_from_headers
     return attempts_from_headers(headers)
 
 

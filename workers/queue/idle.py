@@ -1,6 +1,6 @@
 """Work a consumer does while its queue is empty, apart from the worker loop.
 
-The faces queue's automatic rematch (workers/grouping.py) runs one bounded step per face job;
+The faces queue's automatic rematch (workers/faces/filing.py) runs one bounded step per face job;
 on a quiet library no face job comes, so a reviewer's approvals would wait for the next upload.
 `IdleWork` runs the queue's idle task (settings.idle_tasks: queue -> "module:function") when the
 consumer has had nothing to do for `idle_interval` seconds, in its own short transaction, on the
@@ -15,7 +15,7 @@ import time
 
 import sqlalchemy as sa
 
-from .settings import resolve
+from workers.settings import resolve
 
 log = logging.getLogger("workers")
 

@@ -13,12 +13,14 @@ from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 
-from ..embedded import JOB_CLASS
-from ..laravel import PayloadError, PhpJsonError, build_payload, decode_payload, php_json_encode, queue_key
-from ..laravel.crypto import DecryptError
-from ..laravel.php_serialize import PhpSerializeError
-from ..schema import failed_jobs, images
-from ..settings import Settings
+from workers.commands.process import JOB_CLASS
+from workers.laravel import (
+    PayloadError, PhpJsonError, build_payload, decode_payload, php_json_encode, queue_key,
+)
+from workers.laravel.crypto import DecryptError
+from workers.laravel.php_serialize import PhpSerializeError
+from workers.schema import failed_jobs, images
+from workers.settings import Settings
 
 MODES = ("missing", "all", "failed", "offline-source")
 

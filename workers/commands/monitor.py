@@ -23,9 +23,9 @@ from urllib.parse import unquote, urlparse
 
 import sqlalchemy as sa
 
-from . import db
-from .schema import failed_jobs, images, queues
-from .settings import Settings, get_settings
+from workers import db
+from workers.schema import failed_jobs, images, queues
+from workers.settings import Settings, get_settings
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 DONE_COLUMNS = {"thumbnails": "thumbnails_at", "metadata": "metadata_at",

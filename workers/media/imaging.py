@@ -5,7 +5,7 @@ Geometry (`plan`) mirrors IIv3 `RectangleResizer` / `Rectangle` and the Imagick 
 (see reference/pipeline.md §1.2): PHP `round()` (half away from zero), proportional sides
 `max(1, round(...))`, centre pivots `round(w/2)`. Pixels are resampled with Lanczos-3, so
 sizes, crops and padding match Intervention exactly while pixel values cannot (Imagick uses
-ScaleImage). The resample itself lives in workers/resample.py (libvips, Pillow for the rest).
+ScaleImage). The resample itself lives in workers/media/resample.py (libvips, Pillow for the rest).
 
 Decoding (`open_source` + `decode`): header checks first (pixel budget), JPEG DCT scaling via
 `Image.draft` where it keeps the quality (see DRAFT_GAP); RGB and greyscale JPEGs are decoded by
@@ -27,7 +27,7 @@ from pathlib import Path
 import simplejpeg
 from PIL import Image, ImageCms
 
-from .resample import Decoded, Packed, resample
+from workers.media.resample import Decoded, Packed, resample
 
 try:  # HEIC/HEIF input
     import pillow_heif

@@ -19,7 +19,7 @@ Everything else goes to Pillow:
 When the box is the whole image, libvips' grid is Pillow's as it stands: no area is needed (its
 own edge copies are the ones the area would add), which saves a copy of the photo.
 
-The source is a Pillow image or `Packed` pixels (a JPEG decoded by workers/imaging.py straight
+The source is a Pillow image or `Packed` pixels (a JPEG decoded by workers/media/imaging.py straight
 into the tight layout libvips reads, so neither Pillow's 4-bytes-per-pixel unpacking nor the copy
 out of it is paid); Pillow gets a Pillow image made from them on first use.
 """

@@ -1,0 +1,1 @@
+"""Photo files: safe decoding, Intervention-compatible thumbnail geometry, resampling, EXIF."""
