@@ -1,4 +1,4 @@
-"""Face grouping as reviewers live it, the original's rule beside ours (issue 10).
+"""Face grouping as reviewers live it, the original's rule beside ours.
 
     flock /work/bench.lock .venv/bin/python bench/face_grouping.py [--people DIR] [--seeds 3]
 

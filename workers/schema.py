@@ -63,7 +63,7 @@ faces = sa.Table(
     sa.Column("location", Json),                      # [top, right, bottom, left]
     sa.Column("distance", sa.Float(precision=53)),    # to parent
     *_timestamps(),
-    # Face grouping (issue 10), ours: the parent our matcher gave (a reviewer clearing parent_id
+    # Face grouping, ours: the parent our matcher gave (a reviewer clearing parent_id
     # while this is set said "not this person"), why a face was left without one, and the
     # suggested group of an unknown face (the id of the group's representative face).
     sa.Column("matched_parent_id", BigId, sa.ForeignKey("faces.id", ondelete="SET NULL"), nullable=True),

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.errors import SettingsError
+from workers.jobs import registry
 
 # Relative defaults are relative to the working directory: on the box the workers run in the
 # Laravel app root (supervisor's `directory=`), so `storage` is the app's storage directory. An
 # installed package has no project directory of its own to put data in.
 STORAGE = Path("storage")
 
-# Per-queue timeouts and process counts from the spec (system-v2.md).
-QUEUE_TIMEOUTS = {"metadata": 60, "geolocation": 120, "thumbnails": 300, "faces": 360}
-QUEUE_NUMPROCS = {"thumbnails": 2, "metadata": 1, "geolocation": 1, "faces": 8}
+# Per-queue defaults, from the job registry.
+QUEUE_TIMEOUTS = {job.queue: job.timeout for job in registry.JOBS}
+QUEUE_NUMPROCS = {job.queue: job.processes for job in registry.JOBS}
+JOB_HANDLERS = {job.class_name: job.handler for job in registry.JOBS}
 
 # Operator safety: settings with a closed set of values (checked at start-up, case-insensitive).
 CHOICES = {
@@ -30,10 +35,6 @@ CHOICES = {
     "geocode_fallback": ("offline", "none"),
     "face_grouping": ("people", "roots"),
 }
-
-
-class SettingsError(ValueError):
-    """A setting that cannot work, in one line naming the variable."""
 
 
 class Settings(BaseSettings):
@@ -55,12 +56,7 @@ class Settings(BaseSettings):
     queue_timeouts: dict[str, int] = Field(default_factory=lambda: dict(QUEUE_TIMEOUTS))
     queue_numprocs: dict[str, int] = Field(default_factory=lambda: dict(QUEUE_NUMPROCS))  # supervisor numprocs
     # Job class -> "module:function"; a handler is (context, data) -> list of follow-up jobs.
-    job_handlers: dict[str, str] = Field(default_factory=lambda: {
-        "App\\Jobs\\MetadataProcessJob": "workers.jobs.metadata:handle",
-        "App\\Jobs\\GeolocationProcessJob": "workers.jobs.geolocation:handle",
-        "App\\Jobs\\ThumbnailProcessJob": "workers.jobs.thumbnails:handle",
-        "App\\Jobs\\FaceProcessJob": "workers.jobs.faces:handle",
-    })
+    job_handlers: dict[str, str] = Field(default_factory=lambda: dict(JOB_HANDLERS))
     lock_release_delay: int = 10             # seconds before a job that found its lock taken retries
 
     # Lock leases (workers/queue/leases.py): a running job's lock expires this far after its last
@@ -104,7 +100,7 @@ class Settings(BaseSettings):
     ])
     max_pixels: int = 120_000_000            # decompression-bomb budget
 
-    # Face grouping (issue 10; workers/faces/rules.py explains the rule). face_match_threshold above
+    # Face grouping (workers/faces/rules.py explains the rule). face_match_threshold above
     # stays the outer bound. "roots" is the original's rule: the nearest approved root < threshold.
     face_grouping: str = "people"            # "people" (all approved faces vote) or "roots"
     face_vote_k: int = 5                     # nearest approved faces that vote
@@ -160,7 +156,7 @@ class Settings(BaseSettings):
         # The geolocation job stops asking at 75% of its timeout minus two request timeouts
         # (connect + read), after waiting up to one interval for the installation-wide slot
         # (workers/jobs/geolocation.py): below this it could never send a single request.
-        needed = (2 * self.nominatim_timeout + self.nominatim_interval) / 0.75
+        needed = (2 * self.nominatim_timeout + self.nominatim_interval) / registry.BY_QUEUE["geolocation"].budget
         timeout = self.timeout_for("geolocation")
         if timeout < needed:
             raise ValueError(f"PHOTO_QUEUE_TIMEOUTS: geolocation {timeout} s is too short for one Nominatim "
@@ -225,5 +221,30 @@ def resolve(spec: str, default: str | None = "handle"):
     return module, getattr(module, func_name or default)
 
 
-def get_settings() -> Settings:
-    return Settings()
+# Values of these settings are never shown: they may carry a password, a key or a token.
+SECRET_NAMES = re.compile(r"token|key|password|secret|url", re.IGNORECASE)
+
+
+def error_line(exc: ValidationError) -> str:
+    """The operator's line for invalid settings: each variable with its value (secrets masked)
+    and what is wrong, e.g. `PHOTO_FACE_ENGINE='gpu': must be one of http, inprocess`."""
+    parts = []
+    for error in exc.errors():
+        name = "_".join(map(str, error.get("loc", ()))).upper()
+        reason = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        value = error.get("input")
+        if name and not (SECRET_NAMES.search(name) or isinstance(value, dict)):
+            name = f"PHOTO_{name}={value!r}"
+        elif name:
+            name = f"PHOTO_{name}"
+        parts.append(f"{name}: {reason}" if name else reason)
+    return "; ".join(parts)
+
+
+def get_settings(**overrides) -> Settings:
+    """The settings, validated (`overrides` win over the environment); SettingsError (one line)
+    when they cannot work."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(error_line(exc)) from None

@@ -474,15 +474,23 @@ def test_a_block_pauses_every_process(mysql_url, nom, status):
 
 
 def test_waiters_take_the_slot_soon_after_release_not_at_lease_end(any_db_url):
-    import threading
+    """Driven by the limiter's own (database) clock, not by timing the waiter."""
+    from workers.places.ratelimit import LEASE_POLL, Slot
     eng = db.engine_for(any_db_url)
     holder, waiter = RateLimiter(eng, "t", interval=0.2), RateLimiter(eng, "t", interval=0.2)
     slot = holder.acquire(lease=30)
-    threading.Timer(0.3, slot.release).start()
-    start = time.monotonic()
-    with waiter.acquire(lease=30):
-        took = time.monotonic() - start
-    assert 0.5 - JITTER <= took < 2.0           # release at 0.3 s + interval 0.2 s
+    # a slot held on a lease: the waiter looks again shortly instead of sleeping the lease out
+    wait = waiter.try_acquire(lease=30)
+    assert not isinstance(wait, Slot) and 0 < wait <= LEASE_POLL
+    assert holder.state()["next_at"] - holder.state()["now"] > 20
+    slot.release()
+    # released: the slot frees one interval after the release, not at the lease's end
+    state = holder.state()
+    assert 0 < state["next_at"] - state["now"] <= 0.2
+    wait = waiter.try_acquire(lease=30)
+    assert isinstance(wait, Slot) or 0 < wait <= 0.2
+    if not isinstance(wait, Slot):
+        waiter.acquire(lease=30).release()
 
 
 def test_a_dead_holders_lease_expires_and_its_late_release_harms_nobody(sqlite_url):

@@ -1,4 +1,4 @@
-"""Face grouping (issue 10) on real SQLite and MariaDB: people as all their approved faces, no
+"""Face grouping on real SQLite and MariaDB: people as all their approved faces, no
 guess between two people, one person per photo, learning from review, our own filings revisited,
 the automatic rematch, suggested groups; reviewed faces are never changed.
 
@@ -288,7 +288,7 @@ def test_store_faces_files_new_faces_once_per_photo(lib):
 
 
 def test_migration_adds_the_grouping_columns_to_an_existing_faces_table(mariadb):
-    """A database migrated before issue 10 (0001 done, faces without our columns) gets them."""
+    """A database migrated before face grouping (0001 done, faces without our columns) gets them."""
     url = mariadb.create_database("t_grouping_upgrade")
     engine = db.engine_for(url)
     with engine.begin() as conn:

@@ -22,7 +22,7 @@ from workers.jobs import thumbnails
 from workers.schema import images
 from workers.settings import Settings
 
-# --- Intervention v3 geometry, worked out by hand from reference/pipeline.md §1.1-1.2 ------------
+# --- Intervention v3 geometry, worked out by hand from Intervention v3's formulas ------------
 # (input W, H, method, w, h) -> (crop x, y, w, h), scaled content size, canvas size, paste offset
 T = None
 GEOMETRY = [

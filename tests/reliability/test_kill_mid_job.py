@@ -27,7 +27,7 @@ from workers.schema import cache_locks, failed_jobs, faces, images, queues
 
 FACES_JOB = "App\\Jobs\\FaceProcessJob"
 DELAY = 8.0                  # seconds the proxy holds each face API request: the "long job"
-TARGET = 30.0                # issue 12: done within 30 s of the restart
+TARGET = 30.0                # done within 30 s of the restart
 PATIENCE = 420               # long enough to measure the old behaviour (faces timeout 360 s)
 
 

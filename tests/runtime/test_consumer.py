@@ -219,12 +219,30 @@ def test_database_error_in_handler_is_requeued_uncounted(rt):
 
 
 def test_payload_timeout_overrides_and_chain_from_php_layout_ok(rt):
-    """A job PHP built for Laravel 12 (createdAt, delay keys) is consumed too."""
+    """A chain PHP built for Laravel 12 (createdAt, delay keys) is consumed and continued; a
+    payload's own `timeout` overrides the queue's: stuck past it, the job is failed (its only
+    try) and the consumer exits for supervisor to start a fresh one."""
     from workers.laravel import build_payload
-    msg = build_payload(JOB, {"image_id": 13}, queue=rt.queue, profile="laravel12")
+    chain = build_chain_payload([(JOB, {"image_id": 13}), (GEO, {"image_id": 13})], queue=rt.queue,
+                                profile="laravel12")
+    assert "createdAt" in chain.payload and "delay" in chain.payload
     p = rt.start()
-    publish_body(rt.amqp_url, msg.body, rt.queue, correlation_id=msg.payload["id"])
-    wait_for_log(p, lambda l: l["outcome"] == "done")
+    publish_body(rt.amqp_url, chain.body, rt.queue, correlation_id=chain.payload["id"])
+    lines = wait_for_log(p, lambda l: l["outcome"] == "done", count=2)
+    assert [(l["class"], l["image_id"]) for l in lines] == [(JOB, 13), (GEO, 13)]
+
+    # the queue's timeout is 60 s (none configured for it); the payload says 2
+    slow = build_payload(JobClass(JOB, timeout=2), {"image_id": 14, "sleep": 30}, queue=rt.queue,
+                         profile="laravel12")
+    assert slow.payload["timeout"] == 2
+    publish_body(rt.amqp_url, slow.body, rt.queue, correlation_id=slow.payload["id"])
+    [line] = wait_for_log(p, lambda l: l["image_id"] == 14, timeout=25)
+    assert (line["outcome"], line["error"]) == ("failed", f"{JOB} has timed out.")
+    assert p.wait(20) == 1
+    [row] = failed_rows(rt.engine)
+    assert row.exception.startswith("Illuminate\\Queue\\TimeoutExceededException: ")
+    assert row.payload == slow.body.decode()
+    assert handlers.done(rt.engine) == [13]
 
 
 def test_sqlite_database(rt, sqlite_url):

@@ -52,7 +52,7 @@ def test_zero_seconds_means_lock_timeout(any_db_url):
     assert exp >= int(time.time()) + 86400 - 2
 
 
-# --- leases and job-owned locks (issue 12) ------------------------------------------------------
+# --- leases and job-owned locks ------------------------------------------------------
 
 def _expiration(eng, name):
     with eng.connect() as c:

@@ -10,7 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
-from workers.settings import SettingsError
+from workers.settings import SettingsError, error_line
 
 PROG = "photo-pipeline"
 
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         if exc.title != "Settings":          # only settings errors are the operator's to fix
             raise
-        from face_api.startup import settings_error_line
-        line = settings_error_line(exc)
+        line = error_line(exc)
     except SettingsError as exc:
         line = str(exc)
     print(f"{PROG} {args.command}: refusing to start: {line}", file=sys.stderr)

@@ -24,10 +24,11 @@ from urllib.parse import unquote, urlparse
 import sqlalchemy as sa
 
 from workers import db
+from workers.jobs import registry
 from workers.schema import failed_jobs, images, queues
 from workers.settings import Settings, get_settings
 
-QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
+QUEUES = registry.QUEUES
 DONE_COLUMNS = {"thumbnails": "thumbnails_at", "metadata": "metadata_at",
                 "geolocation": "geocoded_at", "faces": "faces_at"}
 DELAY_RE = re.compile(r"^(?P<queue>.+)\.delay\.\d+$")

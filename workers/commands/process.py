@@ -16,7 +16,6 @@ image row (`metadata_at`, `thumbnails_at`, `geocoded_at`, `faces_at`), so a seco
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -30,20 +29,21 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from workers import db, schema
+from workers.errors import PipelineError
 from workers.faces import suggestions
-from workers.jobs import Context, FollowUp, JobFailed, JobReleased
-from workers.settings import Settings
+from workers.jobs import Context, FollowUp, JobFailed, JobReleased, registry
+from workers.settings import Settings, get_settings, resolve
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".heic", ".heif", ".tif", ".tiff", ".webp", ".gif", ".bmp"}
-# (job module, image column that marks it done). Geolocation runs as Metadata's follow-up.
-PIPELINE = [("metadata", "metadata_at"), ("thumbnails", "thumbnails_at"), ("faces", "faces_at")]
-HANDLERS = {"App\\Jobs\\MetadataProcessJob": "metadata", "App\\Jobs\\GeolocationProcessJob": "geolocation",
-            "App\\Jobs\\ThumbnailProcessJob": "thumbnails", "App\\Jobs\\FaceProcessJob": "faces"}
-JOB_CLASS = {queue: cls for cls, queue in HANDLERS.items()}
+# The jobs the app publishes for a new photo (the registry's order: thumbnails, metadata, faces),
+# as `--enqueue` publishes them; a run does the ones that chain first, so their follow-ups
+# (Metadata's Geolocation) run in the same pass.
+UPLOAD_JOBS = [job for job in registry.JOBS if job.on_upload]
+PIPELINE = sorted(UPLOAD_JOBS, key=lambda job: not job.chains)
 LIBRARY_DIR = ".photo-pipeline"   # inside the photo folder: database and thumbnails
 
 
-class FolderError(Exception):
+class FolderError(PipelineError):
     """The photo folder cannot be used; one line for the operator."""
 
 
@@ -73,7 +73,7 @@ def find_photos(root: Path, skip: tuple[Path, ...] = ()) -> tuple[list[Path], li
 
 def embedded_settings(photo_dir: Path, db_url: str | None) -> Settings:
     """Settings for one machine: the photo folder is the storage root and holds the library."""
-    configured = Settings().model_fields_set     # set in the environment or .env: they win
+    configured = get_settings().model_fields_set     # set in the environment or .env: they win
     library = photo_dir.resolve() / LIBRARY_DIR
     defaults = {"storage_root": photo_dir.resolve(), "face_engine": "inprocess"}
     if "geocoder" not in configured:
@@ -84,7 +84,7 @@ def embedded_settings(photo_dir: Path, db_url: str | None) -> Settings:
         defaults["database_url"] = db_url
     elif "database_url" not in configured:
         defaults["database_url"] = f"sqlite:///{library / 'photo.db'}"
-    return Settings(**defaults)
+    return get_settings(**defaults)
 
 
 def prepare_library(settings: Settings) -> None:
@@ -139,7 +139,7 @@ def _init_worker(settings: Settings) -> None:
 def pending_jobs(row) -> list[str]:
     """Jobs an images row still needs, in order; Geolocation when Metadata ran but its
     follow-up did not finish. The run's "already done" filter and the pool use this one rule."""
-    pending = [queue for queue, column in PIPELINE if row[column] is None]
+    pending = [job.queue for job in PIPELINE if row[job.done_column] is None]
     if row["metadata_at"] is not None and row["geocoded_at"] is None and row["latitude"] is not None:
         pending.insert(1, "geolocation")
     return pending
@@ -147,10 +147,10 @@ def pending_jobs(row) -> list[str]:
 
 def run_job(settings: Settings, engine: sa.Engine, queue: str, data: dict) -> list[FollowUp]:
     """Run one handler the way the runtime does: one transaction, committed after handle()."""
-    handler = importlib.import_module(f"workers.jobs.{queue}")
+    _, handle = resolve(settings.job_handlers[registry.BY_QUEUE[queue].class_name])
     with engine.begin() as conn:
         ctx = Context(settings=settings, db=conn, engine=engine, queue=queue)
-        return handler.handle(ctx, data) or []
+        return handle(ctx, data) or []
 
 
 def process_photo(image_id: int) -> dict:
@@ -172,7 +172,8 @@ def process_photo(image_id: int) -> dict:
             continue
         result["done"].append(queue)
         for follow in followups:
-            nxt = HANDLERS.get(follow.class_name)
+            nxt = registry.BY_CLASS.get(follow.class_name)
+            nxt = nxt and nxt.queue
             if nxt and nxt not in pending:
                 pending.insert(0, nxt)
     return result
@@ -287,15 +288,17 @@ def enqueue(photo_dir: Path, settings: Settings) -> Counter:
     counts: Counter = Counter()
     connection, channel = broker.connect(settings.amqp_url)
     try:
-        for image_id in ids.values():
-            for queue in ("thumbnails", "metadata", "faces"):
-                cls, data = JOB_CLASS[queue], {"image_id": image_id}
-                with engine.begin() as conn:    # row and publish together: a failed publish rolls back
-                    sent = dedup.claim(conn, cls, data)
-                    if sent:
-                        broker.publish(channel, build_payload(cls, data, queue=queue, profile=settings.laravel_profile,
-                                                              app_key=settings.app_key), queue)
-                counts[f"{queue} {'published' if sent else 'already queued'}"] += 1
+        with engine.connect() as conn:
+            for image_id in ids.values():
+                for job in UPLOAD_JOBS:
+                    data = {"image_id": image_id}
+
+                    def message(job=job, data=data) -> tuple[bytes, dict]:
+                        msg = build_payload(job.class_name, data, queue=job.queue,
+                                            profile=settings.laravel_profile, app_key=settings.app_key)
+                        return msg.body, msg.properties
+                    sent = dedup.claim_and_publish(conn, channel, job.class_name, data, job.queue, message)
+                    counts[f"{job.queue} {'published' if sent else 'already queued'}"] += 1
     finally:
         connection.close()
     return counts

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import jinja2
 
+from workers.errors import PipelineError
+from workers.jobs import registry
 from workers.settings import QUEUE_NUMPROCS, Settings, get_settings
 
-QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
+QUEUES = registry.QUEUES
 STOP_MARGIN = 30        # seconds past the job timeout before supervisor sends SIGKILL
 FACE_API = {"bind": "127.0.0.1:5000", "workers": 16, "threads": 2, "timeout": 300}
 
@@ -34,7 +36,7 @@ def _templates() -> Path:
 TEMPLATES = _templates()
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A value that cannot be written safely into the rendered file."""
 
 

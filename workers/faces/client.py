@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from workers.errors import PipelineError
 from workers.faces.index import parse_encoding
 from workers.jobs import JobFailed
 from workers.settings import Settings
@@ -23,7 +24,7 @@ MAX_BACKOFF = 8.0
 log = logging.getLogger("workers.faces")
 
 
-class FaceApiError(RuntimeError):
+class FaceApiError(PipelineError, RuntimeError):
     """The face API is unreachable or failing: an ordinary (retryable) job failure."""
 
 

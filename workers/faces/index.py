@@ -4,7 +4,7 @@
   * `RootIndex`: approved roots (`parent_id IS NULL AND status='ok'`), the original's rule:
     the NEAREST root whose Euclidean distance is < threshold (strict; face_recognition's
     compare_faces uses <=, the original job used <);
-  * `ApprovedIndex`: every approved face, labelled with its person (issue 10, workers/faces/rules.py);
+  * `ApprovedIndex`: every approved face, labelled with its person (workers/faces/rules.py);
   * `UnknownIndex`: unknown faces without a parent (the unapproved clusters of rule 5).
 
 Speed: one float32 matrix-vector product over the set (|r|^2 - 2 r.q + |q|^2), then the few
@@ -12,10 +12,10 @@ candidates within a small margin of the limit (or of the best) are recomputed ex
 float64 as ||r - q||, the way face_recognition.face_distance does. dlib descriptors are float32
 values, so float32 storage holds them exactly; the stored distance and the threshold test are
 float64 on those values. The matrix is stored one face per COLUMN (DIM x capacity): BLAS reads
-it in one streaming pass that way, 2x faster than `q @ rows.T` at 100,000 faces (2.3 vs 4.6 ms).
+it in one streaming pass that way, faster than `q @ rows.T` (bench/matching.py measures both).
 
 Refresh (`refresh(conn)`, run by every job before matching). Both queries below are answered
-from the (parent_id, status) index, which carries the id: no row (~2.6 KB of JSON) is read.
+from the (parent_id, status) index, which carries the id: no row (with its encoding's JSON) is read.
   * token: `COUNT(*), SUM(id), MAX(id), SUM(parent_id)` of the set. Same as last time -> nothing
     to do. (SUM(parent_id): a face moved between people changes no id.)
   * sweep, when the token changed or every SWEEP_SECONDS (60 s): `SELECT id, parent_id` of the

@@ -1,4 +1,4 @@
-"""Who a new face is: a person is ALL their approved faces, not one root (issue 10).
+"""Who a new face is: a person is ALL their approved faces, not one root.
 
 A person is a root face (`parent_id IS NULL AND status='ok'`) plus every approved face filed
 under it (`status='ok' AND parent_id = root`); the person's id is the root's id, so `parent_id`

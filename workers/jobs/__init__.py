@@ -3,11 +3,13 @@
     QUEUE = "metadata"                # queue name, also the lock's job type
     def handle(ctx: Context, data: dict) -> list[FollowUp]
 
+and listed once in registry.py (class, queue, handler, done column, timeout, processes, chain).
+
 The runtime (workers/queue/consumer.py) decodes the Laravel payload, takes the lock
 `{QUEUE}-processing:{image_id}`, opens a DB transaction (`ctx.db`, committed by the runtime after
 `handle` returns), then publishes the follow-ups, each claiming its dedup row in a small
-transaction of its own, so their consumers see this job's writes, then acks. Handlers therefore only do their work and write through `ctx.db`; they must be
-idempotent (a redelivery after a crash runs them again).
+transaction of its own, so their consumers see this job's writes, then acks. Handlers
+therefore only do their work and write through `ctx.db`; they must be idempotent (a redelivery after a crash runs them again).
 
 Outcomes other than success are exceptions:
   * `JobFailed(reason)`   - permanent (invalid data, unsupported method, corrupt file): goes to
@@ -21,11 +23,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from workers.settings import Settings
+from workers.errors import JobFailed, JobReleased
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
 
 
 @dataclass
@@ -61,18 +66,6 @@ class Context:
         if not path.is_relative_to(root):
             raise JobFailed(f"image path escapes the storage root: {relative!r}")
         return path
-
-
-class JobFailed(Exception):
-    """Permanent failure: recorded in failed_jobs without retry."""
-
-
-class JobReleased(Exception):
-    """Put the job back for later without counting an attempt."""
-
-    def __init__(self, delay: float, reason: str = ""):
-        super().__init__(reason or f"released for {delay}s")
-        self.delay = delay
 
 
 def image_id_of(data: Any) -> int:

@@ -11,8 +11,8 @@ Failures:
   * 403/429: the limiter pauses every process (60 s, doubled per strike in a row, capped at 1 h,
     or the Retry-After) and this job is released for the remaining pause - no attempt counted.
   * network errors, timeouts, 5xx, other 4xx, unparseable bodies: a bounded in-job retry
-    (`nominatim_retries` attempts, 1 s, 2 s ... apart, each through the limiter, all within ~75%
-    of the queue timeout). If they all fail, `geocode_fallback = "offline"` (default) answers
+    (`nominatim_retries` attempts, 1 s, 2 s ... apart, each through the limiter, all within the
+    registry's budget of the queue timeout). If they all fail, `geocode_fallback = "offline"` (default) answers
     from GeoNames; "none" raises NominatimError, an ordinary failure the runtime retries per the
     job's maxTries/backoff.
   * paused for longer than `geocode_fallback_after` (15 min): answered offline too, rather than
@@ -30,9 +30,10 @@ from workers import db
 from workers.places.geocoders import Nominatim, NominatimBlocked, NominatimError, columns, offline
 from workers.places.ratelimit import Paused, RateLimiter, TooLong
 from workers.schema import geocode_cache, images
-from workers.jobs import Context, JobReleased, image_id_of
+from workers.jobs import Context, JobReleased, image_id_of, registry
 
 QUEUE = "geolocation"
+BUDGET = registry.BY_QUEUE[QUEUE].budget
 LIMITER = "nominatim"
 
 _clients: dict[tuple, Nominatim] = {}
@@ -88,9 +89,9 @@ def _ask_nominatim(ctx: Context, lat: float, lon: float, key: str) -> dict:
     limiter, client = _limiter(ctx), _client(s)
     lease = 3 * s.nominatim_timeout + s.nominatim_interval   # if we die mid-request
     attempts = max(1, int(s.nominatim_retries))
-    # Stay well inside the queue's timeout (120 s): after it the runtime kills the process.
-    # A request can take ~2 timeouts (connect + read), so stop retrying when that no longer fits.
-    deadline = time.monotonic() + 0.75 * s.timeout_for(QUEUE) - 2 * s.nominatim_timeout
+    # Stay inside the job's budget of its timeout: after the timeout the consumer kills the
+    # process. A request can take two timeouts (connect + read): stop when that no longer fits.
+    deadline = time.monotonic() + BUDGET * s.timeout_for(QUEUE) - 2 * s.nominatim_timeout
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         budget = min(s.nominatim_max_wait, deadline - time.monotonic())

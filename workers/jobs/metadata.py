@@ -33,10 +33,10 @@ import stat
 from workers import db
 from workers.media import exif
 from workers.schema import images
-from workers.jobs import Context, FollowUp, JobFailed, image_id_of
+from workers.jobs import Context, FollowUp, JobFailed, image_id_of, registry
 
 QUEUE = "metadata"
-GEOLOCATION = ("App\\Jobs\\GeolocationProcessJob", "geolocation")
+GEOLOCATION = registry.BY_QUEUE["geolocation"]
 
 # Groups that hold real photo metadata (File/JFIF/ICC/Composite only describe the container).
 METADATA_GROUPS = {"EXIF", "XMP", "IPTC", "MakerNotes", "GPS"}
@@ -72,7 +72,7 @@ def handle(ctx: Context, data: dict) -> list[FollowUp]:
     ctx.log.info("image %s metadata: %s%s", image_id, values["metadata_status"],
                  f" ({values['metadata_error']})" if values["metadata_error"] else "")
     if has_gps(result.tags) and values["latitude"] is not None:
-        return [FollowUp(GEOLOCATION[0], {"image_id": image_id}, GEOLOCATION[1])]
+        return [FollowUp(GEOLOCATION.class_name, {"image_id": image_id}, GEOLOCATION.queue)]
     return []
 
 

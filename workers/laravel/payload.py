@@ -533,16 +533,23 @@ def payload_for_command(
     return message_from_payload(payload, attempts=attempts, command=command)
 
 
+def message_properties(attempts: int, correlation_id: Any = None) -> dict[str, Any]:
+    """The driver's AMQP properties (``createMessage``): JSON, persistent, the payload id as
+    correlation id, and the attempts in the ``laravel`` header."""
+    props: dict[str, Any] = {"content_type": "application/json", "delivery_mode": 2}
+    if correlation_id is not None:
+        props["correlation_id"] = correlation_id
+    props["headers"] = {"laravel": {"attempts": int(attempts)}}
+    return props
+
+
 def message_from_payload(payload: Mapping, *, attempts: int = 0, command: PhpObject | None = None) -> OutgoingMessage:
     """Encode a payload dict as the RabbitMQ driver publishes it (``pushRaw``/``createMessage``)."""
     try:
         body = php_json_encode(payload, unescaped_unicode=True).encode("utf-8")
     except PhpJsonError as e:
         raise PayloadError(f"cannot json_encode payload: {e}") from None
-    props: dict[str, Any] = {"content_type": "application/json", "delivery_mode": 2}
-    if payload.get("id") is not None:
-        props["correlation_id"] = payload["id"]
-    props["headers"] = {"laravel": {"attempts": attempts}}
+    props = message_properties(attempts, payload.get("id"))
     queue = command.get("queue") if command else None
     conn = command.get("connection") if command else None
     delay = command.get("delay") if command else None

@@ -31,17 +31,19 @@ from pathlib import Path
 import exiftool
 import exiftool.exiftool as _pet
 
+from workers.errors import PipelineError
+
 EXECUTABLE = "exiftool"
 COMMON_ARGS = ["-G", "-n"]                      # group names; numbers, not print-converted text
 # -m: "[minor]" problems do not stop extraction; LargeFileSupport: >2 GB videos before 12.88.
 READ_ARGS = ["-j", "-m", "-api", "LargeFileSupport=1"]
 
 
-class ExifToolDied(RuntimeError):
+class ExifToolDied(PipelineError, RuntimeError):
     """exiftool exited while a command was running."""
 
 
-class ExifToolTimeout(RuntimeError):
+class ExifToolTimeout(PipelineError, RuntimeError):
     """exiftool did not answer in time (it is killed; the next read starts a new one)."""
 
 

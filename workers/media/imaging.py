@@ -2,7 +2,7 @@
 rendering and encoding with Pillow.
 
 Geometry (`plan`) mirrors IIv3 `RectangleResizer` / `Rectangle` and the Imagick modifiers
-(see reference/pipeline.md §1.2): PHP `round()` (half away from zero), proportional sides
+PHP `round()` (half away from zero), proportional sides
 `max(1, round(...))`, centre pivots `round(w/2)`. Pixels are resampled with Lanczos-3, so
 sizes, crops and padding match Intervention exactly while pixel values cannot (Imagick uses
 ScaleImage). The resample itself lives in workers/media/resample.py (libvips, Pillow for the rest).
@@ -27,6 +27,7 @@ from pathlib import Path
 import simplejpeg
 from PIL import Image, ImageCms
 
+from workers.errors import PipelineError
 from workers.media.resample import Decoded, Packed, resample
 
 try:  # HEIC/HEIF input
@@ -47,15 +48,14 @@ SWAPS_AXES = {5, 6, 7, 8}
 # JPEG DCT scaling (Image.draft) by 1/n, allowed while the decoded crop keeps >= DRAFT_GAP[n]
 # pixels per output pixel, so the final LANCZOS pass always reduces. libjpeg's 1/2 and 1/4 IDCTs
 # keep each block's 4x4 / 2x2 lowest frequencies (a low-pass), 1/8 keeps only the block average
-# (aliases), hence its 2x margin. Measured on 8-12 MP photos against a full decode (mean grey
-# levels, before encoding; bench/thumbnails.py prints it): 1/2 0.4, 1/4 0.3-1.0, 1/8 with margin
-# 0.3, 1/8 without margin 1.5-2.1 (soft, aliased foliage). JPEG q75 itself moves pixels ~3.5.
+# (aliases), hence its 2x margin: without it, 1/8 visibly softens and aliases foliage. Against a
+# full decode each stays below what the thumbnail's JPEG encode moves (bench/thumbnails.py).
 DRAFT_GAP = {2: 1.0, 4: 1.0, 8: 2.0}
 WHITE = (255, 255, 255)
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-class ImageError(ValueError):
+class ImageError(PipelineError, ValueError):
     """A photo that cannot be turned into thumbnails (corrupt, empty, too large...)."""
 
 
@@ -316,7 +316,7 @@ def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
 def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     """The embedded profile -> sRGB transform for `mode` images, None if it is sRGB already.
     Cached: a library holds a handful of distinct profiles (a camera's, Display P3...), and
-    building one costs ~10 ms, per size, every photo."""
+    building one costs real time, per size, every photo."""
     profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     if _is_srgb(profile):
         return None

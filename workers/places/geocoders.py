@@ -14,13 +14,15 @@ from pathlib import Path
 
 import httpx
 
+from workers.errors import PipelineError
+
 # --- Nominatim ------------------------------------------------------------------------------------
 
-class NominatimError(Exception):
+class NominatimError(PipelineError):
     """A transient failure: network error, timeout, 5xx, unexpected answer."""
 
 
-class NominatimBlocked(Exception):
+class NominatimBlocked(PipelineError):
     """403/429: the server refuses us; stop for a while (Retry-After seconds if it said so)."""
 
     def __init__(self, status: int, retry_after: float | None):
@@ -129,7 +131,7 @@ def country_names() -> dict[str, str]:
 
 
 class OfflineGeocoder:
-    """Nearest GeoNames town (population > 1000) within max_km. Load once per process (~1 s)."""
+    """Nearest GeoNames town (population > 1000) within max_km. Loaded once per process (it takes a while)."""
 
     def __init__(self, csv_path: Path | None = None):
         import numpy as np

@@ -9,8 +9,8 @@ One request at a time, and the next one starts at least `interval` after the pre
 *ended*: taking the slot sets next_at to a lease (now + lease, in case the holder dies), giving it
 back sets next_at = now + interval. Since a request has surely reached the server before its
 answer came back, the server never sees two requests closer than `interval`, whatever the
-processes' scheduling latency (spacing slots by their *start* was ~30-100 ms off at the server on
-a loaded box). Nominatim's policy also asks for a single thread: this is one, installation-wide.
+processes' scheduling latency (slots spaced by their *start* arrive closer than that at the
+server on a loaded box). Nominatim's policy also asks for a single thread: this is one, installation-wide.
 Throughput is 1 / (interval + response time).
 
 Each step is a short transaction: lock the row (MySQL `SELECT ... FOR UPDATE`; SQLite: a first
@@ -30,12 +30,13 @@ import time
 
 import sqlalchemy as sa
 
+from workers.errors import PipelineError
 from workers.schema import rate_limits as t
 
 LEASE_POLL = 0.05       # seconds between looks at a slot another process is using
 
 
-class Paused(Exception):
+class Paused(PipelineError):
     """The limiter is paused (blocked by the server); try again in `remaining` seconds."""
 
     def __init__(self, remaining: float, reason: str = "paused"):

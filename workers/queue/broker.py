@@ -1,4 +1,4 @@
-"""RabbitMQ as vyuldashev/laravel-queue-rabbitmq uses it (reference/laravel-wire.md §3), over pika.
+"""RabbitMQ as vyuldashev/laravel-queue-rabbitmq uses it (docs/laravel-wire.md), over pika.
 
 Queues are declared exactly like the driver does, so PHP and Python workers can share a broker:
 main queues durable without arguments (only if missing), delay queues `{queue}.delay.{ms}` with

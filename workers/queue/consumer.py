@@ -19,7 +19,7 @@ by another owner meanwhile (the renewal or the commit finds it) is rolled back a
 Follow-ups go out after the commit so their consumers see this job's writes (publishing inside
 the transaction let a Geolocation job read the image before Metadata's commit).
 
-Outcomes follow Laravel's Worker (reference/laravel-wire.md §3.7): an exception is retried with
+Outcomes follow Laravel's Worker (docs/laravel-wire.md), decided by policy.py: an exception is retried with
 `backoff` through `{queue}.delay.{ms}` until `maxTries`/`retryUntil`, then recorded in failed_jobs
 with the exact body and the message rejected. Bad messages (undecodable, unknown class, invalid
 data) go to failed_jobs at once. JobReleased and a lock held elsewhere re-publish the body later
@@ -39,8 +39,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
-import uuid as uuidlib
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any, Callable
@@ -51,28 +49,22 @@ import sqlalchemy as sa
 from workers.queue import broker, dedup
 from workers import db
 from workers.jobs import Context, FollowUp, JobFailed, JobReleased, image_id_of
-from workers.laravel import build_chain_payload, decode_payload, next_chain_message
+from workers.laravel import (
+    attempts_from_headers, build_chain_payload, decode_payload, message_properties, next_chain_message,
+)
+from workers.queue import policy
+from workers.queue.failures import record_failure
+from workers.queue.policy import DATABASE_UNAVAILABLE
 from workers.queue.idle import IdleWork
 from workers.queue.leases import Lease, LeasePolicy
 from workers.queue.locks import DatabaseLock, job_owner, job_token
 from workers.queue.metrics import ConsumerMetrics
-from workers.schema import failed_jobs
 from workers.settings import Settings, get_settings, resolve
 
 log = logging.getLogger("workers.queue.consumer")
 
 AMQP_ERRORS = (pika.exceptions.AMQPError, ConnectionError, OSError)
-DB_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
-FAILED_PAYLOAD_MAX = 8 * 1024 * 1024   # below MariaDB's default max_allowed_packet (16 MB)
 EXIT_TIMEOUT = 1                        # Worker::kill(EXIT_ERROR)
-
-
-class MaxAttemptsExceeded(Exception):
-    php_class = "Illuminate\\Queue\\MaxAttemptsExceededException"
-
-
-class TimeoutExceeded(Exception):
-    php_class = "Illuminate\\Queue\\TimeoutExceededException"
 
 
 @dataclass
@@ -121,7 +113,7 @@ class Consumer:
                 self._loop()
             except AMQP_ERRORS as exc:
                 failures += 1
-                wait = min(30.0, 0.5 * 2 ** min(failures, 6))
+                wait = policy.backoff(failures)
                 log.warning("broker connection lost (%s: %s); reconnecting in %.1fs",
                             type(exc).__name__, exc, wait)
                 self._close()
@@ -183,49 +175,45 @@ class Consumer:
     def _process(self, d: Delivery) -> None:
         t0 = time.monotonic()
         info: dict[str, Any] = {"queue": self.queue, "class": None, "image_id": None,
-                                "attempt": _attempts(d.headers)}
+                                "attempt": attempts_from_headers(d.headers)}
+        job = None
         try:
-            outcome = self._handle(d, info)
-            self.outages = 0
-        except DB_OUTAGE as exc:
+            job, verdict = self._handle(d, info)
+        except DATABASE_UNAVAILABLE as exc:
+            verdict = policy.database_unavailable(exc, self.outages + 1)
+        if verdict.action == "requeue":
             self._drop_connection()
             self.outages += 1
-            wait = min(30.0, 0.5 * 2 ** min(self.outages, 6))
-            info["error"] = f"database unavailable: {exc.__class__.__name__}: {str(exc)[:200]}"
-            outcome = "requeued"
-            self._pump_for(wait)
-            if not self.broken:
-                self.ch.basic_reject(d.tag, requeue=True)
-        info["outcome"] = outcome
+            verdict = policy.database_unavailable(verdict.error, self.outages)
+        else:
+            self.outages = 0
+        self._carry_out(d, job, verdict, info)
+        info["outcome"] = verdict.outcome
         info["ms"] = round((time.monotonic() - t0) * 1000, 1)
-        self.metrics.observe(outcome, time.monotonic() - t0)
+        self.metrics.observe(verdict.outcome, time.monotonic() - t0)
         print(json.dumps(info, default=str), flush=True)
 
-    def _handle(self, d: Delivery, info: dict) -> str:
+    def _handle(self, d: Delivery, info: dict) -> tuple[Any, policy.Verdict]:
+        """Run one delivery up to its verdict (a successful job is committed and its follow-ups
+        published by then; the caller acks)."""
         s = self.settings
         try:
             job = decode_payload(d.body, d.headers, app_key=s.app_key, data_property=s.job_data_property)
         except Exception as exc:  # noqa: BLE001 - any undecodable body is a poison message
-            return self._fail(d, None, exc, info)
+            return None, policy.rejected(exc)
         info.update({"class": job.class_name, "attempt": job.attempts})
         try:
             handler = self._handler(job.class_name)
+            if handler is None:
+                raise JobFailed(f"no handler for job class {job.class_name}")
+            info["image_id"] = image_id = image_id_of(job.data)
         except Exception as exc:  # noqa: BLE001 - a broken handler setting fails the job, not us
-            return self._fail(d, job, exc, info)
-        if handler is None:
-            return self._fail(d, job, JobFailed(f"no handler for job class {job.class_name}"), info)
-        try:
-            image_id = image_id_of(job.data)
-        except JobFailed as exc:
-            return self._fail(d, job, exc, info)
-        info["image_id"] = image_id
+            return job, policy.rejected(exc)
+        verdict = policy.before_run(job, s, time.time())
+        if verdict is not None:
+            return job, verdict
 
-        max_tries = job.max_tries if job.max_tries is not None else s.tries
-        if (job.retry_until and time.time() > job.retry_until) or \
-                (not job.retry_until and max_tries > 0 and job.attempts > max_tries):
-            return self._fail(d, job, MaxAttemptsExceeded(f"{_name(job)} has been attempted too many times."), info)
-
-        timeout = job.timeout or s.timeout_for(self.queue)
+        timeout = policy.job_timeout(job, s, self.queue)
         conn = self._connection()
         self._release_unreleased(conn)
         lock = DatabaseLock(self.engine, f"{s.cache_prefix}{handler.job_type}-processing:{image_id}",
@@ -233,7 +221,7 @@ class Consumer:
         # a redelivery's earlier delivery died (or lost the broker) mid-job: its lock is ours to take
         heir_of = job_token(job.uuid) if d.redelivered else None
         if not lock.acquire(conn, take_over=heir_of):
-            return self._release(d, job, s.lock_release_delay, "locked")
+            return job, policy.locked(job, s)
         lease = self.leases.start(lock)
         unlocked = False
         try:
@@ -246,19 +234,18 @@ class Consumer:
             if self.broken:
                 raise self.broken                         # cannot ack: the broker redelivers
             if lease.lost:
-                return self._lock_lost(d, job, info)
+                return job, self._lock_lost(job, info)
             if state == "error":
                 conn.rollback()
-                return self._on_exception(d, job, value, info)
+                return job, policy.after_error(job, value, s, time.time())
             if not self._commit(conn, job, lock):
-                return self._lock_lost(d, job, info)
+                return job, self._lock_lost(job, info)
             unlocked = True
         finally:
             if not unlocked:
                 self._unlock(conn, lock)
         self._dispatch(conn, job, value or [])
-        self.ch.basic_ack(d.tag)
-        return "done"
+        return job, policy.succeeded()
 
     def _commit(self, conn: sa.Connection, job, lock: DatabaseLock) -> bool:
         """Unlock in the job's own commit, but only if the lock is still ours: the DELETE's row
@@ -266,15 +253,14 @@ class Consumer:
         renewal means they run (or ran) this image's job, so ours must not commit."""
         if conn.execute(lock.release_statement()).rowcount < 1:
             return False                                  # the caller's finally rolls back
-        _delete_dedup(conn, job)
+        dedup.forget(conn, job.class_name, job.data)
         conn.commit()
         return True
 
-    def _lock_lost(self, d: Delivery, job, info: dict) -> str:
-        """Another owner holds our lock: our writes are rolled back (by the caller's finally)
-        and the message goes back uncounted, to run again once that owner is done."""
+    def _lock_lost(self, job, info: dict) -> policy.Verdict:
+        """Another owner holds our lock: our writes are rolled back (by the caller's finally)."""
         info["error"] = "lock taken by another owner while the job ran; rolled back"
-        return self._release(d, job, self.settings.lock_release_delay, "lock-lost")
+        return policy.lock_lost(job, self.settings)
 
     def _unlock(self, conn: sa.Connection, lock: DatabaseLock) -> None:
         try:
@@ -336,77 +322,52 @@ class Consumer:
         handler is idempotent; a follow-up already published keeps its row, so it is not sent twice."""
         s = self.settings
         for fu in follow_ups:
-            with conn.begin():
-                if fu.dedup and not dedup.claim(conn, fu.class_name, fu.data):
-                    continue          # already queued or running
+            def message(fu=fu) -> tuple[bytes, dict]:
                 msg = build_chain_payload([(fu.class_name, fu.data)], queue=fu.queue,
                                           profile=s.laravel_profile, app_key=s.app_key)
-                broker.publish(self.ch, msg, fu.queue)
+                return msg.body, msg.properties
+            dedup.claim_and_publish(conn, self.ch, fu.class_name, fu.data, fu.queue, message, dedup=fu.dedup)
         nxt = next_chain_message(job, app_key=s.app_key)
         if nxt is not None:
             broker.publish(self.ch, nxt, nxt.queue or job.chain_queue or "default")
 
     # --- outcomes -------------------------------------------------------------------------
 
-    def _on_exception(self, d, job, exc: BaseException, info) -> str:
-        if isinstance(exc, JobReleased):
-            return self._release(d, job, exc.delay, "released")
-        if isinstance(exc, JobFailed):
-            return self._fail(d, job, exc, info)
-        if isinstance(exc, DB_OUTAGE):
-            raise exc
-        info["error"] = f"{type(exc).__name__}: {exc}"[:500]
-        if self._no_attempts_left(job):
-            return self._fail(d, job, exc, info)
-        # Worker: release(calculateBackoff): counted (header = attempts())
-        self._republish(d, job.attempts, job.backoff_for_attempt(default=self.settings.backoff))
-        self.ch.basic_ack(d.tag)
-        return "retry"
-
-    def _no_attempts_left(self, job) -> bool:
-        max_tries = job.max_tries if job.max_tries is not None else self.settings.tries
-        if job.retry_until:
-            return job.retry_until <= time.time()
-        return max_tries > 0 and job.attempts >= max_tries
-
-    def _release(self, d, job, delay: float, outcome: str) -> str:
-        """Later, not counted: the header keeps the attempts this delivery came with."""
-        self._republish(d, job.attempts - 1, delay)
-        self.ch.basic_ack(d.tag)
-        return outcome
+    def _carry_out(self, d: Delivery, job, verdict: policy.Verdict, info: dict) -> None:
+        """Do what the verdict says with the message; every path ends in one ack or reject."""
+        if verdict.error is not None and verdict.action != "release":
+            info.setdefault("error", _error_text(verdict))
+        if verdict.action == "done":
+            self.ch.basic_ack(d.tag)
+        elif verdict.action in ("retry", "release"):
+            self._republish(d, verdict.attempts, verdict.delay)
+            self.ch.basic_ack(d.tag)
+        elif verdict.action == "fail":
+            record_failure(self.engine, self.queue, d.body, verdict.error, job)
+            self.ch.basic_reject(d.tag, requeue=False)
+        elif verdict.action == "requeue":
+            self._pump_for(verdict.delay)
+            if not self.broken:
+                self.ch.basic_reject(d.tag, requeue=True)
 
     def _republish(self, d: Delivery, attempts: int, delay: float) -> None:
-        props: dict[str, Any] = {"content_type": "application/json", "delivery_mode": 2}
-        if d.correlation_id:
-            props["correlation_id"] = d.correlation_id
-        props["headers"] = {"laravel": {"attempts": int(attempts)}}
+        props = message_properties(attempts, d.correlation_id or None)
         broker.publish_raw(self.ch, d.body, props, self.queue, delay)
-
-    def _fail(self, d: Delivery, job, exc: BaseException, info: dict) -> str:
-        """failed_jobs row (exact body) + dedup row gone, then reject without requeue."""
-        info.setdefault("error", f"{type(exc).__name__}: {exc}"[:500])
-        record_failure(self.engine, self.queue, d.body, exc, job)
-        self.ch.basic_reject(d.tag, requeue=False)
-        return "failed"
 
     def _timed_out(self, d, job, lock: DatabaseLock, info) -> None:
         """The handler thread is stuck: count the attempt, then exit (supervisor restarts us)."""
-        exc = TimeoutExceeded(f"{_name(job)} has timed out.")
-        info["error"] = str(exc)
+        verdict = policy.after_timeout(job, self.settings, time.time())
+        info["error"] = str(verdict.error)
+        outcome = verdict.outcome
         try:
-            if self._no_attempts_left(job) or job.fail_on_timeout:
-                outcome = self._fail(d, job, exc, info)
-            else:
-                self._republish(d, job.attempts, 0)
-                self.ch.basic_ack(d.tag)
-                outcome = "timeout"
+            self._carry_out(d, job, verdict, info)
             lock.release()
         except Exception as err:  # noqa: BLE001 - unacked: the broker redelivers it
             outcome = "timeout"
             info["error"] += f" (and could not record it: {err})"
         info.update({"outcome": outcome, "ms": None})
         print(json.dumps(info, default=str), flush=True)
-        log.error("%s; exiting so the stuck job thread dies with the process", exc)
+        log.error("%s; exiting so the stuck job thread dies with the process", verdict.error)
         self._close()
         sys.stderr.flush()
         os._exit(EXIT_TIMEOUT)
@@ -430,54 +391,11 @@ def _load_handler(spec: str, queue: str) -> Handler:
     return Handler(func, getattr(module, "QUEUE", queue))
 
 
-def _attempts(headers) -> int:
-    from workers.laravel import attempts_from_headers
-    return attempts_from_headers(headers)
-
-
-def _name(job) -> str:
-    return job.display_name or job.class_name
-
-
-def _delete_dedup(conn: sa.Connection, job) -> None:
-    if job is not None:
-        dedup.forget(conn, job.class_name, job.data)
-
-
-def exception_text(exc: BaseException) -> str:
-    """PHP's Throwable string: `Class: message in file:line`, `Stack trace:`, `#0 ...`, `#n {main}`."""
-    cls = getattr(exc, "php_class", None) or (
-        type(exc).__qualname__ if type(exc).__module__ == "builtins"
-        else f"{type(exc).__module__}.{type(exc).__qualname__}")
-    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
-    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else f"{__file__}:0"
-    lines = [f"{cls}: {exc} in {where}", "Stack trace:"]
-    for i, f in enumerate(reversed(frames)):
-        lines.append(f"#{i} {f.filename}({f.lineno}): {f.name}()")
-    lines.append(f"#{len(frames)} {{main}}")
-    return "\n".join(lines)
-
-
-def record_failure(engine: sa.Engine, queue: str, body: bytes, exc: BaseException, job=None) -> None:
-    """DatabaseUuidFailedJobProvider::log, plus deleting the job's dedup row, in one transaction."""
-    payload = body.decode("utf-8", "replace")
-    note = ""
-    if len(payload) > FAILED_PAYLOAD_MAX:
-        note = f"\n(payload truncated from {len(payload)} characters)"
-        payload = payload[:FAILED_PAYLOAD_MAX]
-    uuid = job.uuid if job is not None and isinstance(job.uuid, str) and job.uuid else None
-    if uuid is None:
-        try:
-            candidate = json.loads(body).get("uuid")
-            uuid = candidate if isinstance(candidate, str) and candidate else None
-        except Exception:  # noqa: BLE001 - garbage body
-            pass
-    ins = (failed_jobs.insert().prefix_with("IGNORE", dialect="mysql").prefix_with("OR IGNORE", dialect="sqlite")
-           .values(uuid=(uuid or str(uuidlib.uuid4()))[:255], connection="rabbitmq", queue=queue,
-                   payload=payload, exception=exception_text(exc) + note, failed_at=db.now()))
-    with engine.begin() as conn:
-        conn.execute(ins)     # IGNORE: a redelivery after a crash must not fail on the unique uuid
-        _delete_dedup(conn, job)
+def _error_text(verdict: policy.Verdict) -> str:
+    exc = verdict.error
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return f"database unavailable: {exc.__class__.__name__}: {str(exc)[:200]}"
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _sleep_unless(stop: Callable[[], bool], seconds: float) -> None:
@@ -487,7 +405,7 @@ def _sleep_unless(stop: Callable[[], bool], seconds: float) -> None:
 
 
 class _JobThread:
-    """One long-lived thread that runs handlers (a thread per job costs ~0.4 ms of hand-offs)."""
+    """One long-lived thread that runs handlers (a thread per job would cost a start each)."""
 
     def __init__(self):
         self._jobs: SimpleQueue = SimpleQueue()

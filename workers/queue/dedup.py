@@ -4,10 +4,13 @@ A row means "queued or running". BaseProcessJob::pushToQueue inserts it before d
 skips the dispatch when it already exists; the worker deletes it when the job ends."""
 from __future__ import annotations
 
+from typing import Callable
+
 import sqlalchemy as sa
 
 from workers import db
 from workers.laravel import queue_key
+from workers.queue import broker
 from workers.schema import queues
 
 
@@ -16,6 +19,23 @@ def claim(conn: sa.Connection, class_name: str, data) -> bool:
     ins = (queues.insert().prefix_with("IGNORE", dialect="mysql").prefix_with("OR IGNORE", dialect="sqlite")
            .values(queue_key=queue_key(class_name, data), created_at=db.now(), updated_at=db.now()))
     return conn.execute(ins).rowcount > 0
+
+
+def claim_and_publish(conn: sa.Connection, channel, class_name: str, data, queue: str,
+                      message: Callable[[], tuple[bytes, dict]], *, dedup: bool = True,
+                      then: Callable[[sa.Connection], None] | None = None) -> bool:
+    """pushToQueue: the job's dedup row, then the publish, in one transaction that commits only
+    once the broker confirmed (a failed publish rolls the row back). False, and nothing sent,
+    when the row exists: the job is already queued or running. `message` builds (body,
+    properties) only when it is sent; `then` writes more in the same transaction."""
+    with conn.begin():
+        if dedup and data is not None and not claim(conn, class_name, data):
+            return False
+        body, properties = message()
+        broker.publish_raw(channel, body, properties, queue)
+        if then is not None:
+            then(conn)
+    return True
 
 
 def forget(conn: sa.Connection, class_name: str, data) -> None:

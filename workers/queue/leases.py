@@ -1,5 +1,5 @@
 """Lock leases: a running job's lock is kept a short lease ahead instead of being held for the
-job's whole timeout, so a lock whose process died lapses within one lease (issue 12).
+job's whole timeout, so a lock whose process died lapses within one lease.
 
     policy = LeasePolicy.of(settings, engine)
     lock = DatabaseLock(engine, name, policy.seconds(job_timeout), owner)
@@ -20,13 +20,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from workers.queue.locks import DatabaseLock
+from workers.queue.policy import DATABASE_UNAVAILABLE
 from workers.settings import Settings
 
 log = logging.getLogger("workers.queue.leases")
 
-# a renewal that cannot reach the database is retried at the next tick, not treated as lost:
-# whether we still own the lock is decided by the commit (runtime), which checks ownership
-RENEW_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,8 @@ class Lease:
         self._due = now + self.every
         try:
             still_ours = self.lock.renew()
-        except RENEW_ERRORS as exc:
+        except DATABASE_UNAVAILABLE as exc:
+            # retried at the next tick, not taken as lost: the commit checks ownership
             log.warning("could not renew %s (%s); trying again in %.1fs", self.lock.name,
                         type(exc).__name__, self.every)
             return

@@ -1,4 +1,4 @@
-"""Laravel's DatabaseLock on the `cache_locks` table (reference/laravel-wire.md §5.3), so a lock
+"""Laravel's DatabaseLock on the `cache_locks` table (docs/laravel-wire.md), so a lock
 taken here excludes PHP workers using `Cache::lock(...)` with the database store, and vice versa.
 
 Works on MySQL and SQLite: plain INSERT, then UPDATE-if-expired-or-ours on a duplicate key.

@@ -42,7 +42,7 @@ def cmd_reprocess(args) -> int:
 
     job = JOBS[args.job]
     mode = "offline-source" if args.where_source else (args.mode or "missing")
-    if mode == "offline-source" and job.name != "geolocation":
+    if mode == "offline-source" and job.queue != "geolocation":
         print("error: --where-source offline applies to geolocation only", file=sys.stderr)
         return 2
     settings = get_settings()

@@ -13,15 +13,17 @@ import json
 import os
 from pathlib import Path
 
+from workers.errors import PipelineError
+
 
 PADDING = 64      # spare bytes, so a growing state rarely changes the file's length
 
 
-class CheckpointBusy(RuntimeError):
+class CheckpointBusy(PipelineError, RuntimeError):
     """Another run of the same command holds the checkpoint."""
 
 
-class CheckpointUnreadable(RuntimeError):
+class CheckpointUnreadable(PipelineError, RuntimeError):
     """The checkpoint file is damaged (or not ours)."""
 
 

@@ -79,7 +79,7 @@ def run(settings: Settings, target, *, dry_run: bool = False, limit: int | None 
     stop = stop or StopRequest()
     started = time.monotonic()
     engine = db.engine_for(settings.database_url)
-    report = Report(target.job.name, target.mode, dry_run)
+    report = Report(target.job.queue, target.mode, dry_run)
     # the broker first: if it is down, no checkpoint of a run that never started is left behind
     amqp = None if dry_run else broker.connect(settings.amqp_url, heartbeat=settings.heartbeat)
     checkpoint = _checkpoint(settings, target, dry_run, fresh)
@@ -116,7 +116,7 @@ def _close(connection) -> None:
 def run_key(settings: Settings, target) -> dict:
     """What identifies 'the same command' for the checkpoint (the limit is per invocation)."""
     since = getattr(target, "since", None)
-    return {"database": settings.database_url, "job": target.job.name, "mode": target.mode,
+    return {"database": settings.database_url, "job": target.job.queue, "mode": target.mode,
             "since": since.isoformat() if since else None}
 
 
@@ -214,13 +214,9 @@ def _send(item: Item, conn: sa.Connection, channel, gauge, report: Report) -> st
     room = gauge(item.queue)
     if not room.wait_for_room():
         return None
-    with conn.begin():               # the dedup row commits only if the broker confirmed
-        if item.data is not None and not dedup.claim(conn, item.class_name, item.data):
-            return ALREADY_QUEUED
-        body, properties = item.message()
-        broker.publish_raw(channel, body, properties, item.queue)
-        if item.on_sent is not None:
-            item.on_sent(conn)
+    if not dedup.claim_and_publish(conn, channel, item.class_name, item.data, item.queue, item.message,
+                                   then=item.on_sent):
+        return ALREADY_QUEUED
     room.sent()
     return PUBLISHED
 

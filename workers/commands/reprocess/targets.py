@@ -13,9 +13,10 @@ from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 
-from workers.commands.process import JOB_CLASS
+from workers.jobs import registry
 from workers.laravel import (
-    PayloadError, PhpJsonError, build_payload, decode_payload, php_json_encode, queue_key,
+    PayloadError, PhpJsonError, build_payload, decode_payload, message_properties, php_json_encode,
+    queue_key,
 )
 from workers.laravel.crypto import DecryptError
 from workers.laravel.php_serialize import PhpSerializeError
@@ -25,16 +26,8 @@ from workers.settings import Settings
 MODES = ("missing", "all", "failed", "offline-source")
 
 
-@dataclass(frozen=True)
-class Job:
-    name: str              # the CLI's name and the queue the app publishes it on
-    class_name: str
-    done_column: str       # images column the job sets when it finishes ("--missing": empty)
-
-
-JOBS = {name: Job(name, JOB_CLASS[name], column) for name, column in (
-    ("thumbnails", "thumbnails_at"), ("metadata", "metadata_at"),
-    ("geolocation", "geocoded_at"), ("faces", "faces_at"))}
+# The CLI's job names are the queues the app publishes them on ("--missing": done column empty).
+JOBS = registry.BY_QUEUE
 
 
 @dataclass
@@ -89,7 +82,7 @@ class ImageRows(_Rows):
     table = images
     restartable = True      # a checkpoint file remembers how far a stopped run got
 
-    def __init__(self, job: Job, mode: str, since: dt.datetime | None, settings: Settings):
+    def __init__(self, job: registry.JobSpec, mode: str, since: dt.datetime | None, settings: Settings):
         self.job, self.mode, self.since, self.settings = job, mode, since, settings
 
     def _filters(self) -> list:
@@ -98,7 +91,7 @@ class ImageRows(_Rows):
             where.append(images.c[self.job.done_column].is_(None))
         elif self.mode == "offline-source":
             where.append(images.c.place_source == "offline")
-        if self.job.name == "geolocation":     # the app queues it only for photos with a position
+        if self.job.queue == "geolocation":     # the app queues it only for photos with a position
             where += [images.c.latitude.isnot(None), images.c.longitude.isnot(None)]
         if self.since is not None:
             where.append(images.c.created_at >= self.since)
@@ -107,14 +100,14 @@ class ImageRows(_Rows):
     def items(self, engine: sa.Engine, after: int, upto: int) -> Iterator[Item]:
         for row in self._rows(engine, [], after, upto):
             data = {"image_id": int(row.id)}
-            yield Item(row.id, self.job.class_name, data, self.job.name, self._message(data))
+            yield Item(row.id, self.job.class_name, data, self.job.queue, self._message(data))
 
     def _message(self, data: dict) -> Callable[[], tuple[bytes, dict]]:
         s, job = self.settings, self.job
 
         def build() -> tuple[bytes, dict]:
             # what BaseProcessJob::pushToQueue dispatches: $class::dispatch($data)->onQueue($queue)
-            msg = build_payload(job.class_name, data, queue=job.name, profile=s.laravel_profile,
+            msg = build_payload(job.class_name, data, queue=job.queue, profile=s.laravel_profile,
                                 app_key=s.app_key)
             return msg.body, msg.properties
         return build
@@ -134,12 +127,8 @@ def retry_body(payload: str) -> bytes:
 
 def retry_properties(body: bytes) -> dict:
     """The driver's pushRaw without options: persistent, correlation_id = payload id, attempts 0."""
-    props: dict = {"content_type": "application/json", "delivery_mode": 2}
     msg_id = json.loads(body).get("id")
-    if msg_id is not None:
-        props["correlation_id"] = str(msg_id)
-    props["headers"] = {"laravel": {"attempts": 0}}
-    return props
+    return message_properties(0, None if msg_id is None else str(msg_id))
 
 
 class FailedRows(_Rows):
@@ -150,7 +139,7 @@ class FailedRows(_Rows):
     restartable = False     # a re-queued row is deleted: that is its own checkpoint
     mode = "failed"
 
-    def __init__(self, job: Job, since: dt.datetime | None, settings: Settings):
+    def __init__(self, job: registry.JobSpec, since: dt.datetime | None, settings: Settings):
         self.job, self.since, self.settings = job, since, settings
 
     def _filters(self) -> list:
