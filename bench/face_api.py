@@ -128,8 +128,8 @@ def _server_env(server: str, threads: int, worker_class: str | None = None) -> t
 def run_server(server: str, photos: list[Path], clients: int, workers: int, threads: int, tmp: Path,
                worker_class: str | None = None) -> dict:
     import httpx
-    from tests.face_api.service import free_port, worker_pids
-    from tests.services import cpu_seconds
+    from tests.support.face_api import free_port, worker_pids
+    from tests.support.services import cpu_seconds
 
     app_path, env = _server_env(server, threads, worker_class)
     port = free_port()

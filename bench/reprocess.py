@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.runtime.consumers import (  # noqa: E402
+from tests.support.consumers import (  # noqa: E402
     consumer_env, queue_depth, start_consumer, stop_consumer,
 )
-from tests.services import MariaDB, RabbitMQ  # noqa: E402
+from tests.support.services import MariaDB, RabbitMQ  # noqa: E402
 
 QUEUE = "faces"
 

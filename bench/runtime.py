@@ -19,10 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.runtime.consumers import (  # noqa: E402
+from tests.support.consumers import (  # noqa: E402
     consumer_env, log_lines, start_consumer, stop_consumer,
 )
-from tests.services import MariaDB, RabbitMQ, cpu_seconds  # noqa: E402
+from tests.support.services import MariaDB, RabbitMQ, cpu_seconds  # noqa: E402
 
 JOB = "App\\Jobs\\MetadataProcessJob"
 TARGET = 300.0   # jobs/s per process (the brief's target on this 2-core box)
@@ -42,7 +42,7 @@ def run(db_url: str, amqp_url: str, queue: str, n: int, procs: int, logs: Path) 
     from workers import db
     db.migrate(db.engine_for(db_url))
     publish(amqp_url, queue, n)
-    env = consumer_env(db_url, amqp_url, {JOB: "tests.runtime.handlers:noop"})
+    env = consumer_env(db_url, amqp_url, {JOB: "tests.support.handlers:noop"})
     ps = [start_consumer(queue, env, logs) for _ in range(procs)]
     t0 = time.monotonic()
     while sum(Path(p.log_path).read_bytes().count(b"\n") for p in ps) < n:   # cheap: no parsing

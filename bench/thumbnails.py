@@ -195,7 +195,7 @@ def renders(path: Path, method, w, h) -> dict:
 
 
 def quality_rows(photos, label: str) -> list[str]:
-    from tests.image_quality import difference, jpeg_noise
+    from tests.support.image_quality import difference, jpeg_noise
     rows = []
     for method, w, h in SIZES:
         diffs = {"ours-today": [], "q75": [], "full-today": [], "full-ours": []}

@@ -13,7 +13,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from tests.services import MariaDB, RabbitMQ, have  # noqa: E402
+from tests.support.services import MariaDB, RabbitMQ, have  # noqa: E402
 
 TESTDATA = Path(os.environ.get("PHOTO_TESTDATA", PROJECT_ROOT.parent / "shared" / "testdata"))
 

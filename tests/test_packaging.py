@@ -12,7 +12,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.services import PROJECT_ROOT
+from tests.support.services import PROJECT_ROOT
 
 
 def pyproject() -> dict:

@@ -21,7 +21,7 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from tests.runtime.consumers import PROJECT_ROOT, consumer_env, drain, queue_depth, wait_for
+from tests.support.consumers import PROJECT_ROOT, consumer_env, drain, queue_depth, wait_for
 from workers import db
 from workers.queue import dedup
 from workers.laravel import JobClass, PhpObject, build_payload, decode_payload, queue_key
@@ -375,7 +375,7 @@ def test_failed_cli_prints_what_it_did(settings, mysql_url, amqp_url):
 
 @pytest.mark.skipif(not shutil.which("exiftool"), reason="exiftool needed")
 def test_published_job_is_done_by_the_real_consumer(settings, mysql_url, amqp_url, shared_testdata, tmp_path):
-    from tests.runtime.consumers import start_consumer, stop_consumer
+    from tests.support.consumers import start_consumer, stop_consumer
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(shared_testdata / "exif" / "jpg" / "Canon_40D.jpg", photos / "a.jpg")
@@ -397,7 +397,7 @@ def test_published_job_is_done_by_the_real_consumer(settings, mysql_url, amqp_ur
 
 
 def test_php_reads_the_jobs_we_publish(settings, mysql_url, amqp_url, tmp_path):
-    from tests.laravel.conftest import PHP_AVAILABLE, run_oracle
+    from tests.support.php import PHP_AVAILABLE, run_oracle
     if not PHP_AVAILABLE:
         pytest.skip("php + Laravel not installed")
     ids = add_images(mysql_url, 2, latitude=46.5, longitude=6.6)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.services import PROJECT_ROOT, free_port
+from tests.support.services import PROJECT_ROOT, free_port
 
 GUNICORN_CONF = PROJECT_ROOT / "face_api" / "gunicorn.conf.py"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.venvs import locked_venv
-from tests.services import PROJECT_ROOT
+from tests.support.venvs import locked_venv
+from tests.support.services import PROJECT_ROOT
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 USER = pwd.getpwuid(os.getuid()).pw_name

@@ -16,7 +16,7 @@ from workers.commands import monitor
 from workers.laravel import build_payload
 from workers.schema import failed_jobs, images, queues
 from workers.settings import Settings
-from tests.services import PROJECT_ROOT
+from tests.support.services import PROJECT_ROOT
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 VENV_PY = str(PROJECT_ROOT / ".venv/bin/python")

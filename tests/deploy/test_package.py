@@ -21,7 +21,7 @@ import time
 import httpx
 import pytest
 
-from tests.services import PROJECT_ROOT, free_port
+from tests.support.services import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.timeout(1200)
 

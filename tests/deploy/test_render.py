@@ -13,8 +13,8 @@ import pytest
 
 from workers.commands import render_config
 from workers.settings import QUEUE_TIMEOUTS, Settings
-from tests.deploy.venvs import install_checkout, locked_venv
-from tests.services import PROJECT_ROOT
+from tests.support.venvs import install_checkout, locked_venv
+from tests.support.services import PROJECT_ROOT
 
 VENV = PROJECT_ROOT / ".venv"
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")

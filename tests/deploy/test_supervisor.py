@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from workers.commands import render_config
 from workers.settings import Settings
-from tests.deploy.venvs import install_checkout, locked_venv
+from tests.support.venvs import install_checkout, locked_venv
 
 QUEUES = ("thumbnails", "metadata", "geolocation", "faces")
 

@@ -8,7 +8,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.face_api.service import FACES, TESTDATA, start_face_api  # noqa: E402
+from tests.support.face_api import FACES, TESTDATA, start_face_api  # noqa: E402
 
 
 @pytest.fixture(scope="session")

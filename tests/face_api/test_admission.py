@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.face_api.service import TESTDATA, start_face_api, worker_pids
-from tests.services import cpu_seconds
+from tests.support.face_api import TESTDATA, start_face_api, worker_pids
+from tests.support.services import cpu_seconds
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from face_api import engine
 from face_api.imaging import open_photo
 from face_api.settings import Settings
 
-from tests.face_api.service import FACES
+from tests.support.face_api import FACES
 
 
 def load(name, mode="RGB"):

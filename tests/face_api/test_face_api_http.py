@@ -1,9 +1,6 @@
 """Endpoints through a real gunicorn (2 gthread workers): encode, compare, health, metrics,
 path traversal, and the bad-input corpus (every file under the testdata tree + synthetic)."""
-import io
 import json
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,22 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.face_api.service import FACES, TESTDATA, worker_pids
-
-TIMEOUT = 120
-
-
-def post_image(url, data: bytes, name="photo.jpg"):
-    return httpx.post(url + "/encode", files={"image": (name, data, "application/octet-stream")},
-                      timeout=TIMEOUT)
-
-
-def assert_json_4xx(r, *statuses):
-    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
-    if statuses:
-        assert r.status_code in statuses, (r.status_code, r.text[:300])
-    body = r.json()
-    assert isinstance(body["detail"], str) and "\n" not in body["detail"] and body["detail"]
+from tests.support.face_api import (
+    FACES, TIMEOUT, all_testdata_files, assert_json_4xx, post_image, synthetic_bad_inputs, worker_pids,
+)
 
 
 def test_health(face_api_url):
@@ -121,31 +105,6 @@ def test_encode_wrong_request_shapes(face_api_url, kwargs):
     assert_json_4xx(httpx.post(face_api_url + "/encode", timeout=TIMEOUT, **kwargs))
 
 
-def _png_with_size(width, height) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = data[12:29]  # b"IHDR" + 13 bytes
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
-    return bytes(data)
-
-
-def synthetic_bad_inputs():
-    obama = (FACES / "obama.jpg").read_bytes()
-    return {
-        "empty": b"",
-        "truncated_jpeg": obama[: len(obama) // 2],
-        "jpeg_header_only": obama[:600],
-        "text": b"hello, I am not an image\n" * 20,
-        "bomb_png": _png_with_size(60000, 60000),
-        "over_budget_png": _png_with_size(8000, 6000),   # 48 MP > the 40 MP test budget
-        "zero_png": _png_with_size(0, 0),
-        "random": np.random.default_rng(1).bytes(5000),
-    }
-
-
 @pytest.mark.parametrize("name", sorted(synthetic_bad_inputs()))
 def test_synthetic_bad_inputs_are_4xx(face_api_url, name):
     r = post_image(face_api_url, synthetic_bad_inputs()[name], name)
@@ -157,10 +116,6 @@ def test_synthetic_bad_inputs_are_4xx(face_api_url, name):
 def test_upload_over_size_limit_is_413(face_api_url):
     r = post_image(face_api_url, b"\xff" * (6 * 1024 * 1024))
     assert_json_4xx(r, 413)
-
-
-def all_testdata_files():
-    return sorted(p for p in TESTDATA.rglob("*") if p.is_file())
 
 
 def test_every_testdata_file(face_api_service):

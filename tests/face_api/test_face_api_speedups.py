@@ -13,7 +13,7 @@ from face_api.memory import IdleTrimmer
 from face_api.settings import Settings
 
 from bench.groundtruth import encoding_deltas, engine_detector, evaluate, load_truth, reconstruction
-from tests.face_api.service import FACES
+from tests.support.face_api import FACES
 
 
 def test_rescan_levels_cover_only_new_face_sizes():

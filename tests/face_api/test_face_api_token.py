@@ -9,7 +9,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.face_api.service import FACES, start_face_api
+from tests.support.face_api import FACES, start_face_api
 from workers import db
 from workers.jobs import Context, JobFailed
 from workers.jobs import faces as job

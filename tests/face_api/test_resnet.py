@@ -12,7 +12,7 @@ from face_api.imaging import open_photo
 from face_api.onnxgraph import Rebuilt
 from face_api.settings import Settings
 
-from tests.face_api.service import FACES
+from tests.support.face_api import FACES
 
 PEOPLE = FACES / "people"
 

@@ -18,9 +18,8 @@ from face_api.detectors import DetectorUnavailable, calibration, check_available
 from face_api.imaging import ImageError, open_photo
 from face_api.settings import Settings, SettingsError, load_settings
 
-from tests.face_api.service import FACES, PROJECT_ROOT, TESTDATA, start_face_api
-from tests.face_api.test_face_api_http import (all_testdata_files, assert_json_4xx, post_image,
-                                               synthetic_bad_inputs)
+from tests.support.face_api import FACES, PROJECT_ROOT, TESTDATA, start_face_api
+from tests.support.face_api import all_testdata_files, assert_json_4xx, post_image, synthetic_bad_inputs
 
 pytest.importorskip("yuface", reason="yuface has wheels for CPython 3.10/3.11 only")
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from face_api.detectors import yunet_onnx
-from tests.face_api.service import TESTDATA
+from tests.support.face_api import TESTDATA
 
 pytest.importorskip("yuface", reason="yuface has wheels for CPython 3.10/3.11 only")
 pytest.importorskip("onnxruntime")

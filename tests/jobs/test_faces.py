@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from tests.face_api.service import FACES, free_port, start_face_api
+from tests.support.face_api import FACES, free_port, start_face_api
 from workers import db
 from workers.faces import filing
 from workers.jobs import Context, JobFailed

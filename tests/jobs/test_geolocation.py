@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.fake_nominatim import FakeNominatim
+from tests.support.geolocation import run
+from tests.support.nominatim import FakeNominatim
 from workers import db
 from workers.places.geocoders import (
     NominatimError, OfflineGeocoder, columns, offline, parse_retry_after,
@@ -65,13 +66,6 @@ def settings_for(url: str, nom: FakeNominatim | None, **kw) -> Settings:
 def add_image(engine, lat, lon) -> int:
     with engine.begin() as conn:
         return conn.execute(images.insert().values(path="p.jpg", latitude=lat, longitude=lon)).inserted_primary_key[0]
-
-
-def run(settings: Settings, image_id: int, attempt: int = 1):
-    engine = db.engine_for(settings.database_url)
-    with engine.begin() as conn:
-        ctx = Context(settings=settings, db=conn, engine=engine, queue="geolocation", attempt=attempt)
-        return geolocation.handle(ctx, {"image_id": image_id})
 
 
 def row(url: str, image_id: int):
@@ -394,7 +388,7 @@ def test_pause_caps_and_never_shortens(sqlite_url):
 CONSUMER = """
 import sys, time
 from workers.jobs import JobReleased
-from tests.jobs.test_geolocation import run, Settings
+from tests.support.geolocation import run, Settings
 s = Settings()
 for image_id in map(int, sys.argv[1:]):
     while True:
@@ -509,7 +503,7 @@ def test_a_dead_holders_lease_expires_and_its_late_release_harms_nobody(sqlite_u
 @pytest.mark.timeout(240)
 def test_real_consumers_share_the_limit_and_a_429_pauses_them_all(mysql_url, rabbitmq, nom, tmp_path):
     """Four `python -m workers consume --queue geolocation` processes, jobs published like Laravel."""
-    from tests.runtime.consumers import (
+    from tests.support.consumers import (
         consumer_env, publish_job, start_consumer, stop_consumer, wait_for,
     )
     eng = db.engine_for(mysql_url)

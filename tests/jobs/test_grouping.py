@@ -205,7 +205,7 @@ def test_automatic_rematch_after_approvals_change(lib):
 def test_idle_faces_consumer_files_faces_after_approvals(mysql_url, rabbitmq, tmp_path):
     """A reviewer approves a person on a quiet library (no face job comes): the faces consumer,
     idle, files the waiting faces by itself in bounded steps."""
-    from tests.runtime.consumers import consumer_env, start_consumer, stop_consumer, wait_for
+    from tests.support.consumers import consumer_env, start_consumer, stop_consumer, wait_for
 
     lib = Lib(mysql_url)
     root = lib.face(e(0, 0.0))

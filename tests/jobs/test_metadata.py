@@ -474,7 +474,7 @@ def php_push(amqp_url: str, class_name: str, data: dict, queue: str) -> bytes:
 
 @pytest.mark.skipif(not (shutil.which("php") and PHP_AMQP.exists()), reason="php or runtime helpers missing")
 def test_end_to_end_php_to_consumer(mysql_url, rabbitmq, shared_testdata, tmp_path):
-    from tests.runtime.consumers import consumer_env, drain, start_consumer, stop_consumer, wait_for
+    from tests.support.consumers import consumer_env, drain, start_consumer, stop_consumer, wait_for
     from workers.laravel import decode_payload
 
     files = [f for f in all_testdata_files(shared_testdata)]

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image, ImageCms
 
-from tests import image_quality
+from tests.support import image_quality
 from workers import db
 from workers.media import imaging, resample
 from workers.jobs import Context, JobFailed

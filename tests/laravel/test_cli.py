@@ -11,7 +11,7 @@ import sys
 from workers.laravel import decode_payload, queue_key
 from workers.laravel.cli import add_subcommands, inspect_cmd, payload_cmd, queue_key_cmd
 
-from .conftest import APP_KEY, ROOT
+from tests.support.php import APP_KEY, ROOT
 
 GEO = "App\\Jobs\\GeolocationProcessJob"
 

@@ -13,7 +13,7 @@ from workers.laravel import (
     next_chain_message, payload_for_command, php_json_encode, loads,
 )
 
-from .conftest import APP_KEY, CLASSES, needs_php, run_oracle
+from tests.support.php import APP_KEY, CLASSES, needs_php, run_oracle
 
 GEO = "App\\Jobs\\GeolocationProcessJob"
 META = "App\\Jobs\\MetadataProcessJob"

@@ -11,7 +11,7 @@ from workers.laravel import (
     PhpJsonError, php_array_union, php_json_encode, queue_key, queue_key_json,
 )
 
-from .conftest import needs_php, run_oracle
+from tests.support.php import needs_php, run_oracle
 
 GEO = "App\\Jobs\\GeolocationProcessJob"
 
@@ -132,7 +132,7 @@ def test_queue_key_matches_php_on_10000_random_arrays(tmp_path):
 
 @needs_php
 def test_php_json_encode_unescaped_unicode_matches_php(tmp_path):
-    from .conftest import php_run
+    from tests.support.php import php_run
 
     r = random.Random(5)
     values = [_rand_map(r) for _ in range(2000)]

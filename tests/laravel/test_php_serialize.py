@@ -13,7 +13,7 @@ from workers.laravel import (
     PhpEnum, PhpObject, PhpRef, PhpSerializeError, dumps, format_php_float, loads,
 )
 
-from .conftest import needs_php, php_run
+from tests.support.php import needs_php, php_run
 
 VECTORS = [
     (None, b"N;"),

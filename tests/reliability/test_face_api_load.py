@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.face_api.service import start_face_api, worker_pids
-from tests.reliability.photos import make_sources
+from tests.support.face_api import start_face_api, worker_pids
+from tests.support.photos import make_sources
 
 CLIENTS = 32
 SECONDS = 60

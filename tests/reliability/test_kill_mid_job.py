@@ -15,9 +15,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.face_api import service as face_service
-from tests.reliability.photos import make_sources
-from tests.runtime.consumers import (
+from tests.support import face_api as face_service
+from tests.support.photos import make_sources
+from tests.support.consumers import (
     consumer_env, log_lines, queue_depth, start_consumer, stop_consumer, wait_for,
 )
 from workers.queue import broker, dedup

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.face_api import service as face_service
-from tests.fake_nominatim import FakeNominatim
-from tests.reliability.photos import make_sources
-from tests.runtime.consumers import Supervised, consumer_env, queue_depth
+from tests.support import face_api as face_service
+from tests.support.nominatim import FakeNominatim
+from tests.support.photos import make_sources
+from tests.support.consumers import Supervised, consumer_env, queue_depth
 from workers.queue import broker, dedup
 from workers import db
 from workers.media import exif

@@ -5,12 +5,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.runtime import handlers
-from tests.runtime.consumers import consumer_env, start_consumer, stop_consumer
+from tests.support import handlers
+from tests.support.consumers import HANDLERS, consumer_env, start_consumer, stop_consumer
 
-JOB = "App\\Jobs\\MetadataProcessJob"
-HANDLERS = {JOB: "tests.runtime.handlers:handle",
-            "App\\Jobs\\GeolocationProcessJob": "tests.runtime.handlers:handle"}
 
 
 @dataclass

@@ -6,21 +6,17 @@ import time
 
 import sqlalchemy as sa
 
-from tests.runtime import handlers
-from tests.runtime.conftest import JOB
-from tests.runtime.consumers import (drain, log_lines, publish_body, publish_job, queue_depth, stop_consumer,
+from tests.support import handlers
+from tests.support.database import failed_rows
+from tests.support.consumers import JOB
+from tests.support.consumers import (drain, log_lines, publish_body, publish_job, queue_depth, stop_consumer,
                                      wait_for, wait_for_log)
 from workers import db
 from workers.laravel import JobClass, build_chain_payload, decode_payload, queue_key
 from workers.queue.locks import DatabaseLock
-from workers.schema import failed_jobs, queues
+from workers.schema import queues
 
 GEO = "App\\Jobs\\GeolocationProcessJob"
-
-
-def failed_rows(engine):
-    with engine.connect() as c:
-        return c.execute(sa.select(failed_jobs).order_by(failed_jobs.c.id)).all()
 
 
 def add_dedup_row(engine, cls, data) -> str:
@@ -261,7 +257,7 @@ def test_sqlite_database(rt, sqlite_url):
 def test_metrics_port(rt):
     import urllib.request
 
-    from tests.services import free_port
+    from tests.support.services import free_port
     port = free_port()
     p = rt.start(metrics_port=port)
     publish_job(rt.amqp_url, JOB, {"image_id": 16}, rt.queue)

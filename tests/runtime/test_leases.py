@@ -8,12 +8,12 @@ import time
 
 import sqlalchemy as sa
 
-from tests.runtime import handlers
-from tests.runtime.conftest import JOB
-from tests.runtime.consumers import (
+from tests.support import handlers
+from tests.support.consumers import JOB
+from tests.support.consumers import (
     log_lines, publish_body, publish_job, queue_depth, wait_for, wait_for_log,
 )
-from tests.runtime.test_consumer import failed_rows
+from tests.support.database import failed_rows
 from workers.queue.locks import DatabaseLock
 from workers.schema import cache_locks
 

@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.runtime import handlers
-from tests.runtime.conftest import JOB
-from tests.runtime.consumers import log_lines, publish_job, wait_for_log
-from tests.runtime.test_consumer import failed_rows
+from tests.support import handlers
+from tests.support.consumers import JOB
+from tests.support.consumers import log_lines, publish_job, wait_for_log
+from tests.support.database import failed_rows
 from workers.schema import failed_jobs
 
 SCRIPT = Path(__file__).parent / "php" / "amqp.php"

@@ -6,11 +6,11 @@ import time
 
 import sqlalchemy as sa
 
-from tests.runtime import handlers
-from tests.runtime.conftest import JOB
-from tests.runtime.consumers import (Supervised, log_lines, publish_job, queue_depth, stop_consumer, wait_for,
+from tests.support import handlers
+from tests.support.consumers import JOB
+from tests.support.consumers import (Supervised, log_lines, publish_job, queue_depth, stop_consumer, wait_for,
                                      wait_for_log)
-from tests.runtime.test_consumer import failed_rows
+from tests.support.database import failed_rows
 
 
 def test_heartbeats_flow_while_a_long_job_runs(rt):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from tests.services import PROJECT_ROOT
+from tests.support.services import PROJECT_ROOT
 
 
 def _oracle_entries() -> set[str]:

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent   # the checkout under test
+PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the checkout under test
 
 
 def free_port() -> int:
@@ -26,7 +26,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(check, timeout: float, what: str) -> None:
+def wait_for(check, timeout: float = 30, what: str = "condition", proc=None) -> None:
+    """Poll `check` until it returns true; an exception it raises counts as "not yet" (a server
+    still starting) and is reported if the time runs out, with `proc`'s output when given."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -35,8 +37,12 @@ def wait_for(check, timeout: float, what: str) -> None:
                 return
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
             last = exc
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} not ready after {timeout}s: {last}")
+        time.sleep(0.05)
+    detail = f": {last!r}" if last is not None else ""
+    if proc is not None:
+        detail += (f"\nstdout:\n{Path(proc.log_path).read_text()}"
+                   f"\nstderr:\n{Path(proc.err_path).read_text()[-3000:]}")
+    raise AssertionError(f"timed out waiting for {what} after {timeout}s{detail}")
 
 
 def _port_open(port: int) -> bool:

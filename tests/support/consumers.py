@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tests.support.services import wait_for  # noqa: F401 - the one wait_for, re-exported for the runtime tests
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The runtime tests' job class, and both classes routed to the scripted test handler.
+JOB = "App\\Jobs\\MetadataProcessJob"
+HANDLERS = {JOB: "tests.support.handlers:handle",
+            "App\\Jobs\\GeolocationProcessJob": "tests.support.handlers:handle"}
 
 
 def consumer_env(db_url: str, amqp_url: str, handlers: dict[str, str] | None = None, **settings) -> dict:
@@ -65,18 +71,6 @@ def log_lines(proc) -> list[dict]:
         except ValueError:
             pass
     return out
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30, what: str = "condition", proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    detail = ""
-    if proc is not None:
-        detail = f"\nstdout:\n{Path(proc.log_path).read_text()}\nstderr:\n{Path(proc.err_path).read_text()[-3000:]}"
-    raise AssertionError(f"timed out waiting for {what}{detail}")
 
 
 def wait_for_log(proc, pred: Callable[[dict], bool], count: int = 1, timeout: float = 30) -> list[dict]:

@@ -7,16 +7,21 @@ by other test suites.
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 
-from tests.services import (  # noqa: F401 - module global: tests patch it for same-port restarts
+from tests.support.services import (  # noqa: F401 - module global: tests patch it for same-port restarts
     free_port,
 )
 
@@ -91,3 +96,48 @@ def worker_pids(master_pid: int) -> set[int]:
         children = (task / "children").read_text().split()
         pids.update(int(p) for p in children)
     return pids
+
+
+TIMEOUT = 120
+
+
+def post_image(url, data: bytes, name="photo.jpg"):
+    return httpx.post(url + "/encode", files={"image": (name, data, "application/octet-stream")},
+                      timeout=TIMEOUT)
+
+
+def assert_json_4xx(r, *statuses):
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    if statuses:
+        assert r.status_code in statuses, (r.status_code, r.text[:300])
+    body = r.json()
+    assert isinstance(body["detail"], str) and "\n" not in body["detail"] and body["detail"]
+
+
+def _png_with_size(width, height) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def synthetic_bad_inputs():
+    obama = (FACES / "obama.jpg").read_bytes()
+    return {
+        "empty": b"",
+        "truncated_jpeg": obama[: len(obama) // 2],
+        "jpeg_header_only": obama[:600],
+        "text": b"hello, I am not an image\n" * 20,
+        "bomb_png": _png_with_size(60000, 60000),
+        "over_budget_png": _png_with_size(8000, 6000),   # 48 MP > the 40 MP test budget
+        "zero_png": _png_with_size(0, 0),
+        "random": np.random.default_rng(1).bytes(5000),
+    }
+
+
+def all_testdata_files():
+    return sorted(p for p in TESTDATA.rglob("*") if p.is_file())
