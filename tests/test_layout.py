@@ -103,3 +103,20 @@ def test_no_test_imports_another_test_module_and_benches_import_only_test_suppor
             for m in imports(path, top_level_only=False):
                 if m.startswith("tests.") and not m.startswith("tests.support"):
                     raise AssertionError(f"{path.relative_to(ROOT)} imports {m}")
+
+
+def test_every_exception_of_workers_has_the_one_root():
+    import importlib
+    import inspect
+
+    from workers.errors import PipelineError
+    strays = []
+    for name in modules("workers"):
+        if name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        for cls in vars(module).values():
+            if (inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == name
+                    and not issubclass(cls, PipelineError)):
+                strays.append(f"{name}.{cls.__name__}")
+    assert strays == []

@@ -6,7 +6,8 @@ policy to a verdict, the CLI to one line and exit status 2).
     ├── JobFailed          permanent: failed_jobs at once, no retry (bad data, corrupt file)
     ├── JobReleased        later, no attempt counted (rate-limit pause, lock held elsewhere)
     ├── SettingsError      a setting that cannot work, in one line naming the variable
-    └── the rooms' own: ImageError, ExifError, GeocoderError, FaceApiError, FolderError, ...
+    ├── laravel.WireFormatError   what PHP would not have written (payload, serialize, JSON, key)
+    └── the rooms' own: ImageError, ExifToolDied, NominatimError, FaceApiError, FolderError, ...
 """
 from __future__ import annotations
 

@@ -33,12 +33,14 @@ from .payload import (
     payload_for_command,
     to_jsonable,
 )
+from .errors import WireFormatError
 from .php_json import PhpJsonError, php_array_union, php_json_encode, queue_key, queue_key_json
 from .php_serialize import (
     PhpEnum, PhpObject, PhpRef, PhpSerializeError, dumps, format_php_float, loads,
 )
 
 __all__ = [
+    "WireFormatError",
     "DecryptError", "MissingAppKeyError", "parse_app_key",
     "DEFAULT_PROFILE", "PROFILES", "ChainedJob", "DecodedJob", "JobClass", "OutgoingMessage", "PayloadError",
     "Profile", "attempts_from_headers", "build_chain_payload", "build_payload", "decode_payload", "describe",

@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.exceptions import InvalidTag
+from .errors import WireFormatError
 
 __all__ = ["DecryptError", "MissingAppKeyError", "parse_app_key", "parse_key_list", "decrypt", "encrypt"]
 
 
-class DecryptError(ValueError):
+class DecryptError(WireFormatError):
     """The encrypted payload is malformed, its MAC/tag is wrong, or no key fits."""
 
 

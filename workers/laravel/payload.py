@@ -24,6 +24,7 @@ from .php_json import PhpJsonError, php_json_encode
 from .php_serialize import (
     PROTECTED, PUBLIC, PhpObject, PhpSerializeError, dumps, format_php_float, loads,
 )
+from .errors import WireFormatError
 
 __all__ = [
     "PayloadError",
@@ -49,7 +50,7 @@ __all__ = [
 CALL_QUEUED_HANDLER = "Illuminate\\Queue\\CallQueuedHandler@call"
 
 
-class PayloadError(ValueError):
+class PayloadError(WireFormatError):
     """The message body is not a Laravel job payload we can decode (or cannot be built)."""
 
 

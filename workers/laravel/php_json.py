@@ -13,11 +13,12 @@ import math
 from typing import Any, Mapping
 
 from .php_serialize import INT64_MAX, INT64_MIN, PhpSerializeError, format_php_float, php_array_key
+from .errors import WireFormatError
 
 __all__ = ["PhpJsonError", "php_json_encode", "php_array", "php_array_union", "queue_key", "queue_key_json"]
 
 
-class PhpJsonError(ValueError):
+class PhpJsonError(WireFormatError):
     """A value PHP's json_encode would refuse (invalid UTF-8, NAN/INF, unsupported type)."""
 
 

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from .errors import WireFormatError
 
 __all__ = [
     "PhpSerializeError",
@@ -48,7 +49,7 @@ DEFAULT_MAX_ITEMS = 2_000_000
 DEFAULT_MAX_LENGTH = 256 * 1024 * 1024
 
 
-class PhpSerializeError(ValueError):
+class PhpSerializeError(WireFormatError):
     """Malformed, unsupported or over-limit serialized data (``offset`` = byte position)."""
 
     def __init__(self, message: str, offset: int | None = None):
