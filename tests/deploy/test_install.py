@@ -143,7 +143,7 @@ def copy_checkout(dest: Path) -> Path:
     dest.mkdir()
     for rel in ("install.sh", "requirements.txt", "requirements-nodeps.txt", "pyproject.toml", "README.md"):
         shutil.copy2(PROJECT_ROOT / rel, dest / rel)
-    for pkg in ("workers", "face_api", "scripts"):
+    for pkg in ("workers", "face_api", "etc", "scripts"):
         shutil.copytree(PROJECT_ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
