@@ -319,7 +319,7 @@ def cmd_process(args) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     started = time.monotonic()
     settings = embedded_settings(photo_dir, args.db)
-    from face_api.startup import settings_or_exit   # the in-process engine's settings, checked now
+    from face_api.engine import settings_or_exit   # the in-process engine's settings, checked now
     settings_or_exit(check_paths=False, program="photo-pipeline process")
     try:
         summary = process(photo_dir, settings, args.workers, progress=not args.no_progress)

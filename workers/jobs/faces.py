@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 import sqlalchemy as sa
+from face_api.engine import box_iou as iou   # [top, right, bottom, left] boxes, as the API answers
 
 from workers import db as dbmod
 from workers.faces import filing
@@ -44,15 +45,6 @@ def handle(ctx: Context, data: dict) -> list:
     # approvals changed since this worker's last pass: file a bounded batch of older faces too
     filing.auto_rematch(ctx.db, ctx.engine, ctx.settings, exclude_image=image_id)
     return []
-
-
-def iou(a, b) -> float:
-    """Intersection over union of two [top, right, bottom, left] boxes."""
-    t1, r1, b1, l1 = a
-    t2, r2, b2, l2 = b
-    inter = max(0, min(r1, r2) - max(l1, l2)) * max(0, min(b1, b2) - max(t1, t2))
-    union = (r1 - l1) * (b1 - t1) + (r2 - l2) * (b2 - t2) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _box(value) -> list[int] | None:
