@@ -20,8 +20,8 @@ Sections (all in one run, one thread, photos one after another; CPU s = process_
 5. profile: where the YuNet path's CPU goes per photo of the same mix, stage by stage (decode,
    resize, YuNet's passes, the second look, landmarks + ResNet, the debug JPEG the API writes).
 6. runtimes: CPU per call of each network under PHOTO_FACE_RUNTIME=native (yuface's YuNet,
-   dlib's ResNet) and onnxruntime (the same weights rebuilt: face_api/detectors/yunet_onnx.py,
-   face_api/resnet.py), and the resident memory each rebuilt network adds to a process.
+   dlib's ResNet) and onnxruntime (the same weights rebuilt: face_api/networks/yunet_onnx.py,
+   face_api/networks/resnet.py), and the resident memory each rebuilt network adds to a process.
    (The truth and mix sections measure the engine as the environment sets it: run them again
    with PHOTO_FACE_RUNTIME=native for the whole pipeline on the native code.)
 
