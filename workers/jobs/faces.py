@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 import sqlalchemy as sa
-from face_api.engine import box_iou as iou   # [top, right, bottom, left] boxes, as the API answers
+from face_api import engine as face_engine   # its box_iou: [top, right, bottom, left], as the API answers
 
 from workers import db as dbmod
 from workers.faces import filing
@@ -77,7 +77,7 @@ def store_faces(conn: sa.Connection, engine: sa.Engine, settings: Settings, imag
 
     kept_boxes = [b for b in (_box(r.location) for r in reviewed) if b]
     fresh = [(i, enc, box) for i, (enc, box) in enumerate(detections)
-             if not (box and any(iou(box, k) >= OVERLAP_IOU for k in kept_boxes))]
+             if not (box and any(face_engine.box_iou(box, k) >= OVERLAP_IOU for k in kept_boxes))]
 
     decisions: list[Decision] = []
     if fresh:
