@@ -53,7 +53,7 @@ def _encode(path: Path) -> dict:
 
 
 def load(people_dir: Path = DEFAULT_PEOPLE, cache: Path = CACHE, verbose: bool = False) -> PeopleSet:
-    from workers.jobs.faces import iou
+    from face_api.boxes import iou
     identities = json.loads((people_dir / "identities.json").read_text())
     boxes = json.loads((people_dir / "boxes.json").read_text())
     lookalikes = [tuple(p) for p in json.loads((people_dir / "lookalikes.json").read_text())]

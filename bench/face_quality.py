@@ -20,8 +20,8 @@ Sections (all in one run, one thread, photos one after another; CPU s = process_
 5. profile: where the YuNet path's CPU goes per photo of the same mix, stage by stage (decode,
    resize, YuNet's passes, the second look, landmarks + ResNet, the debug JPEG the API writes).
 6. runtimes: CPU per call of each network under PHOTO_FACE_RUNTIME=native (yuface's YuNet,
-   dlib's ResNet) and onnxruntime (the same weights rebuilt: face_api/detectors/yunet_onnx.py,
-   face_api/resnet.py), and the resident memory each rebuilt network adds to a process.
+   dlib's ResNet) and onnxruntime (the same weights rebuilt: face_api/networks/yunet_onnx.py,
+   face_api/networks/resnet.py), and the resident memory each rebuilt network adds to a process.
    (The truth and mix sections measure the engine as the environment sets it: run them again
    with PHOTO_FACE_RUNTIME=native for the whole pipeline on the native code.)
 
@@ -45,7 +45,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import groundtruth as gt  # noqa: E402  (puts the repository first on sys.path)
 from face_api import engine  # noqa: E402
-from face_api.detectors import calibration, filters, yunet  # noqa: E402
+from face_api.boxes import trim as trim_box  # noqa: E402
+from face_api.detectors import calibration, filters, hog, yunet  # noqa: E402
 from face_api.imaging import open_photo  # noqa: E402
 from face_api.settings import Settings  # noqa: E402
 
@@ -159,17 +160,17 @@ def _photos_beside_truth() -> list[Path]:
 
 def box_pairs(paths, scale: int = gt.ORIGINAL_SCALES[0]):
     """Per photo: the image at `scale` and (YuNet candidate, HOG box) pairs of the same face."""
-    models = engine.load_models()
+    engine.load_models()
     for path in paths:
         try:
             img = load(path.read_bytes()).scaled(scale)
         except Exception:  # the exif/ corpus has broken files on purpose
             continue
-        hog = engine.face_locations(img, 1, models)
+        hog_boxes = hog.face_locations(img, 1)
         kept = [c for c in yunet.candidates(img, 0)
                 if filters.keep(img, c, 0.5, 0.5, yunet.run)]
         pairs = []
-        for box in hog:
+        for box in hog_boxes:
             best = max(kept, key=lambda c: gt.iou(calibration.hog_box(c, img.shape), box), default=None)
             if best is not None and gt.iou(calibration.hog_box(best, img.shape), box) >= gt.MATCH_IOU:
                 pairs.append((best, box))
@@ -179,7 +180,7 @@ def box_pairs(paths, scale: int = gt.ORIGINAL_SCALES[0]):
 def yunets_own_box(c, shape) -> tuple[int, int, int, int]:
     """YuNet's box as it draws it (taller than wide, forehead included), clamped."""
     x, y, w, h = c.box
-    return (max(0, round(y)), min(shape[1], round(x + w)), min(shape[0], round(y + h)), max(0, round(x)))
+    return trim_box((round(y), round(x + w), round(y + h), round(x)), shape)
 
 
 def encoding_distances(pairs_by_photo, box_of, landmarks=None) -> tuple[list[float], list[float]]:
@@ -383,8 +384,7 @@ def runtimes_section(truth) -> None:
     import dlib
     from PIL import Image
 
-    from face_api import resnet
-    from face_api.detectors import yunet_onnx
+    from face_api.networks import resnet, yunet_onnx
     from face_api.memory import release_freed
 
     models = engine.load_models()
@@ -414,7 +414,7 @@ def runtimes_section(truth) -> None:
     native, ours, faces = [], [], 0
     for t in list(truth.values())[:8]:
         img = np.ascontiguousarray(np.asarray(Image.open(t.path).convert("RGB")))
-        for top, right, bottom, left in engine.face_locations(img, 1, models):
+        for top, right, bottom, left in hog.face_locations(img, 1):
             shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
             native.append(_best_cpu(models.encoder.compute_face_descriptor, img, shape, 1, repeat=2))
             chip = dlib.get_face_chip(img, shape, resnet.CHIP_SIZE, resnet.CHIP_PADDING)[None]

@@ -36,6 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):  # run as a script: the face_api package, not bench/face_api.py
     sys.path.insert(0, str(ROOT))
+from face_api.boxes import iou  # noqa: E402  (one IoU, the service's)
+
 MATCH_IOU = 0.3
 ORIGINAL_SCALES = (1200, 1600, 2000)
 OPTIONAL_TAG = "uncertain"
@@ -85,15 +87,6 @@ def load_truth(directory: Path | None = None) -> dict[str, PhotoTruth]:
 
 
 # ------------------------------------------------------------------ matching
-
-def iou(a: Sequence[int], b: Sequence[int]) -> float:
-    top, right, bottom, left = a
-    top2, right2, bottom2, left2 = b
-    inter = (max(0, min(right, right2) - max(left, left2))
-             * max(0, min(bottom, bottom2) - max(top, top2)))
-    union = (right - left) * (bottom - top) + (right2 - left2) * (bottom2 - top2) - inter
-    return inter / union if union > 0 else 0.0
-
 
 def _greedy(truth_boxes: dict[int, Box], boxes: dict[int, Box]) -> dict[int, int]:
     """{truth index: detection index}, one-to-one, highest IoU first, IoU >= MATCH_IOU."""
@@ -272,11 +265,12 @@ def _original_loop(rgb_at: Callable[[int], np.ndarray], width: int, height: int,
     """The original server's loop: HOG (upsample 1) per scale until faces are found, encodings on
     the image that found them, boxes mapped back to the photo's pixels."""
     from face_api import engine
+    from face_api.detectors import hog
 
     boxes, img, used = [], None, None
     for scale in scales:
         img = rgb_at(scale)
-        boxes = engine.face_locations(img, upsample=1)
+        boxes = hog.face_locations(img, upsample=1)
         if boxes:
             used = scale
             break

@@ -4,6 +4,12 @@ POST /encode   multipart `image`, or `path` (form field or JSON) under the stora
 POST /compare  {"encoding": [128], "known_encodings": [[128], ...]} -> {"distances": [...]}
 GET  /health   {"status": "ok", "mode": "cpu", ...}; 503 until the models are loaded
 GET  /metrics  Prometheus
+
+`create_app(settings)` builds the app. Importing this module does no work: `face_api.app:app`,
+the name gunicorn and uvicorn are given, is built when a server first asks for it. Building it
+checks the settings (a bad one ends the process with one line and status 2, under any server)
+and loads the models (PHOTO_LOAD_MODELS_AT_IMPORT=0: in the background at start-up instead):
+under gunicorn's preload that happens once in the master and the forked workers share the pages.
 """
 from __future__ import annotations
 
@@ -28,37 +34,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import engine, metrics
 from .auth import BearerTokenMiddleware
-from .imaging import ImageError, PathDenied, open_photo, read_limited, resolve_under_roots
-from .memory import IdleTrimmer
 from .detectors import describe as describe_detector
-from .startup import settings_or_exit
+from .errors import FaceApiError, ImageError, PathDenied
+from .imaging import read_limited, resolve_under_roots
+from .memory import IdleTrimmer
+from .settings import Settings, settings_or_exit
 
 log = logging.getLogger("face_api")
-# Bad settings end the process with one line and status 2 under any server (gunicorn.conf.py
-# checks them once more in the master, before forking).
-settings = settings_or_exit()
-
-# Models are loaded at import: under gunicorn preload_app=True this happens once in the master
-# and the forked workers share the pages. Set PHOTO_LOAD_MODELS_AT_IMPORT=0 to load at startup.
-if os.environ.get("PHOTO_LOAD_MODELS_AT_IMPORT", "1") != "0":
-    engine.prepare(settings)
-
-# Photos processed at once by this worker. The engine is thread-safe (a HOG detector per call,
-# the ResNet behind a lock) and dlib releases the GIL, so each slot uses a core; the bound keeps
-# memory predictable (Starlette's thread pool has 40 threads).
-_engine_threads = settings.face_threads
-_engine_slots = threading.BoundedSemaphore(_engine_threads)
-
-
-def set_engine_slots(n: int) -> None:
-    global _engine_slots, _engine_threads
-    _engine_threads = max(1, int(n))
-    _engine_slots = threading.BoundedSemaphore(_engine_threads)
 
 
 class ApiError(Exception):
     def __init__(self, status: int, reason: str):
         self.status, self.reason = status, " ".join(str(reason).split())[:300]
+
+
+def _status(exc: FaceApiError) -> int | None:
+    """The HTTP status a face API error is answered with (None: an internal error)."""
+    if isinstance(exc, ImageError):
+        return exc.status          # the decoder knows: 413 too large, 415 not an image, ...
+    if isinstance(exc, PathDenied):
+        return 403
+    return None
 
 
 def _error(status: int, reason: str) -> JSONResponse:
@@ -112,45 +108,109 @@ class _TooLarge(Exception):
     pass
 
 
-app = FastAPI(title="face_api", version="2.0")
-app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
-app.add_middleware(BearerTokenMiddleware, token=settings.face_api_token)  # outside the body limit
 
 
-@app.middleware("http")
-async def _metrics_middleware(request: Request, call_next):
-    started = time.monotonic()
-    endpoint = request.url.path if request.url.path in ("/encode", "/compare", "/health", "/metrics") else "other"
-    try:
-        response = await call_next(request)
-    except Exception:  # never a stack trace to the client
-        log.exception("unhandled error on %s", request.url.path)
-        response = _error(500, "internal error")
-    metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
-    metrics.LATENCY.labels(endpoint).observe(time.monotonic() - started)
-    return response
+class Service:
+    """What the routes share in one app: the settings, the bound on photos computed at once and
+    the idle memory trimmer."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.set_engine_slots(settings.face_threads)
+        self.idle_trimmer = IdleTrimmer(settings.memory_trim_idle_seconds)
+
+    def set_engine_slots(self, n: int) -> None:
+        # Photos processed at once by this worker. The engine is thread-safe (a HOG detector per
+        # call, the ResNet behind a lock) and dlib releases the GIL, so each slot uses a core; the
+        # bound keeps memory predictable (Starlette's thread pool has 40 threads).
+        self.engine_threads = max(1, int(n))
+        self.engine_slots = threading.BoundedSemaphore(self.engine_threads)
+
+    def start_loading_models(self) -> None:
+        """Load the models in the background if building the app did not; /health answers 503
+        "loading" meanwhile."""
+        if not engine.models_loaded():
+            threading.Thread(target=engine.prepare, args=(self.settings,), daemon=True).start()
+
+    def encode(self, data: bytes, name: str | None) -> dict:
+        with self.idle_trimmer:
+            return self._encode_photo(data, name)
+
+    def _encode_photo(self, data: bytes, name: str | None) -> dict:
+        settings = self.settings
+        result = engine.encode_photo(data, settings, name=name, admission=self.engine_slots)
+        response = result.as_dict()
+        response["debug_image_path"] = None
+        if settings.debug_images:
+            digest = hashlib.blake2b(data, digest_size=10).hexdigest()
+            try:
+                response["debug_image_path"] = _write_debug_image(settings, digest, result)
+            except OSError as exc:
+                log.warning("debug image not written: %s", exc)
+        metrics.FACES.inc(len(result.locations))
+        metrics.PHOTOS.labels("faces" if result.locations else "no_face").inc()
+        return response
 
 
-@app.exception_handler(ApiError)
-async def _api_error(request, exc: ApiError):
-    return _error(exc.status, exc.reason)
+def create_app(settings: Settings | None = None, load_models: bool | None = None) -> FastAPI:
+    """The face API for `settings` (default: the environment's, checked: one line and exit 2).
+    `load_models` (default: PHOTO_LOAD_MODELS_AT_IMPORT, on) loads the models now."""
+    if settings is None:
+        settings = settings_or_exit()
+    if load_models is None:
+        load_models = os.environ.get("PHOTO_LOAD_MODELS_AT_IMPORT", "1") != "0"
+    if load_models:
+        engine.prepare(settings)
+    service = Service(settings)
+    app = FastAPI(title="face_api", version="2.0")
+    app.state.service = service
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BearerTokenMiddleware, token=settings.face_api_token)  # outside the body limit
+    _add_error_handling(app)
+    _add_routes(app, service)
+    return app
 
 
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request, exc: RequestValidationError):
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return _error(422, f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request"))
+def _add_error_handling(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _metrics_middleware(request: Request, call_next):
+        started = time.monotonic()
+        endpoint = request.url.path if request.url.path in ("/encode", "/compare", "/health", "/metrics") else "other"
+        try:
+            response = await call_next(request)
+        except Exception:  # never a stack trace to the client
+            log.exception("unhandled error on %s", request.url.path)
+            response = _error(500, "internal error")
+        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        metrics.LATENCY.labels(endpoint).observe(time.monotonic() - started)
+        return response
 
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return _error(exc.status, exc.reason)
 
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request, exc: StarletteHTTPException):
-    return _error(exc.status_code, exc.detail)
+    @app.exception_handler(FaceApiError)
+    async def _face_api_error(request, exc: FaceApiError):
+        status = _status(exc)
+        if status is None:      # e.g. the model files vanished: the operator's log, not the client's
+            log.error("error on %s", request.url.path, exc_info=exc)
+            return _error(500, "internal error")
+        return _error(status, getattr(exc, "reason", None) or str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        return _error(exc.status_code, exc.detail)
 
 
 # ---------------------------------------------------------------- /encode
 
-async def _read_request(request: Request) -> tuple[bytes, str | None]:
+async def _read_request(request: Request, settings: Settings) -> tuple[bytes, str | None]:
     """Photo bytes and a name, from multipart `image`, or `path` in a form or JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     path = None
@@ -185,20 +245,16 @@ async def _read_request(request: Request) -> tuple[bytes, str | None]:
     if not isinstance(path, str) or not path.strip():
         raise ApiError(422, "`path` must be a non-empty string")
     try:
-        real = resolve_under_roots(path, settings.storage_root)
-    except PathDenied as exc:
-        raise ApiError(403, str(exc))
+        real = resolve_under_roots(path, settings.storage_root)   # PathDenied: 403
     except FileNotFoundError as exc:
         raise ApiError(404, str(exc))
     try:
-        return read_limited(real, settings.max_upload_bytes), real.name
-    except ImageError as exc:
-        raise ApiError(exc.status, exc.reason)
+        return read_limited(real, settings.max_upload_bytes), real.name   # ImageError: its status
     except OSError as exc:
         raise ApiError(404, f"cannot read file: {exc.strerror or exc}")
 
 
-def _write_debug_image(data_hash: str, result: engine.EncodeResult) -> str | None:
+def _write_debug_image(settings: Settings, data_hash: str, result: engine.EncodeResult) -> str | None:
     img = result.detection_image
     if img is None:
         return None
@@ -230,44 +286,6 @@ def _write_debug_image(data_hash: str, result: engine.EncodeResult) -> str | Non
     return str(final)
 
 
-_idle_trimmer = IdleTrimmer(settings.memory_trim_idle_seconds)
-
-
-def _encode(data: bytes, name: str | None) -> dict:
-    with _idle_trimmer:
-        return _encode_photo(data, name)
-
-
-def _encode_photo(data: bytes, name: str | None) -> dict:
-    photo = open_photo(data, settings.max_pixels, draft=settings.face_draft_decode, name=name)
-    with _engine_slots:
-        result = engine.encode_image(photo, settings)
-    response = result.as_dict()
-    response["debug_image_path"] = None
-    if settings.debug_images:
-        digest = hashlib.blake2b(data, digest_size=10).hexdigest()
-        try:
-            response["debug_image_path"] = _write_debug_image(digest, result)
-        except OSError as exc:
-            log.warning("debug image not written: %s", exc)
-    metrics.FACES.inc(len(result.locations))
-    metrics.PHOTOS.labels("faces" if result.locations else "no_face").inc()
-    return response
-
-
-@app.post("/encode")
-async def encode(request: Request):
-    if not engine.models_loaded():
-        raise ApiError(503, "models are not loaded yet")
-    data, name = await _read_request(request)
-    try:
-        return await run_in_threadpool(_encode, data, name)
-    except ImageError as exc:
-        raise ApiError(exc.status, exc.reason)
-    except MemoryError:
-        raise ApiError(413, "image too large to process")
-
-
 # ---------------------------------------------------------------- /compare
 
 class CompareRequest(BaseModel):
@@ -293,40 +311,62 @@ def _check_vector(v: list[float], what: str) -> list[float]:
     return v
 
 
-@app.post("/compare")
-async def compare(body: CompareRequest):
-    distances = engine.face_distance(body.known_encodings, body.encoding)
-    return {"distances": [float(d) for d in distances]}
+
+# ---------------------------------------------------------------- the routes
+
+def _add_routes(app: FastAPI, service: Service) -> None:
+    settings = service.settings
+
+    @app.post("/encode")
+    async def encode(request: Request):
+        if not engine.models_loaded():
+            raise ApiError(503, "models are not loaded yet")
+        data, name = await _read_request(request, settings)
+        try:
+            return await run_in_threadpool(service.encode, data, name)
+        except MemoryError:
+            raise ApiError(413, "image too large to process")
+
+    @app.post("/compare")
+    async def compare(body: CompareRequest):
+        distances = engine.face_distance(body.known_encodings, body.encoding)
+        return {"distances": [float(d) for d in distances]}
+
+    @app.get("/health")
+    async def health():
+        if not engine.models_loaded():
+            return JSONResponse({"status": "loading", "mode": "cpu"}, status_code=503)
+        models = engine.load_models()
+        return {
+            "status": "ok",
+            "mode": "cpu",
+            "pid": os.getpid(),
+            **describe_detector(settings.face_detector),  # detector, detector_package, _version
+            "upsample": settings.face_upsample,
+            "scales": settings.face_scales,
+            "jitters": settings.face_jitters,
+            "rescan": "every level" if settings.face_full_rescan else f"new levels + {settings.face_rescan_overlap}",
+            "skip_covered_scales": settings.face_skip_covered_scales,
+            "draft_decode": settings.face_draft_decode,
+            "threads": service.engine_threads,
+            "landmarks": "5-point",
+            **_runtimes(settings, models),
+            "models": models.files.describe(),
+            "versions": {"dlib": dlib.__version__, "numpy": np.__version__, "pillow": Image.__version__},
+            "dlib_cuda": bool(getattr(dlib, "DLIB_USE_CUDA", False)),
+        }
+
+    @app.get("/metrics")
+    async def metrics_endpoint():
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.on_event("startup")
+    async def _load_on_startup():
+        service.start_loading_models()
 
 
-# ---------------------------------------------------------------- /health, /metrics
-
-@app.get("/health")
-async def health():
-    if not engine.models_loaded():
-        return JSONResponse({"status": "loading", "mode": "cpu"}, status_code=503)
-    models = engine.load_models()
-    return {
-        "status": "ok",
-        "mode": "cpu",
-        "pid": os.getpid(),
-        **describe_detector(settings.face_detector),  # detector, detector_package, _version
-        "upsample": settings.face_upsample,
-        "scales": settings.face_scales,
-        "jitters": settings.face_jitters,
-        "rescan": "every level" if settings.face_full_rescan else f"new levels + {settings.face_rescan_overlap}",
-        "skip_covered_scales": settings.face_skip_covered_scales,
-        "draft_decode": settings.face_draft_decode,
-        "threads": _engine_threads,
-        "landmarks": "5-point",
-        **_runtimes(models),
-        "models": models.files.describe(),
-        "versions": {"dlib": dlib.__version__, "numpy": np.__version__, "pillow": Image.__version__},
-        "dlib_cuda": bool(getattr(dlib, "DLIB_USE_CUDA", False)),
-    }
-
-
-def _runtimes(models) -> dict:
+def _runtimes(settings: Settings, models) -> dict:
     """What computes the networks (PHOTO_FACE_RUNTIME), and why not onnxruntime where it fell back."""
     networks = {"encoder": (models.onnx_encoder, "dlib")}
     if settings.face_detector == "yunet":
@@ -341,19 +381,32 @@ def _runtimes(models) -> dict:
     return out
 
 
-@app.get("/metrics")
-async def metrics_endpoint():
-    body, ctype = metrics.render()
-    return Response(body, media_type=ctype)
+# ---------------------------------------------------------------- the servers' entry point
+
+_app: FastAPI | None = None
+_app_lock = threading.Lock()
+
+
+def get_app() -> FastAPI:
+    """The app of `face_api.app:app`, built once per process from the environment's settings."""
+    global _app
+    with _app_lock:
+        if _app is None:
+            _app = create_app()
+        return _app
+
+
+def __getattr__(name: str):
+    if name == "app":      # `face_api.app:app`: gunicorn and uvicorn look the name up here
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def set_engine_slots(n: int) -> None:
+    """gunicorn.conf.py's post_fork: photos at once in this worker (gunicorn's `threads`)."""
+    get_app().state.service.set_engine_slots(n)
 
 
 def start_loading_models() -> None:
-    """Load the models in the background if the import did not (PHOTO_LOAD_MODELS_AT_IMPORT=0);
-    /health answers 503 "loading" meanwhile."""
-    if not engine.models_loaded():
-        threading.Thread(target=engine.prepare, args=(settings,), daemon=True).start()
-
-
-@app.on_event("startup")
-async def _load_on_startup():
-    start_loading_models()
+    """gunicorn.conf.py's post_worker_init: WSGI workers run no lifespan start-up event."""
+    get_app().state.service.start_loading_models()

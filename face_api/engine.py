@@ -1,69 +1,69 @@
-"""Face detection and encoding: pure functions over RGB numpy arrays (or a lazily decoded Photo).
+"""Face detection and encoding: the face API's one public entry, `encode_photo`.
 
-Same pipeline as ageitgey/face_recognition with the original server's multi-scale loop:
+The HTTP routes (app.py) and the workers' in-process engine both call `encode_photo(photo,
+settings)`; the workers import nothing else from face_api, so what they need besides is here too:
+`load_models` / `prepare` (models loaded once per process, before forking), the settings' error
+type and its one-line message, and the box IoU of the `locations` answered.
 
-    for scale in scales (1200, 1600, 2000):
-        img = photo scaled so its longer side is `scale` (never enlarged)
-        boxes = dlib HOG frontal face detector(img, upsample=1), clamped to the image
-        stop if faces were found, or if the photo is not larger than `scale`
-    encodings = dlib ResNet(img, 5-point landmarks(img, box), jitters=1)   # on the same img
+Same pipeline as ageitgey/face_recognition, with the detector PHOTO_FACE_DETECTOR picks
+(detectors/: HOG with the original server's multi-scale loop, or YuNet with its boxes redrawn
+like HOG's):
+
+    img, boxes = detector(photo)                        # boxes on the image of the pass
+    encodings = dlib ResNet(img, 5-point landmarks(img, box), jitters=1)
     locations = boxes mapped back to pixels of the (EXIF-oriented) photo
-
-PHOTO_FACE_DETECTOR=yunet replaces the scale loop with one YuNet pass whose boxes are redrawn
-like HOG's (face_api/detectors); its 5-point landmarks are averaged over the box's half-HOG-cell
-shifts (detectors/calibration.py), the encodings are computed the same way.
 
 What makes it cheaper than the original (each measured against the ground truth with
 bench/groundtruth.py, and on the library mix with bench/face_api.py; settings turn them off):
 - A photo is decoded for a pass at the smallest JPEG DCT size >= the pass's scale, then resized
   the way Pillow's thumbnail() does (imaging.py); encodings are computed on that image.
-- A later pass scans only the HOG pyramid levels that see faces smaller than any earlier pass could
-  (plus `face_rescan_overlap` levels); larger face sizes were already searched, and found nothing.
-  dlib's pyramid shrinks by 5/6 per level, so 1600 after 1200 needs 2 new levels, 2000 after 1600 2.
-- A middle scale is skipped when a larger one follows (`face_skip_covered_scales`): the larger
-  pass sees the same face sizes and more.
-- The ResNet (and YuNet) run in onnxruntime from the same weights (resnet.py, onnxgraph.py;
-  PHOTO_FACE_RUNTIME): the same encodings for ~1/11 of dlib's CPU.
+- HOG's later passes scan only the pyramid levels earlier ones could not (detectors/hog.py).
+- The ResNet (and YuNet) run in onnxruntime from the same weights (networks/; PHOTO_FACE_RUNTIME):
+  the same encodings for less CPU.
 
 Thread safety: every call builds its own HOG detector (dlib releases the GIL while detecting, so
 two threads use two cores); the landmark and ResNet models are shared behind a lock.
 
-`load_models()` loads the three dlib models once per process (call it before forking to share
-their pages); `encode_image(image, settings)` is the whole pipeline and is what the HTTP API
-and the embedded mode of the workers call.
+Importing this module loads neither dlib nor Pillow (they load with the models and the first
+photo): the workers import it in the HTTP mode too, for the IoU and the settings errors.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import dlib
 import numpy as np
-from PIL import Image
 
-from . import resnet
-from .detectors import calibration
-from .detectors.yunet import detect_yunet
-from .imaging import REDUCING_GAP, RESAMPLE
+from . import detectors
+from .boxes import iou as box_iou
+from .errors import FaceApiError, ImageError, SettingsError
 from .memory import release_freed
 from .models import ModelFiles, find_model_files
-from .onnxgraph import Rebuilt
+from .networks import resnet
+from .networks.onnxgraph import Rebuilt
+from .settings import Settings, get_settings, settings_error_line, settings_or_exit
+
+__all__ = [
+    "encode_photo", "EncodeResult", "load_models", "prepare", "models_loaded", "encoder_runtime",
+    "box_iou", "face_distance", "FaceApiError", "ImageError", "SettingsError",
+    "settings_error_line", "settings_or_exit",
+]
 
 
 @dataclass
 class Models:
-    detector_bytes: bytes               # the serialized HOG detector: detector() builds one per call
     shape_predictor: object
     encoder: object                     # dlib's ResNet
     files: ModelFiles
     load_seconds: float
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
-    # The same ResNet run by onnxruntime (resnet.py), built on first use (prepare() builds it
-    # before gunicorn forks); where it cannot be, dlib's is used.
+    # The same ResNet run by onnxruntime (networks/resnet.py), built on first use (prepare()
+    # builds it before gunicorn forks); where it cannot be, dlib's is used.
     onnx_encoder: Rebuilt[resnet.Encoder] | None = None
 
 
@@ -76,11 +76,15 @@ def load_models() -> Models:
     global _models
     with _models_lock:
         if _models is None:
+            import dlib
+
+            from .detectors import hog
+
             started = time.monotonic()
             files = find_model_files()
             encoder = dlib.face_recognition_model_v1(str(files.face_recognition))
+            hog.serialized()
             _models = Models(
-                detector_bytes=dlib.get_frontal_face_detector().__getstate__()[0],
                 shape_predictor=dlib.shape_predictor(str(files.shape_predictor_5)),
                 encoder=encoder,
                 files=files,
@@ -91,10 +95,10 @@ def load_models() -> Models:
         return _models
 
 
-def prepare(settings) -> Models:
+def prepare(settings: Settings) -> Models:
     """The models, and now (not at the first photo) the onnxruntime network `settings` use: under
     gunicorn's preload this runs once in the master and the forked workers share the result.
-    Building the graph frees ~50 MB that the workers would otherwise carry: given back here."""
+    Building the graph leaves freed memory the workers would otherwise carry: given back here."""
     models = load_models()
     if settings.face_runtime == "onnxruntime" and models.onnx_encoder is not None:
         models.onnx_encoder.get()
@@ -102,41 +106,10 @@ def prepare(settings) -> Models:
     return models
 
 
-def encoder_runtime(settings, models: Models | None = None) -> str:
+def encoder_runtime(settings: Settings, models: Models | None = None) -> str:
     """What computes the encodings under `settings`: "onnxruntime" or "dlib"."""
     rebuilt = (models or load_models()).onnx_encoder
     return rebuilt.runtime(settings.face_runtime, "dlib") if rebuilt is not None else "dlib"
-
-
-# In dlib's serialized scan_fhog_pyramid: window 80x80, max_pyramid_levels 1000, min layer 64x64
-# (each integer is a length byte then little-endian bytes).
-_LEVELS_FIELD = (b"\x01\x50\x01\x50", b"\x02\xe8\x03", b"\x01\x40\x01\x40")
-
-
-def detector(models: Models, levels: int | None = None):
-    """A fresh HOG detector scanning every pyramid level, or only the first `levels`.
-
-    Built per call from the serialized bytes (about 2 ms; get_frontal_face_detector() takes 0.5 s):
-    a dlib detector is not safe to share between threads and keeps the last image's feature
-    pyramid (tens of MB), so a cached one per thread would pin that memory in every thread."""
-    data = models.detector_bytes
-    if levels is not None and levels < 1000:  # 1000 is dlib's default: every level
-        head, old, tail = _LEVELS_FIELD
-        pattern = head + old + tail
-        if data.count(pattern) != 1:
-            raise ValueError("unexpected dlib detector layout; set PHOTO_FACE_FULL_RESCAN=1")
-        value = int(levels).to_bytes(4, "little").rstrip(b"\0") or b"\0"
-        data = data.replace(pattern, head + bytes([len(value)]) + value + tail)
-    built = dlib.fhog_object_detector.__new__(dlib.fhog_object_detector)
-    built.__setstate__((data,))  # what unpickling does: dlib's own deserialize, no file
-    return built
-
-
-def rescan_levels(scale: int, previous_scale: int, overlap: int) -> int:
-    """Pyramid levels (shrinking by 5/6 each) a pass at `scale` needs to see faces smaller than
-    the pass at `previous_scale` could, plus `overlap` levels of sizes already searched."""
-    new = math.ceil(math.log(scale / previous_scale) / math.log(6 / 5) - 1e-9)
-    return max(1, new + overlap)
 
 
 def models_loaded() -> bool:
@@ -145,33 +118,15 @@ def models_loaded() -> bool:
 
 # ---------------------------------------------------------------- building blocks (numpy in/out)
 
-def _trim(rect, shape) -> tuple[int, int, int, int]:
-    """dlib rectangle -> (top, right, bottom, left) clamped like face_recognition._trim_css_to_bounds."""
-    return (
-        max(rect.top(), 0),
-        min(rect.right(), shape[1]),
-        min(rect.bottom(), shape[0]),
-        max(rect.left(), 0),
-    )
-
-
-def face_locations(rgb: np.ndarray, upsample: int = 1, models: Models | None = None,
-                   grey: bool = False, levels: int | None = None) -> list[tuple[int, int, int, int]]:
-    """HOG face boxes as (top, right, bottom, left), same as face_recognition.face_locations.
-    `levels` limits the scan to the finest pyramid levels (the smallest faces)."""
-    models = models or load_models()
-    img = np.ascontiguousarray(rgb)
-    if grey and img.ndim == 3:
-        img = np.ascontiguousarray(np.asarray(Image.fromarray(img).convert("L")))
-    return [_trim(r, rgb.shape) for r in detector(models, levels)(img, upsample)]
-
-
 def face_encodings(rgb: np.ndarray, locations, jitters: int = 1, models: Models | None = None,
                    landmarks=None, runtime: str = "onnxruntime") -> list[np.ndarray]:
     """128-d encodings for the given boxes, same as face_recognition.face_encodings(model='small').
     `landmarks(img, box, predictor)` replaces dlib's one 5-point fit on the box (YuNet's path).
-    `runtime` "onnxruntime" runs dlib's ResNet in onnxruntime (resnet.py) when it was built and
-    jitters is 1 (dlib's jitter has its own random crops); "native" is the original's dlib call."""
+    `runtime` "onnxruntime" runs dlib's ResNet in onnxruntime (networks/resnet.py) when it was
+    built and jitters is 1 (dlib's jitter has its own random crops); "native" is the original's
+    dlib call."""
+    import dlib
+
     models = models or load_models()
     img = np.ascontiguousarray(rgb)
     shapes = []
@@ -221,6 +176,10 @@ class ArraySource:
         self.height, self.width = self.rgb.shape[:2]
 
     def scaled(self, max_side: int) -> np.ndarray:
+        from PIL import Image
+
+        from .imaging import REDUCING_GAP, RESAMPLE
+
         long_side = max(self.width, self.height)
         if long_side <= max_side:
             return self.rgb
@@ -246,80 +205,19 @@ class EncodeResult:
                 "width": self.width, "height": self.height}
 
 
-def _passes(long_side: int, scales: list[int], skip_covered: bool) -> list[int]:
-    """Scales to try, in order. A scale >= the photo's size is the last one (larger ones would
-    see the same pixels). With skip_covered, a middle scale is dropped when a larger one follows
-    (its face sizes are covered by the larger pass)."""
-    out = []
-    for s in scales:
-        out.append(s)
-        if long_side <= s:
-            break
-    if skip_covered and len(out) > 2:
-        out = [out[0], out[-1]]
-    return out
-
-
-Box = tuple[int, int, int, int]
-
-
-def detect_hog(source: Source, settings, models: Models, timings: dict
-               ) -> tuple[np.ndarray, list[Box], int | None, list[int]]:
-    """The original's scale loop: (image of the last pass, boxes on it, the scale that found
-    them or None, the scales tried)."""
-    tried, boxes, img, seen = [], [], None, None
-    long_side = max(int(source.width), int(source.height))
-    for scale in _passes(long_side, list(settings.face_scales), settings.face_skip_covered_scales):
-        t = time.monotonic()
-        img = source.scaled(scale)
-        timings["decode"] += time.monotonic() - t
-        t = time.monotonic()
-        effective = max(img.shape[:2])
-        levels = None
-        if seen is not None and not settings.face_full_rescan:
-            levels = rescan_levels(effective, seen, settings.face_rescan_overlap)
-        boxes = face_locations(img, settings.face_upsample, models, grey=settings.face_grey_hog,
-                               levels=levels)
-        timings["detect"] += time.monotonic() - t
-        tried.append(scale)
-        seen = effective
-        if boxes:
-            return img, boxes, scale, tried
-    return img, boxes, None, tried
-
-
-def _encoding_image(source: Source, img: np.ndarray, boxes: list[Box], scale: int | None,
-                    full_decode_below: int) -> np.ndarray:
-    """The image HOG's faces are encoded on: the detection image, unless a face on it is smaller
-    than `full_decode_below` px and the image came from a JPEG draft: then the same scale from a
-    full decode. Faces that small are magnified into the encoder's 150-px chip, and DCT-scaled
-    pixels moved their encodings by up to 0.13 from the thumbnail reconstruction's (larger
-    faces: 0.06 at most, on the library mix)."""
-    if not boxes or scale is None or getattr(source, "decoded_in_full", True):
-        return img
-    if min(bottom - top for top, _, bottom, _ in boxes) >= full_decode_below:
-        return img
-    return source.scaled(scale, draft=False)
-
-
-def encode_image(image, settings=None, models: Models | None = None) -> EncodeResult:
+def encode_image(image, settings: Settings | None = None, models: Models | None = None) -> EncodeResult:
     """Detect and encode faces in an RGB array (H, W, 3) or a lazily decoded Photo."""
     if settings is None:
-        from .settings import get_settings
         settings = get_settings()
     models = models or load_models()
     source = image if hasattr(image, "scaled") and hasattr(image, "width") else ArraySource(image)
     width, height = int(source.width), int(source.height)
     timings = {"decode": 0.0, "detect": 0.0, "encode": 0.0}
-    landmarks = None
-    if settings.face_detector == "yunet":  # PHOTO_FACE_DETECTOR: its one pass replaces HOG's loop
-        img, boxes, used, tried = detect_yunet(source, settings, timings)
-        enc_img, landmarks = img, calibration.landmarks
-    else:
-        img, boxes, used, tried = detect_hog(source, settings, models, timings)
-        enc_img = _encoding_image(source, img, boxes, used, settings.face_full_decode_below)
+    detector = detectors.get(settings.face_detector)
+    img, boxes, used, tried = detector.detect(source, settings, timings)
+    enc_img = detector.encoding_image(source, img, boxes, used, settings)
     t = time.monotonic()
-    encodings = (face_encodings(enc_img, boxes, settings.face_jitters, models, landmarks,
+    encodings = (face_encodings(enc_img, boxes, settings.face_jitters, models, detector.landmarks,
                                 settings.face_runtime) if boxes else [])
     timings["encode"] = time.monotonic() - t
     fy, fx = height / img.shape[0], width / img.shape[1]
@@ -337,3 +235,22 @@ def encode_image(image, settings=None, models: Models | None = None) -> EncodeRe
         detection_locations=boxes,
         timings=timings,
     )
+
+
+def encode_photo(photo: bytes | os.PathLike, settings: Settings | None = None, *,
+                 name: str | None = None, admission=None) -> EncodeResult:
+    """Detect and encode the faces of one photo: its file's bytes, or the file at a path (read
+    within `max_upload_bytes`). `name` helps decoding (its extension); `admission` is a context
+    manager held while the photo is computed (the API's bound on photos at once), not while its
+    header is read. Raises ImageError for a photo that cannot be used, OSError for a file that
+    cannot be read, MemoryError for one too large to compute."""
+    from .imaging import open_photo, read_limited
+
+    if settings is None:
+        settings = get_settings()
+    if not isinstance(photo, (bytes, bytearray, memoryview)):
+        name = name or os.path.basename(photo)
+        photo = read_limited(photo, settings.max_upload_bytes)
+    opened = open_photo(photo, settings.max_pixels, draft=settings.face_draft_decode, name=name)
+    with admission or contextlib.nullcontext():
+        return encode_image(opened, settings)

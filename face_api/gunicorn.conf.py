@@ -10,8 +10,7 @@ Workers are gunicorn's `gthread` workers, each accepting a connection only while
 `threads` is free (worker_connections = threads), so a photo waits in the kernel's listen backlog
 for the first idle worker. ASGI workers (uvicorn's, as the original ran, or gunicorn's `asgi`)
 accept every connection at once, busy or not: with every worker computing, one worker queues
-photos while another idles (bench/face_api.py, 2 workers: one idle 65 % of a run, 25-30 % of the
-throughput lost). The FastAPI app reaches gthread workers through a2wsgi (post_worker_init).
+photos while another idles (bench/face_api.py measures the throughput lost; the README has it). The FastAPI app reaches gthread workers through a2wsgi (post_worker_init).
 FACE_API_WORKER_CLASS=uvicorn.workers.UvicornWorker still serves the same app the original's way.
 """
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 # The directory holding the face_api package (a checkout or site-packages): the `gunicorn` script
 # does not put the working directory on sys.path before reading this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from face_api.startup import settings_or_exit  # noqa: E402
+from face_api.settings import settings_or_exit  # noqa: E402
 
 # Invalid PHOTO_* settings end gunicorn here, with one line, before any worker is forked.
 settings_or_exit()
@@ -40,12 +39,12 @@ threads = int(_env("FACE_API_THREADS", "2"))  # photos at once per worker (see p
 worker_class = _env("FACE_API_WORKER_CLASS", "gthread")
 WSGI_WORKERS = ("gthread", "sync")   # gunicorn's own worker classes: they call a WSGI app
 # gthread: stop accepting while every thread is busy. An idle kept-alive connection would hold a
-# place too, so keep-alive is off by default (a connection per photo costs nothing beside ~1 s).
+# place too, so keep-alive is off by default (a connection per photo costs next to nothing beside a photo's work).
 worker_connections = int(_env("FACE_API_WORKER_CONNECTIONS", str(threads)))
 timeout = int(_env("FACE_API_TIMEOUT", "300"))
 graceful_timeout = int(_env("FACE_API_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(_env("FACE_API_KEEPALIVE", "0" if worker_class in WSGI_WORKERS else "5"))
-max_requests = int(_env("FACE_API_MAX_REQUESTS", "2000"))          # recycle: dlib RSS creep (#1501)
+max_requests = int(_env("FACE_API_MAX_REQUESTS", "2000"))          # recycle: dlib's RSS creeps up
 max_requests_jitter = int(_env("FACE_API_MAX_REQUESTS_JITTER", "200"))
 preload_app = _env("FACE_API_PRELOAD", "1") not in ("0", "false", "False")
 accesslog = _env("FACE_API_ACCESS_LOG", str(_log_dir / "face-api-access.log"))

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import ImageError, PathDenied
+
 try:  # HEIC/HEIF support
     import pillow_heif
 
@@ -33,15 +35,6 @@ SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 # landmark fit is that sensitive), so no filter is close to both. BILINEAR moved encodings by 0.4.
 RESAMPLE = Image.BICUBIC
 REDUCING_GAP = 2.0
-
-
-class ImageError(ValueError):
-    """A photo that cannot be used; `status` is the HTTP status the API answers with."""
-
-    def __init__(self, reason: str, status: int = 422):
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 def _one_line(exc: BaseException) -> str:
@@ -155,10 +148,6 @@ def read_limited(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"file too large: {size} bytes exceeds {max_bytes}", 413)
     with open(path, "rb") as f:
         return f.read(max_bytes + 1)
-
-
-class PathDenied(PermissionError):
-    pass
 
 
 def resolve_under_roots(path: str, roots: list[Path]) -> Path:

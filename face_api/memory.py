@@ -2,11 +2,10 @@
 
 A photo's decode, resizes and HOG pyramids take a few hundred MB that glibc keeps in its heaps
 after they are freed. malloc_trim(0) after every photo kept worker RSS low, but the next photo
-then faulted those pages in again: about 11,000 extra page faults (45 MB) and ~35 ms of system
-CPU per 12 MP photo, measured on the library mix. Trimming once no photo has been in flight for
+then faulted those pages in again: extra page faults and system CPU on every photo of the library
+mix (the README has the figures). Trimming once no photo has been in flight for
 `delay` seconds keeps the memory of a busy worker for its next photo and still returns it when
-the work stops. A delay of 0 trims as soon as no photo is in flight (the old behaviour, for
-hosts short of memory).
+the work stops. A delay of 0 trims as soon as no photo is in flight (for hosts short of memory).
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ except (OSError, AttributeError):  # pragma: no cover - not glibc
 
 def release_freed() -> None:
     """Return what glibc keeps of freed memory now (after loading the models: building the ONNX
-    graphs frees ~50 MB that forked workers would otherwise carry)."""
+    graphs frees memory that forked workers would otherwise carry)."""
     import gc
 
     gc.collect()

@@ -12,16 +12,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ModelsNotFound
+
 PACKAGE = "face_recognition_models"
 FILES = {
     "detector": None,  # HOG frontal face detector is built into dlib
     "shape_predictor_5": "shape_predictor_5_face_landmarks.dat",
     "face_recognition": "dlib_face_recognition_resnet_model_v1.dat",
 }
-
-
-class ModelsNotFound(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)

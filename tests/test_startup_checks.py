@@ -90,7 +90,7 @@ def test_face_api_refuses_to_start(tmp_path, env, words):
 def test_face_api_under_plain_uvicorn_fails_in_one_line(tmp_path, env, words):
     """`uvicorn face_api.app:app` (no gunicorn config) also ends with one line and no traceback.
     (Its status is 1 and it does not check the storage roots: that needs face_api/app.py to call
-    face_api.startup.settings_or_exit(), see test_face_api_under_uvicorn_checks_storage_roots.)"""
+    face_api.settings.settings_or_exit(), see test_face_api_under_uvicorn_checks_storage_roots.)"""
     res = run([sys.executable, "-m", "uvicorn", "face_api.app:app", "--port", "9"], tmp_path,
               PHOTO_LOAD_MODELS_AT_IMPORT="0", **env)
     lines = res.stderr.strip().splitlines()

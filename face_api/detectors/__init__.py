@@ -1,16 +1,22 @@
 """The face detectors PHOTO_FACE_DETECTOR chooses from, and whether each can run here.
 
-- "hog": dlib's HOG detector with the original server's scale loop (face_api/engine.py).
+- "hog": dlib's HOG detector with the original server's scale loop (hog.py).
 - "yunet": YuNet from libfacedetection through the `yuface` wheel (yunet.py), its boxes redrawn
   the way HOG draws them (calibration.py) so dlib's 5-point landmarker and ResNet encoder see
   what they were trained on, and its candidates filtered for precision (filters.py).
 
-Both end in the same landmarks -> ResNet encodings, so encodings stay comparable.
+Both end in the same landmarks -> ResNet encodings, so encodings stay comparable. `get(name)`
+gives the engine a Detector: the same call for both, and what the encoding step does with its
+boxes. Each detector's module is imported when it is first chosen (yunet.py needs `yuface`).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import DetectorUnavailable
 
 DETECTORS = ("hog", "yunet")
 
@@ -18,8 +24,35 @@ DETECTORS = ("hog", "yunet")
 YUFACE = "yuface"
 
 
-class DetectorUnavailable(ValueError):
-    """The chosen detector cannot run in this environment; the message is one line."""
+__all__ = ["DETECTORS", "Detector", "DetectorUnavailable", "check_available", "describe", "get"]
+
+
+@dataclass(frozen=True)
+class Detector:
+    # (source, settings, timings) -> (image of the pass, (top, right, bottom, left) boxes on it,
+    # the scale that found them or None, the scales tried); `timings` gets "decode" and "detect".
+    detect: Callable
+    # (source, image, boxes, scale, settings) -> the image the faces are encoded on
+    encoding_image: Callable
+    # (image, box, predictor) -> dlib's 5 points for a box; None: the predictor's one fit
+    landmarks: Callable | None = None
+
+
+def _detection_image(source, img, boxes, scale, settings):
+    return img
+
+
+def get(name: str) -> Detector:
+    """The detector PHOTO_FACE_DETECTOR=`name` runs."""
+    if name == "yunet":
+        from . import calibration, yunet
+
+        return Detector(yunet.detect_yunet, _detection_image, calibration.landmarks)
+    if name == "hog":
+        from . import hog
+
+        return Detector(hog.detect_hog, hog.encoding_image)
+    raise DetectorUnavailable(f"unknown detector {name!r} (one of {', '.join(DETECTORS)})")
 
 
 def check_available(name: str) -> None:

@@ -6,8 +6,8 @@ than YuNet's biggest anchors at the main size. Candidates of both passes are mer
 precision (filters.py) and redrawn the way dlib's HOG detector draws boxes (calibration.py), so
 the 5-point landmarker and the ResNet encoder downstream see the boxes they were trained on.
 
-The network runs in onnxruntime (yunet_onnx.py: the same weights, read from yuface's library,
-the same rows out, ~5x less CPU at 1200 px) unless PHOTO_FACE_RUNTIME=native, or unless that
+The network runs in onnxruntime (networks/yunet_onnx.py: the same weights, read from yuface's
+library, the same rows out, less CPU) unless PHOTO_FACE_RUNTIME=native, or unless that
 graph does not reproduce yuface's rows on a test image at first use: then yuface's own code runs.
 
 Threads: the engine runs `face_threads` photos at once per worker, one core each, and gunicorn's
@@ -29,8 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..onnxgraph import Rebuilt
-from . import calibration, filters, yunet_onnx
+from ..boxes import xywh_inside as _inside
+from ..boxes import xywh_iou as box_iou
+from ..networks import yunet_onnx
+from ..networks.onnxgraph import Rebuilt
+from . import calibration, filters
 
 MIN_SCORE_FLOOR = 0.3  # libfacedetection answers from ~0.2; nothing this weak is ever kept
 
@@ -133,27 +136,6 @@ def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3) -> list[C
             kept.append(c)
     return [c for c in kept if not any(k.size >= 1.5 * c.size and _inside(c.box, k.box) >= 0.6
                                        for k in kept)]
-
-
-def _inside(a, b) -> float:
-    """Fraction of box a's area inside box b (x, y, w, h)."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = min(ax + aw, bx + bw) - max(ax, bx)
-    ih = min(ay + ah, by + bh) - max(ay, by)
-    return max(0.0, iw) * max(0.0, ih) / max(aw * ah, 1e-9)
-
-
-def box_iou(a, b) -> float:
-    """IoU of two (x, y, w, h) boxes."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = min(ax + aw, bx + bw) - max(ax, bx)
-    ih = min(ay + ah, by + bh) - max(ay, by)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / (aw * ah + bw * bh - inter)
 
 
 def detect_yunet(source, settings, timings: dict):

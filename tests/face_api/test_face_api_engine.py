@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from face_api import engine
+from face_api.detectors import hog
 from face_api.imaging import open_photo
 from face_api.settings import Settings
 
@@ -36,7 +37,7 @@ def enc():
     def get(name):
         if name not in cache:
             img = load(name)
-            boxes = engine.face_locations(img)
+            boxes = hog.face_locations(img)
             assert len(boxes) == 1, (name, boxes)
             cache[name] = engine.face_encodings(img, boxes)[0]
         return cache[name]
@@ -57,7 +58,7 @@ def test_load_shapes():
     ("biden.jpg", [(241, 740, 562, 419)]),
 ])
 def test_face_locations_match_face_recognition_suite(name, expected):
-    assert engine.face_locations(load(name), upsample=1) == expected
+    assert hog.face_locations(load(name), upsample=1) == expected
 
 
 def test_obama_encoding_values(enc):
@@ -97,10 +98,10 @@ def test_encode_image_native_obama(settings):
 
 
 def test_passes_stop_when_photo_not_larger_than_scale():
-    assert engine._passes(1137, [1200, 1600, 2000], False) == [1200]
-    assert engine._passes(1500, [1200, 1600, 2000], False) == [1200, 1600]
-    assert engine._passes(4000, [1200, 1600, 2000], False) == [1200, 1600, 2000]
-    assert engine._passes(4000, [1200, 1600, 2000], True) == [1200, 2000]
+    assert hog.passes(1137, [1200, 1600, 2000], False) == [1200]
+    assert hog.passes(1500, [1200, 1600, 2000], False) == [1200, 1600]
+    assert hog.passes(4000, [1200, 1600, 2000], False) == [1200, 1600, 2000]
+    assert hog.passes(4000, [1200, 1600, 2000], True) == [1200, 2000]
 
 
 @pytest.mark.parametrize("skip_covered, tried", [(False, [1200, 1600, 2000]), (True, [1200, 2000])])
@@ -118,7 +119,7 @@ def test_locations_mapped_to_original_pixels(settings):
     small = engine.ArraySource(np.asarray(big)).scaled(1200)
     assert max(small.shape) == 1200
     f = 2274 / small.shape[0]
-    (box,) = engine.face_locations(small)
+    (box,) = hog.face_locations(small)
     for got, want in zip(r.locations[0], box):
         assert abs(got - want * f) <= 1
     for got, want in zip(r.locations[0], (142 * 2, 617 * 2, 409 * 2, 349 * 2)):
@@ -188,7 +189,7 @@ def test_encodings_equal_face_recognition(name):
     if fr is None:
         pytest.skip("face_recognition not importable (pkg_resources missing)")
     img = fr.load_image_file(str(FACES / name))
-    ours_boxes = engine.face_locations(img)
+    ours_boxes = hog.face_locations(img)
     assert ours_boxes == fr.face_locations(img, number_of_times_to_upsample=1, model="hog")
     ours = engine.face_encodings(img, ours_boxes)
     theirs = fr.face_encodings(img, ours_boxes, num_jitters=1, model="small")

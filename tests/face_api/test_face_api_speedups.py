@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from face_api import engine
+from face_api.detectors import hog
 from face_api.imaging import open_photo
 from face_api.memory import IdleTrimmer
 from face_api.settings import Settings
@@ -18,27 +19,27 @@ from tests.support.face_api import FACES
 
 def test_rescan_levels_cover_only_new_face_sizes():
     # dlib's pyramid shrinks by 5/6: 1600 after 1200 needs 2 levels (1.2^2 > 4/3), 2000 after 1600 too
-    assert engine.rescan_levels(1600, 1200, 0) == 2
-    assert engine.rescan_levels(2000, 1600, 0) == 2
-    assert engine.rescan_levels(2000, 1600, 1) == 3
-    assert engine.rescan_levels(1300, 1200, 0) == 1
-    assert engine.rescan_levels(1440, 1200, 0) == 1  # exactly one level: 1.2x
-    assert engine.rescan_levels(3000, 1200, 0) == 6
+    assert hog.rescan_levels(1600, 1200, 0) == 2
+    assert hog.rescan_levels(2000, 1600, 0) == 2
+    assert hog.rescan_levels(2000, 1600, 1) == 3
+    assert hog.rescan_levels(1300, 1200, 0) == 1
+    assert hog.rescan_levels(1440, 1200, 0) == 1  # exactly one level: 1.2x
+    assert hog.rescan_levels(3000, 1200, 0) == 6
 
 
 def test_level_limited_detector_scans_only_small_faces():
     models = engine.load_models()
     img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
-    full = engine.face_locations(img)
+    full = hog.face_locations(img)
     assert full == [(142, 617, 409, 349)]  # a 268-px face: found at a coarse level only
-    assert engine.face_locations(img, levels=1000) == full
-    assert engine.face_locations(img, levels=2) == []
+    assert hog.face_locations(img, levels=1000) == full
+    assert hog.face_locations(img, levels=2) == []
     # the same face made small (about 45 px) is found by the finest level alone
     small = np.asarray(Image.fromarray(img).resize((155, 194), Image.LANCZOS))
     canvas = np.full((600, 800, 3), 128, np.uint8)
     canvas[200:394, 300:455] = small
-    (fine,) = engine.face_locations(canvas, levels=1)
-    (every,) = engine.face_locations(canvas)
+    (fine,) = hog.face_locations(canvas, levels=1)
+    (every,) = hog.face_locations(canvas)
     assert _iou(fine, every) >= 0.5
 
 
@@ -50,10 +51,8 @@ def _iou(a, b):
 
 
 def test_detector_layout_is_checked():
-    models = engine.load_models()
-    broken = engine.Models(b"not a detector", models.shape_predictor, models.encoder, models.files, 0.0)
     with pytest.raises(ValueError, match="FULL_RESCAN"):
-        engine.detector(broken, 2)
+        hog.detector(2, data=b"not a detector")
 
 
 def _canvas_photo(tmp_path, face_height_fraction=0.3, size=(4000, 3000), name="obama.jpg"):
@@ -129,12 +128,12 @@ def test_face_at_the_photo_edge_is_found_and_encoded(tmp_path):
 ])
 def test_later_passes_ask_for_the_levels_the_settings_say(monkeypatch, overrides, tried, want):
     asked = []
-    real = engine.detector
+    real = hog.detector
 
-    def recording(models, levels=None):
+    def recording(levels=None, data=None):
         asked.append(levels)
-        return real(models, levels)
-    monkeypatch.setattr(engine, "detector", recording)
+        return real(levels, data)
+    monkeypatch.setattr(hog, "detector", recording)
     grey = np.full((3000, 4000, 3), 120, np.uint8)
     r = engine.encode_image(grey, Settings(debug_images=False, **overrides))
     assert r.scales_tried == tried and r.locations == []
@@ -145,7 +144,7 @@ def test_rescanned_levels_sample_face_sizes_as_densely_as_one_pyramid():
     """With no overlap, the coarsest new level of a later pass and the finest level of the
     earlier pass are less than one pyramid step (6/5) apart, for any pair of scales."""
     for previous, scale in [(1200, 1600), (1200, 2000), (1600, 2000), (1200, 1300), (1200, 1800)]:
-        levels = engine.rescan_levels(scale, previous, 0)
+        levels = hog.rescan_levels(scale, previous, 0)
         coarsest_new = (6 / 5) ** (levels - 1) / scale   # face size / photo size, up to a constant
         finest_earlier = 1 / previous
         assert coarsest_new < finest_earlier < coarsest_new * 6 / 5, (previous, scale)

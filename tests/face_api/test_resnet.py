@@ -1,4 +1,4 @@
-"""dlib's face ResNet run by onnxruntime (face_api/resnet.py) against dlib's own, on real faces."""
+"""dlib's face ResNet run by onnxruntime (face_api/networks/resnet.py) against dlib's own, on real faces."""
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_api import engine, resnet
+from face_api import engine
+from face_api.detectors import hog
 from face_api.imaging import open_photo
-from face_api.onnxgraph import Rebuilt
+from face_api.networks import resnet
+from face_api.networks.onnxgraph import Rebuilt
 from face_api.settings import Settings
 
 from tests.support.face_api import FACES
@@ -37,7 +39,7 @@ def test_encodings_equal_dlibs_on_real_faces(models):
     compared = 0
     for path in _people_photos():
         img = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB")))
-        boxes = engine.face_locations(img, 1, models)
+        boxes = hog.face_locations(img, 1)
         ours = engine.face_encodings(img, boxes, 1, models, runtime="onnxruntime")
         theirs = engine.face_encodings(img, boxes, 1, models, runtime="native")
         for a, b in zip(ours, theirs):
@@ -62,7 +64,7 @@ def test_jitters_keep_dlibs_call(models):
             raise AssertionError("onnxruntime used for a jittered encoding")
 
     img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
-    boxes = engine.face_locations(img, 1, models)
+    boxes = hog.face_locations(img, 1)
     jittered = engine.face_encodings(img, boxes, 3, replace(models, onnx_encoder=Rebuilt("x", NotToBeCalled)))
     plain = engine.face_encodings(img, boxes, 1, models)
     assert 0 < np.linalg.norm(jittered[0] - plain[0]) < 0.3   # the same face, jittered
@@ -70,7 +72,7 @@ def test_jitters_keep_dlibs_call(models):
 
 def test_threads_share_one_session(models):
     img = np.asarray(Image.open(FACES / "biden.jpg").convert("RGB"))
-    boxes = engine.face_locations(img, 1, models)
+    boxes = hog.face_locations(img, 1)
     want = engine.face_encodings(img, boxes, 1, models)
     with ThreadPoolExecutor(4) as pool:
         for got in pool.map(lambda _: engine.face_encodings(img, boxes, 1, models), range(8)):
@@ -100,7 +102,7 @@ def test_a_damaged_model_file_falls_back_to_dlib_with_a_reason(models, tmp_path,
     fallback = replace(models, onnx_encoder=rebuilt)
     assert engine.encoder_runtime(Settings(debug_images=False), fallback) == "dlib"
     img = np.asarray(Image.open(FACES / "obama.jpg").convert("RGB"))
-    boxes = engine.face_locations(img, 1, models)
+    boxes = hog.face_locations(img, 1)
     assert len(engine.face_encodings(img, boxes, 1, fallback)) == 1   # dlib's, still answered
 
 

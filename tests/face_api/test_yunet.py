@@ -15,6 +15,7 @@ from PIL import Image
 
 from face_api import engine
 from face_api.detectors import DetectorUnavailable, calibration, check_available, filters, yunet
+from face_api.detectors import hog as hog_detector
 from face_api.imaging import ImageError, open_photo
 from face_api.settings import Settings, SettingsError, load_settings
 
@@ -68,7 +69,7 @@ def test_missing_yuface_is_one_line(monkeypatch):
 
 def _start_app(env: dict, block_yuface: bool = False) -> subprocess.CompletedProcess:
     code = ("import sys\n" + ("sys.modules['yuface'] = None\n" if block_yuface else "")
-            + "import face_api.app\n")
+            + "from face_api.app import app\n")
     return subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=120,
                           env={**os.environ, "PHOTO_LOAD_MODELS_AT_IMPORT": "0", **env})
@@ -112,7 +113,7 @@ def test_face_filling_the_frame_is_found(yu):
     """A face cropped to fill the frame is larger than YuNet's anchors at the main pass's size:
     the small pass finds it."""
     im = Image.open(FACES / "obama.jpg").convert("RGB")
-    top, right, bottom, left = engine.face_locations(np.asarray(im))[0]
+    top, right, bottom, left = hog_detector.face_locations(np.asarray(im))[0]
     crop = np.asarray(im.crop((left - 20, top - 40, right + 20, bottom + 20)).resize((1600, 1700)))
     no_small_pass = Settings(debug_images=False, face_detector="yunet", yunet_large_face_side=0)
     found = engine.encode_image(crop, yu).locations
@@ -163,7 +164,7 @@ def box_pairs():
     for name in CALIBRATION_PHOTOS:
         img = photo(FACES / name).scaled(1200)
         found = yunet.run(img)
-        for box in engine.face_locations(img):
+        for box in hog_detector.face_locations(img):
             ours = [calibration.hog_box(c, img.shape) for c in found]
             best = max(ours, key=lambda b: _iou(b, box))
             assert _iou(best, box) >= 0.5, (name, box, best)
@@ -254,12 +255,12 @@ def test_both_runtimes_find_and_encode_the_same_faces(name):
 
 
 def test_a_yunet_graph_that_cannot_be_built_falls_back_to_yuface(monkeypatch):
-    from face_api.detectors import yunet_onnx
+    from face_api.networks import yunet_onnx
 
     def refuse(self, path=None):
         raise yunet_onnx.ModelFormatError("another libfacedetection")
 
-    from face_api.onnxgraph import Rebuilt
+    from face_api.networks.onnxgraph import Rebuilt
 
     monkeypatch.setattr(yunet, "onnx", Rebuilt("YuNet passes", yunet._checked_onnx))
     monkeypatch.setattr(yunet_onnx.Detector, "__init__", refuse)

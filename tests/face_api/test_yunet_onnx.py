@@ -1,4 +1,4 @@
-"""YuNet run by onnxruntime (face_api/detectors/yunet_onnx.py) against yuface's libfacedetection:
+"""YuNet run by onnxruntime (face_api/networks/yunet_onnx.py) against yuface's libfacedetection:
 the same detections on real photos at 1200 px, at sides that are not multiples of 32, on the
 ~100 px crops of the second look, and on tiny images. (What each costs: bench/face_quality.py
 --sections runtimes.)
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_api.detectors import yunet_onnx
+from face_api.networks import yunet_onnx
 from tests.support.face_api import TESTDATA
 
 pytest.importorskip("yuface", reason="yuface has wheels for CPython 3.10/3.11 only")

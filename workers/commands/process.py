@@ -319,8 +319,8 @@ def cmd_process(args) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     started = time.monotonic()
     settings = embedded_settings(photo_dir, args.db)
-    from face_api.startup import settings_or_exit   # the in-process engine's settings, checked now
-    settings_or_exit(check_paths=False, program="photo-pipeline process")
+    from face_api import engine as face_engine   # the in-process engine's settings, checked now
+    face_engine.settings_or_exit(check_paths=False, program="photo-pipeline process")
     try:
         summary = process(photo_dir, settings, args.workers, progress=not args.no_progress)
     except FolderError as exc:

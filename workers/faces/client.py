@@ -123,16 +123,12 @@ def _encode_http(settings: Settings, path: Path) -> dict:
 
 def _encode_inprocess(path: Path) -> dict:
     """Embedded mode: the face API's own pipeline, models loaded once per process."""
-    from face_api import engine, imaging
-    from face_api.settings import get_settings as face_settings
+    from face_api import engine
 
-    fs = face_settings()
     engine.load_models()
     try:
-        data = imaging.read_limited(path, fs.max_upload_bytes)
-        photo = imaging.open_photo(data, fs.max_pixels, draft=fs.face_draft_decode, name=path.name)
-        return engine.encode_image(photo, fs).as_dict()
-    except imaging.ImageError as exc:
+        return engine.encode_photo(path).as_dict()
+    except engine.ImageError as exc:
         raise JobFailed(f"bad photo: {exc.reason}") from None
     except OSError as exc:
         raise JobFailed(f"cannot read photo {path}: {exc.strerror or exc}") from None

@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 import sqlalchemy as sa
+from face_api import engine as face_engine   # its box_iou: [top, right, bottom, left], as the API answers
 
 from workers import db as dbmod
 from workers.faces import filing
@@ -44,15 +45,6 @@ def handle(ctx: Context, data: dict) -> list:
     # approvals changed since this worker's last pass: file a bounded batch of older faces too
     filing.auto_rematch(ctx.db, ctx.engine, ctx.settings, exclude_image=image_id)
     return []
-
-
-def iou(a, b) -> float:
-    """Intersection over union of two [top, right, bottom, left] boxes."""
-    t1, r1, b1, l1 = a
-    t2, r2, b2, l2 = b
-    inter = max(0, min(r1, r2) - max(l1, l2)) * max(0, min(b1, b2) - max(t1, t2))
-    union = (r1 - l1) * (b1 - t1) + (r2 - l2) * (b2 - t2) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _box(value) -> list[int] | None:
@@ -85,7 +77,7 @@ def store_faces(conn: sa.Connection, engine: sa.Engine, settings: Settings, imag
 
     kept_boxes = [b for b in (_box(r.location) for r in reviewed) if b]
     fresh = [(i, enc, box) for i, (enc, box) in enumerate(detections)
-             if not (box and any(iou(box, k) >= OVERLAP_IOU for k in kept_boxes))]
+             if not (box and any(face_engine.box_iou(box, k) >= OVERLAP_IOU for k in kept_boxes))]
 
     decisions: list[Decision] = []
     if fresh:

@@ -1,4 +1,4 @@
-"""The small part of ONNX both rebuilt networks need (resnet.py, detectors/yunet_onnx.py): a graph
+"""The small part of ONNX both rebuilt networks need (resnet.py, yunet_onnx.py): a graph
 built node by node in memory, an onnxruntime session that computes on the calling thread, and
 `Rebuilt`, which builds a network on first use, checks it against the native code and falls back
 to that code if the two ever differ.

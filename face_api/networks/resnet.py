@@ -1,11 +1,11 @@
-"""dlib's face-encoding ResNet, the same weights run by onnxruntime: about 8x less CPU per face.
+"""dlib's face-encoding ResNet, the same weights run by onnxruntime: less CPU per face.
 
-dlib's Python wheel computes its convolutions without a BLAS: 124 ms of one core per face here,
-more than YuNet spends on a whole photo. This module reads the weights from the same model file
+dlib's Python wheel computes its convolutions without a BLAS: more CPU per face than YuNet spends
+on a whole photo (the README has the figures). This module reads the weights from the same model file
 dlib loads (`dlib_face_recognition_resnet_model_v1.dat`, from the face_recognition_models
 package), builds the same network as an ONNX graph in memory, and runs it with onnxruntime.
 The face chip is still cut by dlib (`dlib.get_face_chip`, what compute_face_descriptor does), so
-only the arithmetic moves; encodings agree with dlib's to about 1e-6 (float summation order), and
+only the arithmetic moves; encodings agree with dlib's up to float summation order, and
 `Encoder.check_against` refuses to be used if they ever do not.
 
 The network is dlib's `anet_type` from dnn_face_recognition_ex.cpp (a ResNet-29 with 128
@@ -24,14 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelFormatError
 from .onnxgraph import Graph, session
 
 CHIP_SIZE = 150        # dlib's face chip: 150x150 ...
 CHIP_PADDING = 0.25    # ... with 25% padding around the landmarks' face box
-
-
-class ModelFormatError(ValueError):
-    """The model file is not the dlib network this module knows how to read."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """YuNet, the same network and weights as the `yuface` wheel's libfacedetection, run by onnxruntime.
 
 libfacedetection computes YuNet with its own AVX2 kernels (a dot product per output value, ended
-by horizontal adds): ~0.25 s of one core on a 1200x900 photo, most of our CPU per photo. This
+by horizontal adds): most of our CPU per photo (the README has the figures). This
 module reads the weights at run time from the installed yuface package (libfacedetection.so
 exports them as data symbols, and its table `param_pConvInfo` says each layer's shape), builds the
 network as an ONNX graph in memory and runs it with onnxruntime; the pre-processing (padding) and
@@ -31,7 +31,9 @@ import os
 
 import numpy as np
 
-from ..onnxgraph import Graph, session
+from ..boxes import xywh_iou
+from ..errors import ModelFormatError
+from .onnxgraph import Graph, session
 
 PAD = 32                    # input sides are padded to multiples of this
 STRIDES = (8, 16, 32)
@@ -247,12 +249,12 @@ def _nms(boxes: np.ndarray, threshold: float) -> list[int]:
 
 class Detector:
     """`rows(bgr)`: what yuface's `detect` returns for a BGR uint8 image; `run(rgb)` likewise for
-    an RGB one (onnxgraph.session: one thread per call, several threads at once). Building it
-    costs ~0.07 s; a 1200x900 call keeps ~70 MB of intermediate tensors in onnxruntime's arena
-    (libfacedetection: ~20)."""
+    an RGB one (onnxgraph.session: one thread per call, several threads at once). A call keeps
+    its intermediate tensors in onnxruntime's arena, more than libfacedetection keeps
+    (bench/face_quality.py --sections runtimes measures both)."""
 
     def __init__(self, path: str | None = None):
-        # every image has its own size: no memory plan per shape (~25 MB less RSS, same speed)
+        # every image has its own size: no memory plan per shape (less RSS, same speed)
         self.session = session(build_onnx(read_layers(path)), memory_pattern=False)
 
     def rows(self, bgr: np.ndarray) -> np.ndarray:
@@ -302,9 +304,7 @@ def compare(ours: np.ndarray, theirs: np.ndarray, floor: float = 0.3, score_tol:
 
 
 def _row_iou(a: np.ndarray, b: np.ndarray) -> float:
-    from .yunet import box_iou   # here, not at the top: yunet.py imports this module
-
-    return box_iou(tuple(float(v) for v in a[1:5]), tuple(float(v) for v in b[1:5]))
+    return xywh_iou(tuple(float(v) for v in a[1:5]), tuple(float(v) for v in b[1:5]))
 
 
 def _test_image() -> np.ndarray:
