@@ -46,12 +46,13 @@ from .memory import release_freed
 from .models import ModelFiles, find_model_files
 from .networks import resnet
 from .networks.onnxgraph import Rebuilt
+from .serve import gunicorn_command
 from .settings import Settings, get_settings, settings_error_line, settings_or_exit
 
 __all__ = [
     "encode_photo", "EncodeResult", "load_models", "prepare", "models_loaded", "encoder_runtime",
     "box_iou", "face_distance", "FaceApiError", "ImageError", "SettingsError",
-    "settings_error_line", "settings_or_exit",
+    "settings_error_line", "settings_or_exit", "gunicorn_command",
 ]
 
 

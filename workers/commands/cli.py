@@ -16,14 +16,14 @@ PROG = "photo-pipeline"
 
 # Modules that own sub-commands; each has `add_subcommands(subparsers)`.
 COMMAND_MODULES = [
-    "workers.laravel.cli",            # inspect, queue-key, payload
-    "workers.queue.consumer",         # consume
-    "workers.commands.faces",         # faces rematch|suggest|people|stats
-    "workers.commands.process",       # process, enqueue
-    "workers.commands.render_config", # render-config
-    "workers.commands.monitor",       # monitor
-    "workers.commands.reprocess",     # reprocess
-    "face_api.serve",                 # serve-face-api
+    "workers.laravel.cli",              # inspect, queue-key, payload
+    "workers.queue.consumer",           # consume
+    "workers.commands.faces",           # faces rematch|suggest|people|stats
+    "workers.commands.process",         # process, enqueue
+    "workers.commands.render_config",   # render-config
+    "workers.commands.monitor",         # monitor
+    "workers.commands.reprocess",       # reprocess
+    "workers.commands.serve_face_api",  # serve-face-api
 ]
 
 
