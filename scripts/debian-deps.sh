@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(python3 python3-venv python3-dev build-essential
       libimage-exiftool-perl
       mariadb-server mariadb-client rabbitmq-server supervisor
-      php-cli php-laravel-framework php-amqplib php-imagick php-mbstring php-xml)
+      php-cli php-laravel-framework php-amqplib php-imagick php-mbstring php-xml
+      chromium)
 [ "$#" -gt 0 ] && pkgs=("$@")
 missing=()
 for p in "${pkgs[@]}"; do
