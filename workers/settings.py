@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     # refuses to start with one line naming the variable instead of failing every job later
     # (`check_paths` adds what only a consumer needs). The face API checks its own settings.
     face_api_token: SecretStr | None = None  # PHOTO_FACE_API_TOKEN: sent as a Bearer token to the face API
+    review_token: SecretStr | None = None    # PHOTO_REVIEW_TOKEN: required by `review` off loopback
 
     @field_validator(*CHOICES, mode="before")
     @classmethod

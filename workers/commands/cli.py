@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "workers.commands.render_config",   # render-config
     "workers.commands.monitor",         # monitor
     "workers.commands.reprocess",       # reprocess
+    "workers.commands.review",          # review
     "workers.commands.serve_face_api",  # serve-face-api
 ]
 

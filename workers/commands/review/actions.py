@@ -21,9 +21,9 @@ import unicodedata
 
 import sqlalchemy as sa
 
-from ... import db as dbmod
-from ...schema import face_rejections, faces
-from .queries import FREE, ROOT, face_state, member_digest
+from workers import db as dbmod
+from workers.schema import face_rejections, faces
+from workers.commands.review.queries import FREE, ROOT, face_state, member_digest
 
 MAX_NAME = 255
 
@@ -110,18 +110,14 @@ def _person(conn: sa.Connection, person_id: int, shown_name: str | None, role: s
     return row
 
 
-def _people_named(conn: sa.Connection, name: str) -> list[int]:
-    return conn.execute(sa.select(faces.c.id).where(ROOT, sa.func.lower(faces.c.name) == name.lower())
-                        .order_by(faces.c.id)).scalars().all()
-
-
-def _target(conn: sa.Connection, name: str) -> int | None:
-    """The person called `name` (case-insensitive), None when there is none."""
-    found = _people_named(conn, name)
+def _target(conn: sa.Connection, name: str) -> tuple[int | None, str]:
+    """(the person called `name`, case-insensitively, and their name as written), or (None, name)."""
+    found = conn.execute(sa.select(faces.c.id, faces.c.name).where(ROOT, sa.func.lower(faces.c.name) == name.lower())
+                         .order_by(faces.c.id)).all()
     if len(found) > 1:
-        raise ActionError(f"{len(found)} people are called {name!r} (persons {', '.join(map(str, found))}): "
+        raise ActionError(f"{len(found)} people are called {name!r} (persons {', '.join(str(r.id) for r in found)}): "
                           "merge them first, or choose another name.")
-    return found[0] if found else None
+    return (found[0].id, found[0].name) if found else (None, name)
 
 
 # ---------------------------------------------------------------- guarded writes
@@ -225,7 +221,7 @@ def assign(engine: sa.Engine, name: str, expected: dict[int, str]) -> str:
     with transaction(engine) as conn:
         rows = _check_states(conn, expected)
         _no_roots(conn, rows, "moved")
-        target = _target(conn, name)
+        target, name = _target(conn, name)
         ids = sorted(expected)
         if target is None:
             target, ids = ids[0], ids[1:]
@@ -279,7 +275,7 @@ def name_group(engine: sa.Engine, group_id: int, digest: str, left_out: set[int]
         if person_id is not None:
             target, created, name = person_id, False, _person(conn, person_id, person_name).name or f"Person {person_id}"
         else:
-            target, created = _target(conn, name), False
+            (target, name), created = _target(conn, name), False
             if target is None:
                 target = group_id if group_id in chosen else chosen[0]
                 _update(conn, [target], in_group, parent_id=None, distance=None, name=name, **APPROVED)
@@ -309,7 +305,7 @@ def merge(engine: sa.Engine, source_id: int, source_name: str | None, target_nam
     target_name = clean_name(target_name)
     with transaction(engine) as conn:
         _person(conn, source_id, source_name)
-        target_id = _target(conn, target_name)
+        target_id, _ = _target(conn, target_name)
         if target_id is None:
             raise ActionError(f"Nobody is called {target_name!r}: rename this person instead.")
         if target_id == source_id:

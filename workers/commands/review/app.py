@@ -17,9 +17,9 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from . import actions, queries
-from .crops import CROP_SIZES, Photos, Unavailable, parse_box
-from .security import SESSION_COOKIE, TOKEN_PARAM, Guard, cookie_header
+from workers.commands.review import actions, queries
+from workers.commands.review.crops import CROP_SIZES, Photos, Unavailable, parse_box
+from workers.commands.review.security import SESSION_COOKIE, TOKEN_PARAM, Guard, cookie_header
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"review.css": ("text/css", HERE / "static" / "review.css")}

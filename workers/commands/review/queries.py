@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from ...schema import faces, images
+from workers.schema import faces, images
 
 PAGE_SIZE = 48           # crops per page of faces
 LIST_PAGE_SIZE = 24      # people or suggested people per page
