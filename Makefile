@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 DEMO   := storage/demo-photos
 PHOTOS ?= $(DEMO)
 
-.PHONY: run test serve bench deps run-deps venv clean
+.PHONY: run review test serve bench deps run-deps venv clean
 
 # The lock, then the tests' face_recognition oracle without its dependencies (it would build
 # dlib from source), then this package itself (editable: the `photo-pipeline` command).
@@ -47,6 +47,11 @@ run: $(DEMO)
 endif
 run: run-deps venv
 	$(PY) -m workers process $(PHOTOS)
+	@echo "review the faces: make review (= $(VENV)/bin/photo-pipeline review $(PHOTOS)), then open the address it prints"
+
+# The face review page of the folder `make run` processed (127.0.0.1:8765; Ctrl-C stops it).
+review: venv
+	$(PY) -m workers review $(PHOTOS)
 
 bench: deps venv
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -200,3 +200,38 @@ def test_someone_else_changed_the_rows_first(library, server, page, shots):
     page.click("#approved button[value=not-a-face]")
     assert "Nothing was changed: face" in flash(page)
     assert library.face(others[0]).status == "unknown" and library.face(others[0]).parent_id == yeji
+
+
+def test_embedded_library_files_faces_by_itself(processed_library, tmp_path, page):
+    """`review DIR` on the folder `process DIR` made: no face worker runs there, so the command
+    runs the automatic rematch itself; the page shows its filings on reload."""
+    import shutil
+    import time
+
+    from tests.review.conftest import Library, Server
+    from workers import db
+
+    folder = tmp_path / "photos"
+    shutil.copytree(processed_library, folder)
+    url = f"sqlite:///{folder / '.photo-pipeline' / 'photo.db'}"
+    library = Library(folder, url, db.engine_for(url))
+    srv = Server(str(folder))
+    try:
+        colin = library.group_of("Colin_Powell")
+        page.goto(srv.base + f"suggested/{colin}")
+        members = [int(v) for v in page.locator("input[name=face]").evaluate_all("e => e.map(i => i.value)")]
+        for face_id in members[-2:]:
+            page.check(f"input[name=face][value='{face_id}']")
+        page.click("button[value=remove-from-group]")
+        page.fill("#name", "Colin Powell")
+        page.click("button[value=name-group]")
+        root = library.people()["Colin Powell"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and {library.face(f).parent_id for f in members[-2:]} != {root}:
+            time.sleep(0.5)
+        assert {library.face(f).parent_id for f in members[-2:]} == {root}
+        assert all(library.face(f).status == "unknown" for f in members[-2:])     # filed, not approved
+        page.goto(srv.base + f"people/{root}")
+        assert page.locator("#filed img[data-face-id]").count() == 2
+    finally:
+        srv.stop()
