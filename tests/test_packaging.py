@@ -77,7 +77,10 @@ def test_console_script_and_package_data_are_declared():
     assert templates == ["etc/supervisor/photo-worker.conf.j2", "etc/systemd/face-api.service.j2"]
     setuptools = pyproject()["tool"]["setuptools"]
     assert setuptools["package-dir"] == {"workers.etc": "etc"}
-    assert setuptools["package-data"] == {"workers.etc.supervisor": ["*.j2"], "workers.etc.systemd": ["*.j2"]}
+    assert setuptools["package-data"] == {"workers.etc.supervisor": ["*.j2"], "workers.etc.systemd": ["*.j2"],
+                                          "workers.commands.review": ["templates/*.html", "static/*"]}
+    review = PROJECT_ROOT / "workers" / "commands" / "review"
+    assert list((review / "templates").glob("*.html")) and list((review / "static").glob("*"))
 
 
 def test_every_package_in_the_tree_is_listed():
