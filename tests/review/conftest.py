@@ -29,10 +29,12 @@ WIDE, NARROW = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 
 @pytest.fixture(scope="session")
 def processed_library(tmp_path_factory, shared_testdata) -> Path:
-    """Photos of six people, processed by `photo-pipeline process` (faces, thumbnails, groups)."""
+    """Photos of six people and one of two people, processed by `photo-pipeline process` (faces, thumbnails, groups)."""
     folder = tmp_path_factory.mktemp("review-library") / "photos"
     for person in PEOPLE:
         shutil.copytree(shared_testdata / "people" / person, folder / person)
+    (folder / "Friends").mkdir()
+    shutil.copy(shared_testdata / "faces" / "two_people.jpg", folder / "Friends" / "two_people.jpg")
     run = subprocess.run([sys.executable, "-m", "workers", "process", str(folder), "--workers", "2",
                           "--no-progress"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr

@@ -151,6 +151,15 @@ def test_review_a_library(library, server, page, shots):
     assert page.locator("svg rect.box").count() == page.locator("li.face img[data-face-id]").count()
     screenshot(page, shots, "photo")
 
+    # a photo of two people nobody named yet
+    friends = library.faces_of("Friends")
+    assert len(friends) == 2
+    page.goto(server.base + "unknown")
+    page.click(f"a.crop:has(img[data-face-id='{friends[0]}'])")
+    assert page.locator("svg text.label").all_text_contents() == ["unknown", "unknown"]
+    assert page.locator("svg rect.box").count() == 2 and page.locator("li.face:target").count() == 1
+    screenshot(page, shots, "photo-two-people")
+
     # the suggested people left, one of them named by a name already given: added to that person
     page.goto(server.base + f"suggested/{serena}")
     page.fill("#name", "colin powell")
