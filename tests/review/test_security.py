@@ -156,3 +156,22 @@ def test_html_in_a_name_is_text(lib):
             assert '<img src=x' not in text and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;amp;" in text, path
     finally:
         srv.stop()
+
+
+def test_queue_mode_reads_photos_under_the_storage_root(lib, tmp_path):
+    """`review --db URL`: the photos are where PHOTO_STORAGE_ROOT says, crops cached beside the
+    thumbnails there; a missing storage root or an unmigrated database is one line, exit 2."""
+    env = review_env(PHOTO_STORAGE_ROOT=str(lib.folder), PHOTO_THUMBNAIL_ROOT=str(tmp_path / "thumbs"))
+    srv = Server("--db", lib.url, env=env)
+    try:
+        face = lib.faces_of("Colin_Powell")[0]
+        assert httpx.get(srv.base).status_code == 200
+        assert httpx.get(srv.base + f"crop/96/{face}").headers["content-type"] == "image/jpeg"
+        assert len(list((tmp_path / "thumbs" / "faces" / "96").glob("*.jpg"))) == 1
+    finally:
+        srv.stop()
+    gone = review("--db", lib.url, env=review_env(PHOTO_STORAGE_ROOT=str(tmp_path / "nowhere")))
+    assert gone.returncode == 2 and "PHOTO_STORAGE_ROOT" in gone.stderr and len(gone.stderr.splitlines()) == 1
+    bare = f"sqlite:///{tmp_path / 'bare.db'}"
+    run = review("--db", bare, env=review_env(PHOTO_STORAGE_ROOT=str(lib.folder)))
+    assert run.returncode == 2 and "photo-pipeline migrate" in run.stderr and len(run.stderr.splitlines()) == 1

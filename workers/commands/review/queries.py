@@ -276,9 +276,5 @@ def photo_faces(conn: sa.Connection, image_id: int) -> list[PhotoFace]:
     return out
 
 
-def face_image(conn: sa.Connection, face_id: int) -> int | None:
-    return conn.execute(sa.select(faces.c.image_id).where(faces.c.id == face_id)).scalar()
-
-
 def totals(conn: sa.Connection) -> dict[str, int]:
     return {"people": count_people(conn), "groups": count_groups(conn), "unknown": count_unknown(conn)}
