@@ -129,7 +129,7 @@ def main() -> int:
         tmp = Path(tmp)
         server = None
         if args.mariadb:
-            from tests.services import MariaDB
+            from tests.support.services import MariaDB
             server = MariaDB(tmp / "mariadb").start()
             urls = [server.create_database("bench_big"), server.create_database("bench_small")]
         elif args.db:

@@ -6,7 +6,7 @@ import re
 
 import sqlalchemy as sa
 
-from tests.review.conftest import screenshot
+from tests.support.review import screenshot
 from workers.faces import filing
 from workers.schema import faces
 from workers.settings import Settings
@@ -217,7 +217,7 @@ def test_embedded_library_files_faces_by_itself(processed_library, tmp_path, pag
     import shutil
     import time
 
-    from tests.review.conftest import Library, Server
+    from tests.support.review import Library, Server
     from workers import db
 
     folder = tmp_path / "photos"

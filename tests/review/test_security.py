@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests.review.conftest import PROJECT_ROOT, Server, copy_library, review_env
+from tests.support.review import PROJECT_ROOT, Server, copy_library, review_env
 from workers.schema import images
 
 TOKEN = "s3cret-review-token-0123456789"

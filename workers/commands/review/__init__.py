@@ -19,12 +19,14 @@ import threading
 from pathlib import Path
 from urllib.parse import quote
 
+from workers.errors import PipelineError
+
 PROG = "photo-pipeline review"
 MIN_TOKEN = 16
 log = logging.getLogger("workers.review")
 
 
-class Refused(Exception):
+class Refused(PipelineError):
     """The command cannot start: one line for the operator."""
 
 

@@ -22,13 +22,14 @@ import unicodedata
 import sqlalchemy as sa
 
 from workers import db as dbmod
+from workers.errors import PipelineError
 from workers.schema import face_rejections, faces
 from workers.commands.review.queries import FREE, ROOT, face_state, member_digest
 
 MAX_NAME = 255
 
 
-class ActionError(Exception):
+class ActionError(PipelineError):
     """The request cannot be done as asked (bad input); nothing was written."""
 
 

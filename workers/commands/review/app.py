@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from workers.commands.review import actions, queries
 from workers.commands.review.crops import CROP_SIZES, Photos, Unavailable, parse_box
 from workers.commands.review.security import SESSION_COOKIE, TOKEN_PARAM, Guard, cookie_header
+from workers.errors import PipelineError
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"review.css": ("text/css", HERE / "static" / "review.css")}
@@ -42,8 +43,8 @@ class Library:
     title: str                  # shown in the page title: the folder's name, never a URL
 
 
-class NotFound(Exception):
-    pass
+class NotFound(PipelineError):
+    """A crafted or stale id: answered as 404."""
 
 
 def _id(value: str) -> int:

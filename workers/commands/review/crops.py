@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from workers.errors import PipelineError
+
 CROP_SIZES = (96, 160, 320)
 VIEW_SIDE = 1600           # the photo page's image, longer side
 MARGIN = 0.35              # around the box, per side, as a share of the box's side
@@ -29,7 +31,7 @@ ORIENTATION_TAG = 0x0112
 SWAPPING = {5, 6, 7, 8}
 
 
-class Unavailable(Exception):
+class Unavailable(PipelineError):
     """The photo cannot be read or decoded: answered as 404."""
 
 
