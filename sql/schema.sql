@@ -113,6 +113,8 @@ CREATE INDEX faces_image_id_index ON faces (image_id);
 
 CREATE INDEX faces_parent_status_index ON faces (parent_id, status);
 
+CREATE INDEX faces_review_index ON faces (suggested_group, status, parent_id);
+
 CREATE INDEX faces_suggested_group_index ON faces (suggested_group);
 
 CREATE TABLE face_rejections (

@@ -66,7 +66,16 @@ def _m0002_face_grouping(conn: sa.Connection) -> None:
             ix.create(conn)
 
 
-MIGRATIONS = [(1, "initial", _m0001_initial), (2, "face_grouping", _m0002_face_grouping)]
+def _m0003_face_review_index(conn: sa.Connection) -> None:
+    """faces_review_index: the review page's lists without reading a face's row."""
+    have = {ix["name"] for ix in sa.inspect(conn).get_indexes("faces")}
+    for ix in schema.faces.indexes:
+        if ix.name not in have:
+            ix.create(conn)
+
+
+MIGRATIONS = [(1, "initial", _m0001_initial), (2, "face_grouping", _m0002_face_grouping),
+              (3, "face_review_index", _m0003_face_review_index)]
 
 
 def migrate(engine: Engine) -> list[str]:

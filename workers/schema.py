@@ -72,6 +72,9 @@ faces = sa.Table(
     sa.Index("faces_image_id_index", "image_id"),
     sa.Index("faces_parent_status_index", "parent_id", "status"),
     sa.Index("faces_suggested_group_index", "suggested_group"),
+    # The review page's lists (suggested people, unknown faces) and counts, read from the index
+    # alone: status and suggested_group sit behind the encoding in the row.
+    sa.Index("faces_review_index", "suggested_group", "status", "parent_id"),
 )
 
 # A reviewer's "not this person": the face is never filed under that person (root) again.

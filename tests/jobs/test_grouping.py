@@ -301,7 +301,7 @@ def test_migration_adds_the_grouping_columns_to_an_existing_faces_table(mariadb)
         from workers.schema import schema_migrations
         schema_migrations.create(conn)
         conn.execute(schema_migrations.insert().values(version=1, name="initial", applied_at=db.now()))
-    assert db.migrate(engine) == ["0002_face_grouping"]
+    assert db.migrate(engine) == ["0002_face_grouping", "0003_face_review_index"]
     insp = sa.inspect(engine)
     assert {"matched_parent_id", "match_note", "suggested_group"} <= {c["name"] for c in insp.get_columns("faces")}
     assert "faces_suggested_group_index" in {ix["name"] for ix in insp.get_indexes("faces")}

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from workers import db as dbmod
 from workers.errors import PipelineError
 from workers.schema import face_rejections, faces
-from workers.commands.review.queries import FREE, ROOT, face_state, member_digest
+from workers.commands.review.queries import FREE, GROUPED, ROOT, face_state, member_digest
 
 MAX_NAME = 255
 
@@ -248,7 +248,7 @@ def remove_from_group(engine: sa.Engine, group_id: int, expected: dict[int, str]
 
 
 def _group_members(conn: sa.Connection, group_id: int, digest: str) -> list[int]:
-    members = conn.execute(sa.select(faces.c.id).where(FREE, faces.c.suggested_group == group_id)).scalars().all()
+    members = conn.execute(sa.select(faces.c.id).where(GROUPED, faces.c.suggested_group == group_id)).scalars().all()
     rows = _lock(conn, members)
     members = [i for i, r in rows.items() if r.status == "unknown" and r.parent_id is None
                and r.suggested_group == group_id]

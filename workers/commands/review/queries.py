@@ -24,6 +24,11 @@ GROUP_PREVIEW = 6        # crops shown for each suggested person in a list
 ROOT = sa.and_(faces.c.parent_id.is_(None), faces.c.status == "ok")
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 UNGROUPED = sa.and_(FREE, faces.c.suggested_group.is_(None))
+# Faces of any suggested person. Written so that only faces_review_index (suggested_group,
+# status, parent_id) answers it: given `parent_id IS NULL` as such, both SQLite and MariaDB
+# start from the (parent_id, status) index and then read every free face's row for its group.
+GROUPED = sa.and_(faces.c.suggested_group.is_not(None), faces.c.status == "unknown",
+                  sa.func.coalesce(faces.c.parent_id, 0) == 0)
 
 
 def face_state(status: str, parent_id: int | None, group: int | None) -> str:
@@ -170,30 +175,31 @@ class Group:
 
 
 def count_groups(conn: sa.Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.count(sa.distinct(faces.c.suggested_group)))
-                            .where(FREE, faces.c.suggested_group.is_not(None))).scalar() or 0)
+    return int(conn.execute(sa.select(sa.func.count(sa.distinct(faces.c.suggested_group))).where(GROUPED))
+               .scalar() or 0)
 
 
 def groups(conn: sa.Connection, page: Page) -> list[Group]:
     """Suggested people, largest first, each with a few of its faces (the representative first)."""
     size = sa.func.count().label("size")
-    rows = conn.execute(sa.select(faces.c.suggested_group, size,
-                                  sa.func.count(sa.distinct(faces.c.image_id)).label("photos"))
-                        .where(FREE, faces.c.suggested_group.is_not(None))
+    rows = conn.execute(sa.select(faces.c.suggested_group, size).where(GROUPED)
                         .group_by(faces.c.suggested_group).order_by(size.desc(), faces.c.suggested_group)
                         .limit(page.size).offset(page.offset)).all()
-    out = {r.suggested_group: Group(r.suggested_group, r.size, r.photos) for r in rows}
+    out = {r.suggested_group: Group(r.suggested_group, r.size, 0) for r in rows}
     if out:
-        members = conn.execute(sa.select(faces.c.id, faces.c.suggested_group)
-                               .where(FREE, faces.c.suggested_group.in_(list(out)))
+        members = conn.execute(sa.select(faces.c.id, faces.c.suggested_group, faces.c.image_id)
+                               .where(GROUPED, faces.c.suggested_group.in_(list(out)))
                                .order_by(faces.c.id)).all()
-        for face_id, gid in members:
+        photos: dict[int, set[int]] = {}
+        for face_id, gid, image_id in members:
             g = out[gid]
+            photos.setdefault(gid, set()).add(image_id)
             if face_id == gid:
                 g.preview.insert(0, face_id)
             elif len(g.preview) < GROUP_PREVIEW:
                 g.preview.append(face_id)
-        for g in out.values():
+        for gid, g in out.items():
+            g.photos = len(photos.get(gid, ()))
             del g.preview[GROUP_PREVIEW:]
     return list(out.values())
 
@@ -201,7 +207,7 @@ def groups(conn: sa.Connection, page: Page) -> list[Group]:
 def group(conn: sa.Connection, group_id: int) -> tuple[Group, str] | None:
     """One suggested person and the digest of its membership, or None when it has no member."""
     rows = conn.execute(sa.select(faces.c.id, faces.c.image_id)
-                        .where(FREE, faces.c.suggested_group == group_id)).all()
+                        .where(GROUPED, faces.c.suggested_group == group_id)).all()
     if not rows:
         return None
     return (Group(group_id, len(rows), len({r.image_id for r in rows})),
@@ -210,7 +216,7 @@ def group(conn: sa.Connection, group_id: int) -> tuple[Group, str] | None:
 
 def group_faces(conn: sa.Connection, group_id: int, page: Page) -> list[Face]:
     """The members, the representative first."""
-    return _faces(conn, sa.and_(FREE, faces.c.suggested_group == group_id), page,
+    return _faces(conn, sa.and_(GROUPED, faces.c.suggested_group == group_id), page,
                   order=(faces.c.id != group_id, faces.c.id))
 
 
