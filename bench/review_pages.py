@@ -130,6 +130,7 @@ def main() -> int:
         server = None
         if args.mariadb:
             from tests.support.services import MariaDB
+            (tmp / "mariadb").mkdir()
             server = MariaDB(tmp / "mariadb").start()
             urls = [server.create_database("bench_big"), server.create_database("bench_small")]
         elif args.db:
