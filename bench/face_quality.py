@@ -31,6 +31,7 @@ truth and the photos are the shared development set; never point it at the held-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -44,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import groundtruth as gt  # noqa: E402  (puts the repository first on sys.path)
-from face_api import engine  # noqa: E402
+from face_api import engine, passimage  # noqa: E402
 from face_api.boxes import trim as trim_box  # noqa: E402
 from face_api.detectors import calibration, filters, hog, yunet  # noqa: E402
 from face_api.imaging import open_photo  # noqa: E402
@@ -362,6 +363,114 @@ def profile_section(n: int, side: int) -> None:
           f"{100 * sum(stages.values()) / whole:.0f} % with the debug JPEG)")
 
 
+# ------------------------------------------------------------------ 7. resample
+
+# The pass image's decode and resample, from the previous decode (Pillow's draft at 1/2, 1/4 or
+# 1/8, then its BICUBIC resize with reducing_gap 2, as HOG's passes still do) to libjpeg-turbo's
+# M/8 DCT scaling followed by each candidate kernel (face_api/passimage.py).
+PREVIOUS = "previous: draft 1/2^k + Pillow BICUBIC"
+RESAMPLE_VARIANTS = [PREVIOUS] + [f"{dct} + {kernel}" for dct, kernels in (
+    ("M/8", ("lanczos3", "cubic", "linear", "pillow-bicubic", "pillow-bilinear", "pillow-box", "nearest")),
+    ("1/2^k", ("cubic", "linear"))) for kernel in kernels]
+
+
+@contextlib.contextmanager
+def _pass_kernel(variant: str):
+    """The engine's YuNet pass images (the main one and the large-face pass's) made the
+    `variant` way while inside."""
+    saved = passimage.KERNEL, passimage.EIGHTHS, passimage._jpeg_pass, yunet._resized
+    if variant == PREVIOUS:
+        passimage._jpeg_pass = lambda *args: None     # every photo through Photo.scaled()
+        yunet._resized = _previous_resized
+    else:
+        dct, passimage.KERNEL = variant.split(" + ")
+        passimage.EIGHTHS = dct == "M/8"
+    try:
+        yield
+    finally:
+        passimage.KERNEL, passimage.EIGHTHS, passimage._jpeg_pass, yunet._resized = saved
+
+
+def _previous_resized(rgb: np.ndarray, long_side: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    f = long_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def resample_section(truth, n: int) -> None:
+    """Per kernel: recall/precision on the truth and faces of the thumbnail reconstruction found
+    on the mix (the engine's YuNet path), the encoding change against the previous decode on the
+    faces both find beside the noise floor (HOG's box moved half a cell), the distance to the
+    thumbnail reconstruction's (HOG) encodings, and the CPU of making the pass image."""
+    from bench.face_api import build_mix, compare
+
+    s = settings(face_detector="yunet")
+    side = s.yunet_max_side
+    photos = build_mix(Path(tempfile.mkdtemp(prefix="face-quality-resample-")), n)
+    mix = [p.read_bytes() for p in photos]
+    thumb = gt.reconstruction("thumbnail")
+    thumb_truth = gt.evaluate(thumb, truth)
+    thumb_mix = {i: gt.as_detections(thumb(d)).as_response() for i, d in enumerate(mix)}
+    floor = hog_noise_floor(list(box_pairs([p.path for p in truth.values()])))
+    print(f"\n## 7. resample of the YuNet pass image ({side} px): truth ({len(truth)} photos) and "
+          f"the library mix ({len(mix)} photos); load {_load()}")
+    print(f"noise floor on the truth (HOG box moved half a HOG cell): {_summary(floor)}")
+    print(f"{'pass image':40s} {'recall':>7s} {'prec.':>6s} {'false':>5s} {'mix rec.':>8s} "
+          f"{'mix extra':>9s} {'ms/photo mix':>12s} {'truth':>6s}  encoding vs previous (truth+mix) | "
+          "vs thumbnail reconstruction (truth+mix)")
+    detect = gt.engine_detector(s)
+    previous = None
+    for kernel in RESAMPLE_VARIANTS:
+        with _pass_kernel(kernel):
+            run = gt.evaluate(detect, truth)
+            ours_mix = {i: engine.encode_image(load(d), s).as_dict() for i, d in enumerate(mix)}
+            cpu_mix = _best_cpu(lambda: [passimage.pass_image(load(d), side) for d in mix], repeat=3)
+            cpu_truth = _best_cpu(lambda: [passimage.pass_image(load(p.path.read_bytes()), side)
+                                           for p in truth.values()], repeat=3)
+        if previous is None:
+            previous = (run, ours_mix)
+        vs_previous = gt.encoding_deltas(previous[0], run) + _mix_deltas(previous[1], ours_mix)
+        vs_thumb = gt.encoding_deltas(thumb_truth, run) + _mix_deltas(thumb_mix, ours_mix)
+        c = compare(thumb_mix, ours_mix)
+        print(f"{kernel:40s} {run.recall:7.1%} {run.precision:6.1%} {run.false:5d} {c['recall']:8.1%} "
+              f"{c['extra']:9d} {1000 * cpu_mix / len(mix):12.1f} {1000 * cpu_truth / len(truth):6.1f}  "
+              f"{_summary(vs_previous)} | {_summary(vs_thumb)}", flush=True)
+        for line in _changed_faces(previous[0], run):
+            print(f"    {line}")
+
+
+def _changed_faces(a: gt.Evaluation, b: gt.Evaluation) -> list[str]:
+    """Truth faces one run found and the other did not, and photos whose false faces differ."""
+    other = {p.truth.name: p for p in b.photos}
+    out = []
+    for p in a.photos:
+        q = other[p.truth.name]
+        for verb, faces in (("lost", set(p.matched) - set(q.matched)),
+                            ("gained", set(q.matched) - set(p.matched))):
+            for i in sorted(faces):
+                top, _, bottom, _ = p.truth.faces[i].box
+                out.append(f"{verb} a {bottom - top} px face of {p.truth.name} "
+                           f"({p.truth.width}x{p.truth.height}, {', '.join(p.truth.faces[i].tags) or '-'})")
+        if len(p.false) != len(q.false):
+            out.append(f"false faces on {p.truth.name}: {len(p.false)} -> {len(q.false)}")
+    return out
+
+
+def _mix_deltas(a: dict, b: dict) -> list[float]:
+    """Encoding distances of the faces two runs on the mix both found (IoU >= 0.3, greedy)."""
+    out = []
+    for i, ra in a.items():
+        truth = gt.PhotoTruth(str(i), Path(), ra["width"], ra["height"],
+                              tuple(gt.TrueFace(tuple(box), ()) for box in ra["locations"]))
+        scored = gt.score_photo(truth, b[i])
+        out += [float(np.linalg.norm(np.subtract(ra["encodings"][ti], b[i]["encodings"][di])))
+                for ti, di in scored.matched.items()]
+    return out
+
+
 # ------------------------------------------------------------------ 6. runtimes
 
 def _best_cpu(fn, *args, repeat: int = 5) -> float:
@@ -438,7 +547,7 @@ def main() -> None:
     ap.add_argument("--fit-calibration", action="store_true")
     ap.add_argument("--skip-mix", action="store_true")
     ap.add_argument("--sections", default="truth,calibration,people,mix,profile,runtimes",
-                    help="which of truth,calibration,people,mix,profile,runtimes to run "
+                    help="which of truth,calibration,people,mix,profile,runtimes,resample to run "
                          "(calibration needs truth)")
     ap.add_argument("--mix", type=int, default=16, help="photos in the library mix")
     args = ap.parse_args()
@@ -458,6 +567,8 @@ def main() -> None:
         profile_section(args.mix, sides[-1])
     if "runtimes" in sections:
         runtimes_section(truth)
+    if "resample" in sections:
+        resample_section(truth, args.mix)
     print(json.dumps({"done": True, "load": _load()}))
 
 

@@ -85,6 +85,15 @@ class Photo:
     def size(self) -> tuple[int, int]:
         return self.width, self.height
 
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+    @property
+    def draft(self) -> bool:
+        """Whether decodes may use JPEG DCT scaling (PHOTO_FACE_DRAFT_DECODE)."""
+        return self._draft
+
     def _decode(self, min_long_side: int, draft: bool) -> Image.Image:
         """Decode (oriented, RGB) with the longer side >= min_long_side where DCT scaling allows
         (and `draft`), else in full."""

@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
+from .. import passimage
 from ..boxes import xywh_inside as _inside
 from ..boxes import xywh_iou as box_iou
 from ..networks import yunet_onnx
@@ -110,7 +110,7 @@ def _resized(rgb: np.ndarray, long_side: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     f = long_side / max(h, w)
     size = (max(1, round(w * f)), max(1, round(h * f)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
+    return passimage.resize(rgb, size)
 
 
 def candidates(img: np.ndarray, large_face_side: int, threads: int = 1,
@@ -143,7 +143,7 @@ def detect_yunet(source, settings, timings: dict):
 
     `source` is a Photo or ArraySource; boxes are (top, right, bottom, left) in pixels of image."""
     t = time.monotonic()
-    img = source.scaled(settings.yunet_max_side)
+    img = passimage.pass_image(source, settings.yunet_max_side)
     timings["decode"] += time.monotonic() - t
     t = time.monotonic()
     found = candidates(img, settings.yunet_large_face_side, 1, settings.face_runtime)

@@ -278,6 +278,20 @@ def test_http_encode_with_yunet(yunet_api):
     assert set(body) == {"encodings", "locations", "scale", "width", "height", "debug_image_path"}
 
 
+def test_http_debug_image_of_a_yunet_pass(yunet_api):
+    """The debug JPEG is the pass image (the photo at 1200 px) with the returned boxes drawn."""
+    r = post_image(yunet_api, (FACES / "obama3.jpg").read_bytes(), "obama3.jpg")
+    assert r.status_code == 200
+    body = r.json()
+    debug = Image.open(body["debug_image_path"]).convert("RGB")
+    assert debug.size == (738, 1200) and len(body["locations"]) == 1
+    f = 1200 / body["height"]
+    top, right, bottom, left = (round(v * f) for v in body["locations"][0])
+    edge = np.asarray(debug)[top:bottom, max(0, left - 1):left + 2].reshape(-1, 3).astype(int)
+    red = (edge[:, 0] > 180) & (edge[:, 1] < 90) & (edge[:, 2] < 90)
+    assert red.mean() > 0.8
+
+
 @pytest.mark.parametrize("name", sorted(synthetic_bad_inputs()))
 def test_http_bad_inputs_with_yunet(yunet_api, name):
     assert_json_4xx(post_image(yunet_api, synthetic_bad_inputs()[name], name))
