@@ -19,6 +19,10 @@ Servers:
                       a thread is free; the references keep the original's uvicorn workers, which
                       accept every connection at once). --ours-worker-class changes ours.
 
+Then the CPU per stage (decode, resize, detect, landmarks + encodings, the debug JPEG), measured
+in-process on one thread for the thumbnail reconstruction and ours with YuNet, beside the HTTP
+worker CPU (the rest: HTTP, multipart, JSON). --no-stages skips it.
+
 Columns: photos/s (wall) and x the thumbnail reconstruction; worker CPU seconds per photo (from
 /proc, every worker process: robust to other load) and its ratio; p50/p95 latency; faces the
 thumbnail reconstruction found that this server found too (IoU >= 0.3), extra faces, the largest
@@ -211,6 +215,86 @@ def compare(reference: dict, ours: dict, names: list[str] | None = None) -> dict
             "max_delta": max(deltas, default=0.0), "far": far}
 
 
+# ------------------------------------------------------------------ CPU per stage
+
+STAGES = ("decode", "resize", "detect", "landmarks + encodings", "debug JPEG")
+
+
+def stage_profile(server: str, photos: list[Path]) -> dict[str, float]:
+    """In-process CPU seconds per photo of each stage, one thread, photos one after another:
+    the thumbnail reconstruction as bench/groundtruth.py runs it, or ours with YuNet as
+    detect_yunet and face_api/app.py run it (the pass image, YuNet's passes with the large-face
+    pass's resize and the second look, the averaged landmarks and ResNet, the debug JPEG)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from face_api import engine, passimage
+    from face_api.detectors import calibration, filters, hog, yunet
+    from face_api.imaging import open_photo
+    from face_api.settings import Settings
+
+    engine.load_models()
+    s = Settings(debug_images=False, face_threads=1, face_detector="yunet")
+    totals = dict.fromkeys(STAGES, 0.0)
+
+    def timed(stage, fn, *args):
+        started = time.process_time()
+        out = fn(*args)
+        totals[stage] += time.process_time() - started
+        return out
+
+    for path in photos:
+        data = path.read_bytes()
+        if server == "thumbnail":
+            im = timed("decode", lambda: ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+            for scale in gt.ORIGINAL_SCALES:
+                copy = timed("resize", lambda: im.copy())
+                timed("resize", copy.thumbnail, (scale, scale))
+                img = timed("resize", np.asarray, copy)
+                boxes = timed("detect", hog.face_locations, img, 1)
+                if boxes or max(im.size) <= scale:
+                    break
+            if boxes:
+                timed("landmarks + encodings", engine.face_encodings, img, boxes, 1, None, None, "native")
+        elif server == "yunet":
+            photo = timed("decode", open_photo, data, s.max_pixels)
+            decoded = timed("decode", passimage.decode_scaled, photo, s.yunet_max_side, passimage.EIGHTHS)
+            img = timed("resize", passimage.fitted, *decoded, photo.orientation)
+            started = time.process_time()
+            found = yunet.candidates(img, s.yunet_large_face_side, 1, s.face_runtime)
+            kept = [c for c in found if filters.keep(img, c, s.yunet_min_score, s.yunet_confirm_score,
+                                                     yunet.run)]
+            boxes = [calibration.hog_box(c, img.shape) for c in kept]
+            totals["detect"] += time.process_time() - started
+            if boxes:
+                timed("landmarks + encodings", engine.face_encodings, img, boxes, 1, None,
+                      calibration.landmarks, s.face_runtime)
+            timed("debug JPEG", lambda: Image.fromarray(img).save(io.BytesIO(), "JPEG", quality=85))
+        else:
+            raise ValueError(f"no stage profile for {server}")
+    return {stage: seconds / len(photos) for stage, seconds in totals.items()}
+
+
+def print_stages(best: dict[str, dict], photos: list[Path]) -> None:
+    servers = [s for s in ("thumbnail", "yunet") if s in best]
+    for s in servers:  # warm: the networks are built, and onnxruntime sizes its buffers, at first use
+        stage_profile(s, photos[:2])
+    profiles = {s: stage_profile(s, photos) for s in servers}
+    print(f"\nCPU s/photo per stage (in-process, one thread; the rest is the HTTP worker's CPU "
+          f"above minus the stages: HTTP, multipart, JSON, hashing); load {os.getloadavg()[0]:.1f}")
+    print(f"{'stage':24s} " + " ".join(f"{s:>10s}" for s in servers)
+          + ("   x" if len(servers) == 2 else ""))
+    rows = {stage: [profiles[s][stage] for s in servers] for stage in STAGES}
+    rows["HTTP and the rest"] = [best[s]["cpu_per_photo"] - sum(profiles[s].values()) for s in servers]
+    rows["HTTP worker CPU"] = [best[s]["cpu_per_photo"] for s in servers]
+    for stage, values in rows.items():
+        ratio = (f" {values[0] / values[1]:6.1f}" if len(values) == 2 and values[1] > 0.0005
+                 and values[0] > 0 else "")
+        print(f"{stage:24s} " + " ".join(f"{v:10.4f}" for v in values) + ratio)
+
+
 def main():
     cpus = os.cpu_count() or 2
     ap = argparse.ArgumentParser()
@@ -221,6 +305,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clients", type=int, default=2 * cpus)
     ap.add_argument("--ours-worker-class", help="gunicorn worker class for ours (default: the config's)")
+    ap.add_argument("--no-stages", action="store_true", help="skip the in-process CPU per stage")
     args = ap.parse_args()
     servers = args.servers.split(",")
     if "thumbnail" not in servers:
@@ -262,6 +347,8 @@ def main():
     for server in servers[1:]:
         for line in compare(ref["results"], best[server]["results"], names)["far"]:
             print(f"  {server}: encoding moved > 0.1 from the thumbnail reconstruction's: {line}")
+    if not args.no_stages:
+        print_stages(best, photos)
     no_face = sum(len(r["locations"]) for i, r in ref["results"].items() if "noface" in photos[i].name)
     print(f"\nthe thumbnail reconstruction found {compare(ref['results'], ref['results'])['faces']} faces "
           f"({no_face} on the no-face photos); photos and debug images in {tmp}")

@@ -319,7 +319,8 @@ def mix_section(n: int, sides: list[int]) -> None:
 
 def profile_section(n: int, side: int) -> None:
     """CPU seconds per photo of each stage of the YuNet path, the stages run one by one as
-    detect_yunet runs them (the debug JPEG as face_api/app.py draws it: a quality-85 save)."""
+    detect_yunet runs them (the pass image as face_api/passimage.py makes it from a JPEG, the debug
+    JPEG as face_api/app.py draws it: a quality-85 save)."""
     import io
 
     from PIL import Image
@@ -339,8 +340,9 @@ def profile_section(n: int, side: int) -> None:
     kept_faces = 0
     for path in photos:
         source = timed("header", load, path.read_bytes())
-        timed("decode (JPEG draft)", source._decode, side, True)
-        img = timed("resize", source.scaled, side)
+        decoded = timed("decode (JPEG at a DCT scale)", passimage.decode_scaled, source, side,
+                        passimage.EIGHTHS)
+        img = timed("resize (libvips)", passimage.fitted, *decoded, source.orientation)
         main = timed(f"YuNet pass at {side}", yunet.run, img)
         large = s.yunet_large_face_side
         small = timed(f"resize for the {large} pass", yunet._resized, img, large)

@@ -72,10 +72,15 @@ def _jpeg_pass(photo: Photo, max_side: int, kernel: str, eighths: bool) -> np.nd
     decoded = decode_scaled(photo, max_side, eighths)
     if decoded is None:
         return None
-    pixels, stored_target = decoded
+    return fitted(*decoded, photo.orientation, kernel)
+
+
+def fitted(pixels: np.ndarray, stored_target: tuple[int, int], orientation: int,
+           kernel: str | None = None) -> np.ndarray:
+    """Decoded pixels (stored orientation) resized to `stored_target`, then turned upright."""
     if (pixels.shape[1], pixels.shape[0]) != stored_target:
         pixels = resize(pixels, stored_target, kernel)
-    transpose = _TRANSPOSE.get(photo.orientation)
+    transpose = _TRANSPOSE.get(orientation)
     if transpose is not None:
         pixels = np.asarray(Image.fromarray(pixels).transpose(transpose))
     return np.ascontiguousarray(pixels)
