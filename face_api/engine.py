@@ -16,7 +16,8 @@ like HOG's):
 What makes it cheaper than the original (each measured against the ground truth with
 bench/groundtruth.py, and on the library mix with bench/face_api.py; settings turn them off):
 - A photo is decoded for a pass at the smallest JPEG DCT size >= the pass's scale, then resized
-  the way Pillow's thumbnail() does (imaging.py); encodings are computed on that image.
+  the way Pillow's thumbnail() does (imaging.py) for HOG, by libvips' reduce for YuNet
+  (passimage.py); encodings are computed on that image.
 - HOG's later passes scan only the pyramid levels earlier ones could not (detectors/hog.py).
 - The ResNet (and YuNet) run in onnxruntime from the same weights (networks/; PHOTO_FACE_RUNTIME):
   the same encodings for less CPU.
