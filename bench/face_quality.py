@@ -24,6 +24,11 @@ Sections (all in one run, one thread, photos one after another; CPU s = process_
    face_api/networks/resnet.py), and the resident memory each rebuilt network adds to a process.
    (The truth and mix sections measure the engine as the environment sets it: run them again
    with PHOTO_FACE_RUNTIME=native for the whole pipeline on the native code.)
+7. resample: YuNet's pass image made the previous way (Pillow's draft decode and BICUBIC resize,
+   as HOG's passes) and by face_api/passimage.py with each DCT scaling (M/8 or 1/2^k) and resize
+   kernel: recall and precision on the truth, faces of the thumbnail reconstruction found on the
+   mix, how far the encodings move (against the previous decode and the reconstruction's, beside
+   the noise floor) and the pass image's CPU.
 
 CPU-heavy (minutes): on a shared machine run it under `flock` on the machine's bench lock. The
 truth and the photos are the shared development set; never point it at the held-out eval photos.
@@ -365,11 +370,76 @@ def profile_section(n: int, side: int) -> None:
           f"{100 * sum(stages.values()) / whole:.0f} % with the debug JPEG)")
 
 
+# ------------------------------------------------------------------ 6. runtimes
+
+def _best_cpu(fn, *args, repeat: int = 5) -> float:
+    fn(*args)  # warm: onnxruntime sizes its buffers on the first call of a shape
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        fn(*args)
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def runtimes_section(truth) -> None:
+    """Per-call CPU (best of 5, one thread) of yuface vs onnxruntime YuNet on a truth photo at
+    1200x900 and 320x240, and of dlib vs onnxruntime ResNet per face on the truth photos."""
+    import dlib
+    from PIL import Image
+
+    from face_api.networks import resnet, yunet_onnx
+    from face_api.memory import release_freed
+
+    models = engine.load_models()
+    c_detect, gomp = yunet._load()
+    if gomp is not None:
+        gomp.omp_set_num_threads(1)
+    release_freed()
+    before = _rss_mb()
+    detector = yunet_onnx.checked_detector(c_detect)
+    release_freed()   # what stays, not the graph building's transient heap
+    yunet_built_mb = _rss_mb() - before
+    print(f"\n## 6. runtimes: CPU ms per call, best of 5, one thread; load {_load()}")
+    print(f"{'network, input':34s} {'native':>8s} {'onnxruntime':>12s} {'x':>6s}")
+    photo = next(iter(truth.values())).path
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    for w, h in ((1200, 900), (320, 240)):
+        img = np.ascontiguousarray(np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR)))
+        native = _best_cpu(c_detect, np.ascontiguousarray(img[:, :, ::-1]))
+        ours = _best_cpu(detector.run, img)
+        print(f"{f'YuNet, {w}x{h}':34s} {native * 1000:8.1f} {ours * 1000:12.1f} {native / ours:6.1f}")
+    release_freed()
+    yunet_mb = _rss_mb() - before
+    before = _rss_mb()
+    encoder = resnet.checked_encoder(models.files.face_recognition, models.encoder)
+    release_freed()
+    resnet_mb = _rss_mb() - before
+    native, ours, faces = [], [], 0
+    for t in list(truth.values())[:8]:
+        img = np.ascontiguousarray(np.asarray(Image.open(t.path).convert("RGB")))
+        for top, right, bottom, left in hog.face_locations(img, 1):
+            shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
+            native.append(_best_cpu(models.encoder.compute_face_descriptor, img, shape, 1, repeat=2))
+            chip = dlib.get_face_chip(img, shape, resnet.CHIP_SIZE, resnet.CHIP_PADDING)[None]
+            ours.append(_best_cpu(encoder.encode, chip, repeat=2))
+            faces += 1
+    n, o = statistics.median(native), statistics.median(ours)
+    print(f"{f'ResNet, one face (median of {faces})':34s} {n * 1000:8.1f} {o * 1000:12.1f} {n / o:6.1f}"
+          "   (onnxruntime: the chip cut by dlib included)")
+    print(f"resident memory the rebuilt networks add: YuNet {yunet_mb:.0f} MB ({yunet_built_mb:.0f} "
+          f"once built, the rest its buffers after the passes above), ResNet {resnet_mb:.0f} MB")
+
+
 # ------------------------------------------------------------------ 7. resample
 
-# The pass image's decode and resample, from the previous decode (Pillow's draft at 1/2, 1/4 or
-# 1/8, then its BICUBIC resize with reducing_gap 2, as HOG's passes still do) to libjpeg-turbo's
-# M/8 DCT scaling followed by each candidate kernel (face_api/passimage.py).
+# The pass image's decode and resample: the previous decode (Pillow's draft at 1/2, 1/4 or 1/8,
+# then its BICUBIC resize with reducing_gap 2, as HOG's passes still do), and libjpeg-turbo's DCT
+# scaling at any M/8 or at 1/2^k followed by each candidate kernel (face_api/passimage.py).
 PREVIOUS = "previous: draft 1/2^k + Pillow BICUBIC"
 RESAMPLE_VARIANTS = [PREVIOUS] + [f"{dct} + {kernel}" for dct, kernels in (
     ("M/8", ("lanczos3", "cubic", "linear", "pillow-bicubic", "pillow-bilinear", "pillow-box", "nearest")),
@@ -473,71 +543,6 @@ def _mix_deltas(a: dict, b: dict) -> list[float]:
     return out
 
 
-# ------------------------------------------------------------------ 6. runtimes
-
-def _best_cpu(fn, *args, repeat: int = 5) -> float:
-    fn(*args)  # warm: onnxruntime sizes its buffers on the first call of a shape
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.process_time()
-        fn(*args)
-        best = min(best, time.process_time() - started)
-    return best
-
-
-def _rss_mb() -> float:
-    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-
-
-def runtimes_section(truth) -> None:
-    """Per-call CPU (best of 5, one thread) of yuface vs onnxruntime YuNet on a truth photo at
-    1200x900 and 320x240, and of dlib vs onnxruntime ResNet per face on the truth photos."""
-    import dlib
-    from PIL import Image
-
-    from face_api.networks import resnet, yunet_onnx
-    from face_api.memory import release_freed
-
-    models = engine.load_models()
-    c_detect, gomp = yunet._load()
-    if gomp is not None:
-        gomp.omp_set_num_threads(1)
-    release_freed()
-    before = _rss_mb()
-    detector = yunet_onnx.checked_detector(c_detect)
-    release_freed()   # what stays, not the graph building's transient heap
-    yunet_built_mb = _rss_mb() - before
-    print(f"\n## 6. runtimes: CPU ms per call, best of 5, one thread; load {_load()}")
-    print(f"{'network, input':34s} {'native':>8s} {'onnxruntime':>12s} {'x':>6s}")
-    photo = next(iter(truth.values())).path
-    rgb = np.asarray(Image.open(photo).convert("RGB"))
-    for w, h in ((1200, 900), (320, 240)):
-        img = np.ascontiguousarray(np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR)))
-        native = _best_cpu(c_detect, np.ascontiguousarray(img[:, :, ::-1]))
-        ours = _best_cpu(detector.run, img)
-        print(f"{f'YuNet, {w}x{h}':34s} {native * 1000:8.1f} {ours * 1000:12.1f} {native / ours:6.1f}")
-    release_freed()
-    yunet_mb = _rss_mb() - before
-    before = _rss_mb()
-    encoder = resnet.checked_encoder(models.files.face_recognition, models.encoder)
-    release_freed()
-    resnet_mb = _rss_mb() - before
-    native, ours, faces = [], [], 0
-    for t in list(truth.values())[:8]:
-        img = np.ascontiguousarray(np.asarray(Image.open(t.path).convert("RGB")))
-        for top, right, bottom, left in hog.face_locations(img, 1):
-            shape = models.shape_predictor(img, dlib.rectangle(left, top, right, bottom))
-            native.append(_best_cpu(models.encoder.compute_face_descriptor, img, shape, 1, repeat=2))
-            chip = dlib.get_face_chip(img, shape, resnet.CHIP_SIZE, resnet.CHIP_PADDING)[None]
-            ours.append(_best_cpu(encoder.encode, chip, repeat=2))
-            faces += 1
-    n, o = statistics.median(native), statistics.median(ours)
-    print(f"{f'ResNet, one face (median of {faces})':34s} {n * 1000:8.1f} {o * 1000:12.1f} {n / o:6.1f}"
-          "   (onnxruntime: the chip cut by dlib included)")
-    print(f"resident memory the rebuilt networks add: YuNet {yunet_mb:.0f} MB ({yunet_built_mb:.0f} "
-          f"once built, the rest its buffers after the passes above), ResNet {resnet_mb:.0f} MB")
-
-
 def _load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -548,7 +553,7 @@ def main() -> None:
                     help="YuNet long sides to compare, e.g. 1280,1600")
     ap.add_argument("--fit-calibration", action="store_true")
     ap.add_argument("--skip-mix", action="store_true")
-    ap.add_argument("--sections", default="truth,calibration,people,mix,profile,runtimes",
+    ap.add_argument("--sections", default="truth,calibration,people,mix,profile,runtimes,resample",
                     help="which of truth,calibration,people,mix,profile,runtimes,resample to run "
                          "(calibration needs truth)")
     ap.add_argument("--mix", type=int, default=16, help="photos in the library mix")
