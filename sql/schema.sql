@@ -7,6 +7,21 @@ CREATE TABLE cache_locks (
 
 CREATE INDEX ix_cache_locks_expiration ON cache_locks (expiration);
 
+CREATE TABLE face_metrics (
+	id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, 
+	fingerprint VARCHAR(64) NOT NULL, 
+	fitted_at DATETIME, 
+	people INTEGER, 
+	faces INTEGER, 
+	negatives INTEGER, 
+	weight FLOAT(53), 
+	seconds FLOAT(53), 
+	why VARCHAR(255), 
+	matrix LONGTEXT NOT NULL, 
+	PRIMARY KEY (id), 
+	UNIQUE (fingerprint)
+);
+
 CREATE TABLE failed_jobs (
 	id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, 
 	uuid VARCHAR(255) NOT NULL, 

@@ -74,8 +74,13 @@ def _m0003_face_review_index(conn: sa.Connection) -> None:
             ix.create(conn)
 
 
+def _m0004_face_metrics(conn: sa.Connection) -> None:
+    """The learned face distance, stored beside the encodings."""
+    _ensure_tables(conn, schema.face_metrics)
+
+
 MIGRATIONS = [(1, "initial", _m0001_initial), (2, "face_grouping", _m0002_face_grouping),
-              (3, "face_review_index", _m0003_face_review_index)]
+              (3, "face_review_index", _m0003_face_review_index), (4, "face_metrics", _m0004_face_metrics)]
 
 
 def migrate(engine: Engine) -> list[str]:

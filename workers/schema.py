@@ -85,6 +85,22 @@ face_rejections = sa.Table(
     sa.Column("created_at", sa.DateTime),
 )
 
+# The distance learned from the reviewers' decisions (workers/faces/metric.py): the 128 x 128 map
+# applied to dlib's encodings, which stay as they are. One row per distinct fit, the newest last.
+face_metrics = sa.Table(
+    "face_metrics", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+    sa.Column("fitted_at", sa.DateTime),
+    sa.Column("people", sa.Integer),
+    sa.Column("faces", sa.Integer),
+    sa.Column("negatives", sa.Integer),
+    sa.Column("weight", sa.Float(precision=53)),     # share of the distance that is learned
+    sa.Column("seconds", sa.Float(precision=53)),
+    sa.Column("why", sa.String(255)),
+    sa.Column("matrix", LongText, nullable=False),   # JSON, 128 rows of 128 floats
+)
+
 # Laravel's dedup table: a row means "queued or running".
 queues = sa.Table(
     "queues", metadata,

@@ -34,6 +34,7 @@ CHOICES = {
     "geocoder": ("nominatim", "offline"),
     "geocode_fallback": ("offline", "none"),
     "face_grouping": ("people", "roots"),
+    "face_metric": ("learned", "off"),
 }
 
 
@@ -111,6 +112,13 @@ class Settings(BaseSettings):
     face_rematch_batch: int = 200            # faces per automatic rematch step (one per face job)
     face_cluster_radius: float = 0.45        # suggested groups: DBSCAN eps...
     face_cluster_min_faces: int = 3          # ...and minimum faces (the face itself included)
+    # The distance learned from reviewed faces (workers/faces/metric.py explains it).
+    face_metric: str = "learned"             # "learned" or "off" (dlib's Euclidean distance only)
+    face_metric_shrinkage: float = Field(300.0, ge=0)  # approvals worth as much as dlib's distance
+    face_metric_beta: float = Field(0.5, ge=0, lt=1)   # weight of the different-people pairs
+    face_metric_min_people: int = Field(10, ge=1)      # people with 2 approved faces before learning
+    face_metric_radius_slack: float = 0.2    # radius slack in the learned metric (radii there are
+                                             # measured on the faces it was fitted on)
     # Work a consumer does when its queue has been empty this long (workers/queue/idle.py): the faces
     # workers finish the automatic rematch after approvals even when no photo is uploaded.
     idle_interval: float = Field(5.0, ge=0)  # seconds; 0 = never

@@ -164,7 +164,7 @@ def test_a_reviewers_move_shrinks_the_persons_radius(lib):
     lib.rematch()
     assert lib.parent(moved) == a
     lib.review(moved, status="ok", parent_id=b)              # ...a reviewer says it is b
-    report = {p["person"]: p for p in filing.people_report(lib.engine, lib.settings)}
+    report = {p["person"]: p for p in filing.people_report(lib.engine, lib.settings)[1]}
     assert "against person" in report[a]["why"] and report[a]["faces"] == 2
     near_moved = lib.face(at((0, 0.45), (2, 0.12)))         # 0.08 from the moved face, 0.26 from a2
     lib.rematch()
@@ -301,7 +301,7 @@ def test_migration_adds_the_grouping_columns_to_an_existing_faces_table(mariadb)
         from workers.schema import schema_migrations
         schema_migrations.create(conn)
         conn.execute(schema_migrations.insert().values(version=1, name="initial", applied_at=db.now()))
-    assert db.migrate(engine) == ["0002_face_grouping", "0003_face_review_index"]
+    assert db.migrate(engine) == ["0002_face_grouping", "0003_face_review_index", "0004_face_metrics"]
     insp = sa.inspect(engine)
     assert {"matched_parent_id", "match_note", "suggested_group"} <= {c["name"] for c in insp.get_columns("faces")}
     assert "faces_suggested_group_index" in {ix["name"] for ix in insp.get_indexes("faces")}

@@ -66,9 +66,14 @@ def cmd_suggest(args) -> int:
 
 
 def cmd_people(args) -> int:
-    for p in filing.people_report(_engine(args), _settings(args)):
+    metric, people = filing.people_report(_engine(args), _settings(args))
+    print(f"distance: {metric.why}" + (f" (fitted in {metric.seconds:.2f} s)" if metric.learned else ""))
+    share = f"{100 * metric.weight:.0f} % learned" if metric.learned else "dlib only"
+    for p in people:
+        near = (f"nearest person {p['nearest']} at {p['nearest_distance']:.3f} "
+                f"(dlib {p['nearest_distance_dlib']:.3f})" if p["nearest"] else "no other person")
         print(f"person {p['person']:<8} {p['name'] or '':<24} approved {p['faces']:<4} "
-              f"radius {p['radius']:.3f}  {p['why']}")
+              f"radius {p['radius']:.3f} (dlib {p['radius_dlib']:.3f}, {share})  {near}  {p['why']}")
     return 0
 
 

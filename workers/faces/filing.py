@@ -18,6 +18,7 @@ Constraints on top of the rule:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -28,7 +29,8 @@ import sqlalchemy as sa
 
 from workers import db as dbmod
 from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
-from workers.faces.rules import REASONS, Decision, Rules, decide
+from workers.faces.metric import Fitted, Metric, MetricRules
+from workers.faces.rules import REASONS, Decision, People, Rules, decide
 from workers.schema import face_rejections, faces
 
 log = logging.getLogger("workers.faces.filing")
@@ -37,6 +39,16 @@ FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at most
 OURS = sa.and_(faces.c.status == "unknown",
                sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
+
+
+_fitted: dict[tuple[int, str], Fitted] = {}
+
+
+def learned_metric(conn: sa.Connection, engine: sa.Engine, settings, approved: ApprovedIndex) -> Metric:
+    """This process's metric for the database, refitted when approvals or rejections changed
+    (`approved` refreshed by the caller)."""
+    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
+    return _fitted.setdefault(key, Fitted()).refresh(conn, approved, MetricRules.from_settings(settings))
 
 
 @dataclass
@@ -62,7 +74,13 @@ class Matcher:
         else:
             self.approved = index_for(engine, ApprovedIndex)
             self.approved.refresh(conn)
+            self.metric = learned_metric(conn, engine, settings, self.approved)
+            if self.metric.learned:
+                # radii measured on the faces the metric was fitted on look tighter than new photos
+                self.rules = dataclasses.replace(self.rules, radius_slack=settings.face_metric_radius_slack)
+            self.approved.use(self.metric)
             self.unknown = index_for(engine, UnknownIndex)
+            self.unknown.use(self.metric)
             if self.rules.unknown_neighbours:
                 self.unknown.refresh(conn)
             self.people = self.approved.people(self.rules)
@@ -283,12 +301,14 @@ def auto_rematch(conn: sa.Connection, engine: sa.Engine, settings, exclude_image
         return Counter()
     index = index_for(engine, ApprovedIndex)
     index.refresh(conn)
+    # a refitted metric (after approvals, or a rejection) may file faces differently too
+    token = (index.token, learned_metric(conn, engine, settings, index).fingerprint)
     key = (os.getpid(), engine.url.render_as_string(hide_password=False))
     state = _passes.setdefault(key, _Pass())
-    if state.done and index.token != state.token:
+    if state.done and token != state.token:
         # a pass in progress is finished first (restarting it at every approval of a busy
         # review session would never reach the newest faces); then one more pass if needed
-        state.token, state.after, state.done = index.token, 0, False
+        state.token, state.after, state.done = token, 0, False
     if state.done:
         return Counter()
     after, counts = rematch_step(conn, engine, settings, state.after, settings.face_rematch_batch,
@@ -307,22 +327,32 @@ def idle_rematch(conn: sa.Connection, engine: sa.Engine, settings) -> bool:
     return state is not None and not state.done
 
 
-def people_report(engine: sa.Engine, settings) -> list[dict]:
-    """Each person: approved faces, learned radius and why, and the nearest other person."""
+def people_report(engine: sa.Engine, settings) -> tuple[Metric, list[dict]]:
+    """The metric, and each person: approved faces, radius and why, the nearest other person
+    and the distance to it, in the learned metric beside dlib's distance."""
     rules = Rules.from_settings(settings)
     index = index_for(engine, ApprovedIndex)
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         index.refresh(conn, force_sweep=True)
-        people = index.people(rules)
+        metric = learned_metric(conn, engine, settings, index)
+        ids, persons, vectors = index.labelled()
         names = dict(conn.execute(sa.select(faces.c.id, faces.c.name)
-                                  .where(faces.c.id.in_(list(people.vectors)[:10000]))).all())
+                                  .where(faces.c.id.in_(sorted(set(persons.tolist()))[:10000]))).all())
+    learned_rules = (dataclasses.replace(rules, radius_slack=settings.face_metric_radius_slack)
+                     if metric.learned else rules)
+    learned = People.learn(ids, persons, metric.project(vectors), learned_rules)
+    plain = People.learn(ids, persons, vectors, rules)
     out = []
-    for root in sorted(people.vectors):
-        p = people.person(root)
-        why = p.why
-        near = people.nearest_other(root, p.radius)
-        if near:
-            why += f"; shrinks to {near[1]:.3f} against person {near[0]} (approved faces that close)"
-        out.append({"person": root, "name": names.get(root), "faces": p.faces, "radius": p.radius,
-                    "why": why})
-    return out
+    for root in sorted(learned.vectors):
+        p, e = learned.person(root), plain.person(root)
+        near = learned.nearest_other(root, np.inf)
+        near_plain = plain.collision(root, near[0]) if near else None
+        radius = min([p.radius] + ([near[1]] if near and near[1] < p.radius else []))
+        radius_plain = min([e.radius] + ([near_plain] if near_plain is not None and near_plain < e.radius else []))
+        why = p.why + (f"; shrinks to {near[1]:.3f} against person {near[0]} (approved faces that close)"
+                       if near and near[1] < p.radius else "")
+        out.append({"person": root, "name": names.get(root), "faces": p.faces, "radius": radius,
+                    "radius_dlib": radius_plain, "why": why,
+                    "nearest": near[0] if near else None, "nearest_distance": near[1] if near else None,
+                    "nearest_distance_dlib": near_plain, "learned": metric.weight})
+    return metric, out

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
+from workers.faces.metric import IDENTITY, Metric
 from workers.faces.rules import Candidates, People, Rules
 from workers.schema import faces
 
@@ -138,6 +139,8 @@ class FaceMatrix:
         self._invalid: set[int] = set()                 # faces whose encoding is unusable
         self._token = None                              # aggregate of the set, see _db_token
         self._swept = 0.0                               # monotonic time of the last sweep
+        self._metric = IDENTITY                         # the distance faces are compared in
+        self._space = None                              # (L t, |L r|^2) under a learned metric
 
     def __len__(self) -> int:
         return self._n
@@ -154,6 +157,17 @@ class FaceMatrix:
         index._n, index._row = n, dict(zip(index._ids.tolist(), range(n)))
         index._changed()
         return index
+
+    @property
+    def metric(self) -> Metric:
+        return self._metric
+
+    def use(self, metric: Metric) -> None:
+        """Compare faces in `metric` from now on (the identity: dlib's Euclidean distance)."""
+        with self._lock:
+            if metric.fingerprint != self._metric.fingerprint:
+                self._metric, self._space = metric, None
+                self._changed()
 
     @property
     def ids(self) -> np.ndarray:
@@ -178,6 +192,7 @@ class FaceMatrix:
                 kind = self._sweep(conn, token)
             self.reloads[kind] += 1
             if kind != "unchanged":
+                self._space = None
                 self._changed()
             return kind
 
@@ -265,12 +280,24 @@ class FaceMatrix:
         """The encodings of the given rows, one per row (float32)."""
         return self._t[:, idx].T
 
-    def _approx(self, q: np.ndarray) -> np.ndarray:
-        """approx[j, i] = |r_i|^2 - 2 r_i.q_j + |q_j|^2, one BLAS pass over the matrix."""
+    def _projected(self) -> tuple[np.ndarray, np.ndarray]:
+        """The matrix and squared norms in the current metric (rebuilt after a change; under
+        the identity the stored ones). The caller holds the lock."""
+        if not self._metric.learned:
+            return self._t, self._sq
+        if self._space is None:
+            t = (self._metric.matrix @ self._t[:, :self._n].astype(np.float64)).astype(np.float32)
+            self._space = (t, np.einsum("ij,ij->j", t, t, dtype=np.float64).astype(np.float32))
+        return self._space
+
+    def _approx(self, q: np.ndarray, learned: bool = False) -> np.ndarray:
+        """approx[j, i] = |r_i|^2 - 2 r_i.q_j + |q_j|^2, one BLAS pass over the matrix (in the
+        learned metric if `learned`: q must then be projected already)."""
         n = self._n
-        approx = q.astype(np.float32) @ self._t[:, :n]
+        t, sq = self._projected() if learned else (self._t, self._sq)
+        approx = q.astype(np.float32) @ t[:, :n]
         approx *= -2
-        approx += self._sq[:n]
+        approx += sq[:n]
         approx += (q * q).sum(axis=1).astype(np.float32)[:, None]
         return approx
 
@@ -280,13 +307,20 @@ class FaceMatrix:
         q = np.asarray(encoding, dtype=np.float64).reshape(1, DIM)
         if self._n == 0:
             return np.empty(0, np.int64), np.empty(0)
-        col = self._approx(q)[0]
-        cand = np.flatnonzero(col <= limit * limit + MARGIN)
-        exact = np.linalg.norm(self._rows(cand).astype(np.float64) - q[0], axis=1)
+        col = self._approx(self._metric.project(q), learned=True)[0]
+        # the learned map is applied in float64 to the float32 rows; its float32 copy only
+        # pre-selects, so the margin scales with the map's largest stretch
+        cand = np.flatnonzero(col <= limit * limit + MARGIN * self._stretch())
+        exact = self._metric.distance(self._rows(cand).astype(np.float64), q[0])
         inside = exact < limit
         cand, exact = cand[inside], exact[inside]
         order = np.lexsort((self._ids[cand], exact))
         return cand[order], exact[order]
+
+
+    def _stretch(self) -> float:
+        m = self._metric.matrix
+        return 1.0 if m is None else max(1.0, float(np.linalg.norm(m, 2)) ** 2)
 
 
 def _grown(arr: np.ndarray, cap: int, n: int) -> np.ndarray:
@@ -353,9 +387,15 @@ class ApprovedIndex(FaceMatrix):
             if self._people is None or self._people[0] != rules:
                 live = self._person >= 0
                 n = self._n
-                self._people = (rules, People.learn(self._ids[:n][live], self._person[live],
-                                                    self._rows(np.flatnonzero(live)), rules))
+                vectors = self._metric.project(self._rows(np.flatnonzero(live)).astype(np.float64))
+                self._people = (rules, People.learn(self._ids[:n][live], self._person[live], vectors, rules))
             return self._people[1]
+
+    def labelled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, person, float64 encodings) of the approved faces that belong to a person."""
+        with self._lock:
+            live = np.flatnonzero(self._person >= 0)
+            return self._ids[live].copy(), self._person[live].copy(), self._rows(live).astype(np.float64)
 
     def candidates(self, encoding, rules: Rules) -> Candidates:
         """The approved faces within the rules' reach of one encoding, nearest first."""
