@@ -20,9 +20,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DEFAULT_PEOPLE = REPO.parent / "shared" / "testdata" / "people"
+# the shared data beside the main checkout, or beside a worktree under /work/wt
+DEFAULT_PEOPLE = next((p for p in (REPO.parent / "shared" / "testdata" / "people",
+                                   REPO.parent.parent / "shared" / "testdata" / "people") if p.exists()),
+                      REPO.parent / "shared" / "testdata" / "people")
 CACHE = REPO / "bench" / ".cache" / "face_grouping_encodings.json"
 LABEL_IOU = 0.3
+# The set's README: its East-Asian identities came from these two repositories.
+EAST_ASIAN_SOURCES = ("HannahGuo/Idol-Recognition", "DisGuiser9/lab4_Assignments")
 
 
 @dataclass
@@ -39,6 +44,7 @@ class PeopleSet:
     identities: dict[str, list[str]]     # person -> photos, most typical first
     lookalikes: list[tuple[str, str]]
     undetected: list[str]                # photos whose person's face the engine did not find
+    east_asian: set[str]                 # people from the repositories the README names as such
 
 
 def _sha(path: Path) -> str:
@@ -81,7 +87,10 @@ def load(people_dir: Path = DEFAULT_PEOPLE, cache: Path = CACHE, verbose: bool =
         cache.write_text(json.dumps(cached))
         if verbose:
             print(f"encoded {encoded} photos in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return PeopleSet(faces, identities, lookalikes, undetected)
+    sources = json.loads((people_dir / "sources.json").read_text()) if (people_dir / "sources.json").exists() else {}
+    east_asian = {photo.split("/")[0] for photo, src in sources.items()
+                  if src.get("source", "").split("@")[0] in EAST_ASIAN_SOURCES}
+    return PeopleSet(faces, identities, lookalikes, undetected, east_asian & set(identities))
 
 
 if __name__ == "__main__":

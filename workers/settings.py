@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     face_metric_min_people: int = Field(10, ge=1)      # people with 2 approved faces before learning
     face_metric_radius_slack: float = 0.2    # radius slack in the learned metric (radii there are
                                              # measured on the faces it was fitted on)
+    face_metric_margin: float = 0.08         # margin in the learned metric when it files a face
+                                             # dlib's distance left (a look-alike's risk)
     # Work a consumer does when its queue has been empty this long (workers/queue/idle.py): the faces
     # workers finish the automatic rematch after approvals even when no photo is uploaded.
     idle_interval: float = Field(5.0, ge=0)  # seconds; 0 = never

@@ -73,7 +73,8 @@ def cmd_people(args) -> int:
         near = (f"nearest person {p['nearest']} at {p['nearest_distance']:.3f} "
                 f"(dlib {p['nearest_distance_dlib']:.3f})" if p["nearest"] else "no other person")
         print(f"person {p['person']:<8} {p['name'] or '':<24} approved {p['faces']:<4} "
-              f"radius {p['radius']:.3f} (dlib {p['radius_dlib']:.3f}, {share})  {near}  {p['why']}")
+              f"radius {p['radius']:.3f} (dlib {p['radius_dlib']:.3f}, {share})  {near}  "
+              f"filed {p['filed']}, {p['filed_by_metric']} of them by the learned metric  {p['why']}")
     return 0
 
 

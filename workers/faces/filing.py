@@ -29,13 +29,14 @@ import sqlalchemy as sa
 
 from workers import db as dbmod
 from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
-from workers.faces.metric import Fitted, Metric, MetricRules
-from workers.faces.rules import REASONS, Decision, People, Rules, decide
+from workers.faces.metric import IDENTITY, Fitted, Metric, MetricRules
+from workers.faces.rules import REASONS, Candidates, Decision, People, Rules, decide
 from workers.schema import face_rejections, faces
 
 log = logging.getLogger("workers.faces.filing")
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
+LEARNED_NOTE = "learned metric: "    # match_note of a face the learned metric filed
 NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at most
 OURS = sa.and_(faces.c.status == "unknown",
                sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
@@ -60,7 +61,13 @@ class Face:
 
 
 class Matcher:
-    """Decisions for a batch of unknown faces against the current approvals of one database."""
+    """Decisions for a batch of unknown faces against the current approvals of one database.
+
+    The rule runs in dlib's distance; once the library has taught a metric (workers/faces/
+    metric.py) it runs there too, and the two are combined conservatively: the learned metric
+    files a face dlib's distance left ambiguous or just outside a radius only when it picks the
+    same person dlib's distance leaned to, and a dlib filing the learned metric puts under
+    someone else is left to a reviewer."""
 
     def __init__(self, conn: sa.Connection, engine: sa.Engine, settings):
         self.conn, self.settings = conn, settings
@@ -68,6 +75,7 @@ class Matcher:
         self.original = settings.face_grouping == "roots"
         if settings.face_grouping not in ("roots", "people"):
             raise RuntimeError(f"unknown face_grouping {settings.face_grouping!r} (people or roots)")
+        self.metric = IDENTITY
         if self.original:
             self.roots = index_for(engine, RootIndex)
             self.roots.refresh(conn)
@@ -75,15 +83,17 @@ class Matcher:
             self.approved = index_for(engine, ApprovedIndex)
             self.approved.refresh(conn)
             self.metric = learned_metric(conn, engine, settings, self.approved)
-            if self.metric.learned:
-                # radii measured on the faces the metric was fitted on look tighter than new photos
-                self.rules = dataclasses.replace(self.rules, radius_slack=settings.face_metric_radius_slack)
             self.approved.use(self.metric)
             self.unknown = index_for(engine, UnknownIndex)
             self.unknown.use(self.metric)
             if self.rules.unknown_neighbours:
                 self.unknown.refresh(conn)
             self.people = self.approved.people(self.rules)
+            if self.metric.learned:
+                # radii measured on the faces the metric was fitted on look tighter than new photos
+                self.learned_rules = dataclasses.replace(self.rules, radius_slack=settings.face_metric_radius_slack,
+                                                         margin=settings.face_metric_margin)
+                self.learned_people = self.approved.people(self.learned_rules, learned=True)
 
     def decide(self, batch: list[Face]) -> list[Decision]:
         if not batch:
@@ -97,27 +107,48 @@ class Matcher:
         out = []
         for f in batch:
             excluded = rejected.get(f.id, set()) | taken.get(f.image_id, set())
-            out.append(decide(self.approved.candidates(f.encoding, self.rules), self.people, self.rules,
-                              excluded, self._unknown_closer(f)))
+            near = self.approved.candidates(f.encoding, self.rules)
+            plain = decide(near, self.people, self.rules, excluded, self._unknown_closer(f))
+            out.append(self._with_metric(f, near, plain, excluded) if self.metric.learned else plain)
         return one_per_photo(batch, out) if self.settings.face_one_per_photo else out
 
-    def _unknown_closer(self, face: Face):
+    def _with_metric(self, face: Face, near: Candidates, plain: Decision, excluded) -> Decision:
+        if plain.person is None and plain.candidate is None:
+            return plain        # nothing near enough, or an unapproved crowd: no metric changes that
+        learned = decide(self.approved.candidates(face.encoding, self.learned_rules, learned=True),
+                         self.learned_people, self.learned_rules, excluded,
+                         self._unknown_closer(face, learned=True))
+        if plain.person is not None:
+            if learned.person is None or learned.person == plain.person:
+                return plain
+            return Decision(None, None, REASONS[6], f"person {plain.person} at {plain.distance:.3f}, "
+                                                    f"but in the learned metric person {learned.person}")
+        if learned.person is None or learned.person != plain.candidate:
+            return plain
+        # the stored distance stays dlib's (the Laravel app and one-per-photo compare it)
+        d = float(near.distances[near.persons == learned.person].min())
+        return Decision(learned.person, d, "matched",
+                        f"{LEARNED_NOTE}person {learned.person} at {learned.distance:.3f} "
+                        f"(dlib's distance alone: {plain.why})", learned=True)
+
+    def _unknown_closer(self, face: Face, learned: bool = False):
         """For rule 5: unknown faces without a person closer than d, not counting those that
         would go to the same person themselves (the person's own photos not yet filed)."""
         if not self.rules.unknown_neighbours:
             return None
+        rules, people = (self.learned_rules, self.learned_people) if learned else (self.rules, self.people)
 
         def count(d: float, winner: int | None = None) -> int:
-            ids, vecs = self.unknown.neighbours(face.encoding, d)
+            ids, vecs = self.unknown.neighbours(face.encoding, d, learned)
             n = 0
             # nearest first, and only as far as needed: each check costs one pass over the
             # approved faces, and a crowd of the person's own photos must not cost hundreds
             for other_id, vec in list(zip(ids.tolist(), vecs))[:NEIGHBOURS_CHECKED]:
                 if other_id == face.id:
                     continue
-                own = decide(self.approved.candidates(vec, self.rules), self.people, self.rules)
+                own = decide(self.approved.candidates(vec, rules, learned), people, rules)
                 n += own.person != winner
-                if n >= self.rules.unknown_neighbours:
+                if n >= rules.unknown_neighbours:
                     break
             return n
         return count
@@ -227,12 +258,14 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
                 conn.execute(faces.update().where(still_ours).values(match_note=d.why[:255]))
             continue
         values = ({"parent_id": d.person, "distance": d.distance, "matched_parent_id": d.person,
-                   "match_note": None} if d.person is not None else
-                  {"parent_id": None, "distance": None, "matched_parent_id": None, "match_note": d.why[:255]})
+                   "match_note": d.note} if d.person is not None else
+                  {"parent_id": None, "distance": None, "matched_parent_id": None, "match_note": d.note})
         done = conn.execute(faces.update().where(still_ours).values(updated_at=now, **values))
         outcome = ("matched" if r.parent_id is None else "refiled" if d.person is not None
                    else f"unfiled, {d.reason}")
         counts[outcome if done.rowcount else "changed meanwhile"] += 1
+        if done.rowcount and d.learned:
+            counts["of those, by the learned metric"] += 1
     return ids[-1], counts
 
 
@@ -338,6 +371,13 @@ def people_report(engine: sa.Engine, settings) -> tuple[Metric, list[dict]]:
         ids, persons, vectors = index.labelled()
         names = dict(conn.execute(sa.select(faces.c.id, faces.c.name)
                                   .where(faces.c.id.in_(sorted(set(persons.tolist()))[:10000]))).all())
+        filed = dict(conn.execute(sa.select(faces.c.parent_id, sa.func.count())
+                                  .where(faces.c.status == "unknown", faces.c.parent_id.is_not(None))
+                                  .group_by(faces.c.parent_id)).all())
+        by_metric = dict(conn.execute(sa.select(faces.c.parent_id, sa.func.count())
+                                      .where(faces.c.status == "unknown", faces.c.parent_id.is_not(None),
+                                             faces.c.match_note.like(LEARNED_NOTE + "%"))
+                                      .group_by(faces.c.parent_id)).all())
     learned_rules = (dataclasses.replace(rules, radius_slack=settings.face_metric_radius_slack)
                      if metric.learned else rules)
     learned = People.learn(ids, persons, metric.project(vectors), learned_rules)
@@ -354,5 +394,6 @@ def people_report(engine: sa.Engine, settings) -> tuple[Metric, list[dict]]:
         out.append({"person": root, "name": names.get(root), "faces": p.faces, "radius": radius,
                     "radius_dlib": radius_plain, "why": why,
                     "nearest": near[0] if near else None, "nearest_distance": near[1] if near else None,
-                    "nearest_distance_dlib": near_plain, "learned": metric.weight})
+                    "nearest_distance_dlib": near_plain, "learned": metric.weight,
+                    "filed": filed.get(root, 0), "filed_by_metric": by_metric.get(root, 0)})
     return metric, out

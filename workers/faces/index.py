@@ -139,7 +139,7 @@ class FaceMatrix:
         self._invalid: set[int] = set()                 # faces whose encoding is unusable
         self._token = None                              # aggregate of the set, see _db_token
         self._swept = 0.0                               # monotonic time of the last sweep
-        self._metric = IDENTITY                         # the distance faces are compared in
+        self._metric = IDENTITY                         # the metric of learned=True queries
         self._space = None                              # (L t, |L r|^2) under a learned metric
 
     def __len__(self) -> int:
@@ -163,7 +163,7 @@ class FaceMatrix:
         return self._metric
 
     def use(self, metric: Metric) -> None:
-        """Compare faces in `metric` from now on (the identity: dlib's Euclidean distance)."""
+        """The metric that queries with `learned=True` compare in (dlib's distance otherwise)."""
         with self._lock:
             if metric.fingerprint != self._metric.fingerprint:
                 self._metric, self._space = metric, None
@@ -301,26 +301,28 @@ class FaceMatrix:
         approx += (q * q).sum(axis=1).astype(np.float32)[:, None]
         return approx
 
-    def _within(self, encoding, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    def _within(self, encoding, limit: float, learned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(rows, exact distances) of the faces closer than `limit` to one encoding, nearest
-        first (ties: lowest id). The caller holds the lock."""
+        first (ties: lowest id), in dlib's distance or (`learned`) the learned metric. The
+        caller holds the lock."""
         q = np.asarray(encoding, dtype=np.float64).reshape(1, DIM)
         if self._n == 0:
             return np.empty(0, np.int64), np.empty(0)
-        col = self._approx(self._metric.project(q), learned=True)[0]
-        # the learned map is applied in float64 to the float32 rows; its float32 copy only
-        # pre-selects, so the margin scales with the map's largest stretch
-        cand = np.flatnonzero(col <= limit * limit + MARGIN * self._stretch())
-        exact = self._metric.distance(self._rows(cand).astype(np.float64), q[0])
+        metric = self._metric if learned else IDENTITY
+        if metric.learned:
+            col = self._approx(metric.project(q), learned=True)[0]
+            # the float32 copy of the mapped matrix only pre-selects: its rounding grows with
+            # the map's largest stretch; the exact distance maps the stored values in float64
+            cand = np.flatnonzero(col <= limit * limit + MARGIN * metric.stretch)
+            exact = metric.distance(self._rows(cand).astype(np.float64), q[0])
+        else:
+            col = self._approx(q)[0]
+            cand = np.flatnonzero(col <= limit * limit + MARGIN)
+            exact = np.linalg.norm(self._rows(cand).astype(np.float64) - q[0], axis=1)
         inside = exact < limit
         cand, exact = cand[inside], exact[inside]
         order = np.lexsort((self._ids[cand], exact))
         return cand[order], exact[order]
-
-
-    def _stretch(self) -> float:
-        m = self._metric.matrix
-        return 1.0 if m is None else max(1.0, float(np.linalg.norm(m, 2)) ** 2)
 
 
 def _grown(arr: np.ndarray, cap: int, n: int) -> np.ndarray:
@@ -373,23 +375,27 @@ class ApprovedIndex(FaceMatrix):
     def _clear(self):
         super()._clear()
         self._person = np.empty(0, np.int64)
-        self._people: tuple[Rules, People] | None = None
+        self._people: dict[tuple[Rules, bool], People] = {}
 
     def _changed(self) -> None:
         ids, parent = self._ids[:self._n], self._parent[:self._n]
         roots = ids[parent == 0]
         self._person = np.where(parent == 0, ids, np.where(np.isin(parent, roots), parent, -1))
-        self._people = None
+        self._people = {}
 
-    def people(self, rules: Rules) -> People:
-        """The persons and their learned radii (recomputed only after the set changed)."""
+    def people(self, rules: Rules, learned: bool = False) -> People:
+        """The persons and their learned radii, in dlib's distance or the learned metric
+        (recomputed only after the set or the metric changed)."""
         with self._lock:
-            if self._people is None or self._people[0] != rules:
+            key = (rules, learned and self._metric.learned)
+            if key not in self._people:
                 live = self._person >= 0
                 n = self._n
-                vectors = self._metric.project(self._rows(np.flatnonzero(live)).astype(np.float64))
-                self._people = (rules, People.learn(self._ids[:n][live], self._person[live], vectors, rules))
-            return self._people[1]
+                vectors = self._rows(np.flatnonzero(live)).astype(np.float64)
+                if key[1]:
+                    vectors = self._metric.project(vectors)
+                self._people[key] = People.learn(self._ids[:n][live], self._person[live], vectors, rules)
+            return self._people[key]
 
     def labelled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, person, float64 encodings) of the approved faces that belong to a person."""
@@ -397,10 +403,10 @@ class ApprovedIndex(FaceMatrix):
             live = np.flatnonzero(self._person >= 0)
             return self._ids[live].copy(), self._person[live].copy(), self._rows(live).astype(np.float64)
 
-    def candidates(self, encoding, rules: Rules) -> Candidates:
+    def candidates(self, encoding, rules: Rules, learned: bool = False) -> Candidates:
         """The approved faces within the rules' reach of one encoding, nearest first."""
         with self._lock:
-            rows, dist = self._within(encoding, rules.reach)
+            rows, dist = self._within(encoding, rules.reach, learned)
             person = self._person[rows]
             keep = person >= 0
             return Candidates(self._ids[rows][keep], person[keep], dist[keep])
@@ -411,10 +417,10 @@ class UnknownIndex(FaceMatrix):
 
     where = UNKNOWN_FREE
 
-    def neighbours(self, encoding, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    def neighbours(self, encoding, limit: float, learned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float64 encodings) of these faces closer than `limit`, nearest first."""
         with self._lock:
-            rows, _ = self._within(encoding, limit)
+            rows, _ = self._within(encoding, limit, learned)
             return self._ids[rows].copy(), self._rows(rows).astype(np.float64)
 
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import sqlalchemy as sa
@@ -70,6 +71,11 @@ class Metric:
         if self.matrix is None:
             return "identity"
         return hashlib.sha256(np.ascontiguousarray(self.matrix, np.float64).tobytes()).hexdigest()[:32]
+
+    @cached_property
+    def stretch(self) -> float:
+        """The largest factor by which the map lengthens a squared distance (at least 1)."""
+        return 1.0 if self.matrix is None else max(1.0, float(np.linalg.norm(self.matrix, 2)) ** 2)
 
     @property
     def learned(self) -> bool:

@@ -68,10 +68,18 @@ class Decision:
     distance: float | None      # to the person's nearest approved face
     reason: str                 # "matched", or one of the REASONS a face is left unassigned
     why: str = ""               # the same with the numbers, kept in faces.match_note
+    candidate: int | None = None    # the person it was nearly filed under (outside the radius, ambiguous)
+    learned: bool = False       # filed because the learned metric was sure where dlib's distance was not
+
+    @property
+    def note(self) -> str | None:
+        """faces.match_note: why a face was left without a person, or that the learned metric filed it."""
+        return self.why[:255] if self.person is None or self.learned else None
 
 
 REASONS = ("no person within the threshold", "outside the radius", "ambiguous",
-           "closer to unapproved faces", "person already in the photo", "no root within the threshold")
+           "closer to unapproved faces", "person already in the photo", "no root within the threshold",
+           "the learned distance disagrees")
 
 
 @dataclass
@@ -172,11 +180,11 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
             radius, why_radius = c, f" (radius shrunk to {c:.3f} by person {other})"
     if d_win >= radius:
         return Decision(None, None, REASONS[1], f"outside the radius of person {winner}: {d_win:.3f} >= "
-                                    f"{radius:.3f}{why_radius}")
+                                    f"{radius:.3f}{why_radius}", candidate=winner)
     runner = min((nearest[p] for p in others), default=np.inf)
     if runner - d_win < rules.margin:
         return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, "
-                                                f"another at {runner:.3f}")
+                                                f"another at {runner:.3f}", candidate=winner)
     if rules.unknown_neighbours and unknown_closer is not None:
         crowd = unknown_closer(d_win, winner)
         if crowd >= rules.unknown_neighbours:

@@ -9,6 +9,9 @@ clustered again at a radius SPLIT_STEP smaller, and split when that gives two or
 `min_faces` each (one level of HDBSCAN's "prefer substantial children"); faces that are noise at
 the smaller radius join the sub-group of their nearest face.
 
+Two faces of one photo are never one person: a group holding several faces of one photo keeps
+the one nearest its centre.
+
 Kept in `faces.suggested_group` = the id of the group's representative face (its core face with
 the most neighbours), rewritten as a whole by `refresh()` (`faces suggest`, the embedded summary).
 """
@@ -99,11 +102,32 @@ def split(mat: np.ndarray, labels: np.ndarray, radius: float, min_faces: int) ->
     return out
 
 
+def one_per_photo(mat: np.ndarray, image_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Two faces of one photo are two people: in a group holding several faces of one photo,
+    the face nearest the group's centre stays and the others leave the group (ungrouped)."""
+    out = labels.copy()
+    grouped = np.flatnonzero(labels >= 0)
+    key = labels[grouped] * (int(image_ids.max()) + 1 if len(image_ids) else 1) + image_ids[grouped]
+    uniq, counts = np.unique(key, return_counts=True)
+    for k in uniq[counts > 1]:
+        same = grouped[key == k]
+        members = np.flatnonzero(labels == labels[same[0]])
+        centre = mat[members].mean(axis=0)
+        keep = same[int(np.linalg.norm(mat[same] - centre, axis=1).argmin())]
+        out[same[same != keep]] = -1
+    return out
+
+
 def cluster(ids: np.ndarray, image_ids: np.ndarray, mat: np.ndarray, radius: float,
             min_faces: int) -> list[Group]:
     """Groups of the faces, largest first."""
     labels, count = dbscan(mat, radius, min_faces)
     labels = split(mat, labels, radius, min_faces)
+    labels = one_per_photo(mat, np.asarray(image_ids, np.int64), labels)
+    # a group that lost faces may have become smaller than a group is
+    for label in np.unique(labels[labels >= 0]):
+        if (labels == label).sum() < min_faces:
+            labels[labels == label] = -1
     groups = []
     for label in np.unique(labels[labels >= 0]):
         members = np.flatnonzero(labels == label)

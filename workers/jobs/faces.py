@@ -95,7 +95,7 @@ def store_faces(conn: sa.Connection, engine: sa.Engine, settings: Settings, imag
                      "location": box, "status": "unknown",
                      "parent_id": match.person, "distance": match.distance,
                      "matched_parent_id": match.person,
-                     "match_note": None if match.person else match.why[:255],
+                     "match_note": match.note,
                      "created_at": now, "updated_at": now})
     if rows:
         conn.execute(faces.insert(), rows)
