@@ -49,11 +49,13 @@ def neighbours(mat: np.ndarray, radius: float) -> coo_matrix:
     n = len(mat)
     m32 = mat.astype(np.float32)       # dlib descriptors are float32 values
     sq = (m32 * m32).sum(1)
+    # |a - b|^2 = [a, |a|^2, 1] . [-2b, 1, |b|^2]: one matrix product gives the squared distances
+    left = np.hstack([m32, sq[:, None], np.ones((n, 1), np.float32)])
+    right = np.ascontiguousarray(np.hstack([-2 * m32, np.ones((n, 1), np.float32), sq[:, None]]).T)
     step = max(16, BLOCK_CELLS // max(n, 1))
     rows, cols = [], []
     for start in range(0, n, step):
-        block = m32[start:start + step]
-        d2 = sq[start:start + step, None] - 2 * block @ m32.T + sq[None, :]
+        d2 = left[start:start + step] @ right
         r, c = np.nonzero(d2 < radius * radius)
         rows.append(r + start)
         cols.append(c)
@@ -73,12 +75,12 @@ def dbscan(mat: np.ndarray, radius: float, min_faces: int) -> tuple[np.ndarray, 
     _, comp = connected_components(core_adj, directed=False)
     labels = np.full(n, -1)
     labels[np.flatnonzero(core)] = comp
-    core_idx = np.flatnonzero(core)
-    for i in np.flatnonzero(~core):           # border faces: the nearest core within the radius
-        near = np.intersect1d(adj[i].indices, core_idx, assume_unique=True)
-        if len(near):
-            d = np.linalg.norm(mat[near] - mat[i], axis=1)
-            labels[i] = labels[near[int(d.argmin())]]
+    core_idx, border = np.flatnonzero(core), np.flatnonzero(~core)
+    to_core = adj[border][:, core_idx].tocsr()          # border faces: the nearest core within the radius
+    for k in np.flatnonzero(np.diff(to_core.indptr)):
+        i, near = border[k], core_idx[to_core.indices[to_core.indptr[k]:to_core.indptr[k + 1]]]
+        d = np.linalg.norm(mat[near] - mat[i], axis=1)
+        labels[i] = labels[near[int(d.argmin())]]
     return labels, count
 
 
