@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from workers import db
 from workers.faces import filing
 from workers.jobs import faces as job
-from workers.schema import face_rejections, faces, images
+from workers.schema import face_metrics, face_rejections, faces, images
 from workers.settings import Settings
 
 PEOPLE = 4
@@ -42,7 +42,19 @@ def retrying(fn, stats: dict):
 
 
 def test_two_workers_a_rematch_and_a_reviewer_at_once(mysql_url):
-    settings = Settings(database_url=mysql_url, face_rematch_batch=5)
+    two_workers_a_rematch_and_a_reviewer(Settings(database_url=mysql_url, face_rematch_batch=5))
+
+
+def test_the_same_with_the_metric_refitted_as_the_reviewer_approves(mysql_url):
+    """Two people with two approved faces are enough to learn here: every approval refits."""
+    settings = Settings(database_url=mysql_url, face_rematch_batch=5, face_metric_min_people=2)
+    two_workers_a_rematch_and_a_reviewer(settings)
+    with db.engine_for(mysql_url).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(face_metrics)).scalar() >= 1
+
+
+def two_workers_a_rematch_and_a_reviewer(settings: Settings) -> None:
+    mysql_url = settings.database_url
     engine = db.engine_for(mysql_url)
     now = db.now()
     with engine.begin() as conn:

@@ -1,0 +1,158 @@
+"""The learned face distance (workers/faces/metric.py) on real SQLite and MariaDB: fitted from
+approvals and refitted when they change, informed by rejections and by faces of one photo,
+stored beside the encodings; suggested groups and filing never put two faces of one photo
+together. Synthetic encodings: people differ along a few axes, their photos vary along others."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from workers import db
+from workers.faces import filing, metric, suggestions
+from workers.schema import face_metrics, faces, images
+from workers.settings import Settings
+
+PEOPLE = 4
+
+
+def person_face(p: int, k: int) -> np.ndarray:
+    """Person p's k-th photo: the person on axis p (0.3 apart), the photo on axis 20 + k."""
+    v = np.zeros(128)
+    v[p] = 0.3
+    v[20 + k % 8] = 0.15
+    return v
+
+
+class Lib:
+    def __init__(self, url: str, **settings):
+        self.settings = Settings(database_url=url, face_metric_min_people=2, **settings)
+        self.engine = db.engine_for(url)
+
+    def image(self) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(images.insert().values(path="x.jpg")).inserted_primary_key[0]
+
+    def face(self, enc, status="unknown", parent=None, image=None) -> int:
+        now = db.now()
+        with self.engine.begin() as conn:
+            return conn.execute(faces.insert().values(
+                image_id=image or self.image(), face_index=0, encoding=[float(x) for x in enc],
+                status=status, parent_id=parent, created_at=now, updated_at=now)).inserted_primary_key[0]
+
+    def people(self, photos: int = 3) -> dict[int, int]:
+        roots = {}
+        for p in range(PEOPLE):
+            roots[p] = self.face(person_face(p, 0), status="ok")
+            for k in range(1, photos):
+                self.face(person_face(p, k), status="ok", parent=roots[p])
+        return roots
+
+    def metric(self) -> metric.Metric:
+        with self.engine.begin() as conn:
+            return filing.Matcher(conn, self.engine, self.settings).metric
+
+    def stored(self) -> list:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(face_metrics).order_by(face_metrics.c.id)).all()
+
+
+def test_fit_weighs_what_tells_people_apart():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 0.1, (12, 128))
+    centres[:, 0] = 0                                   # people never differ along axis 0...
+    noise = rng.normal(0, 0.01, (12, 5, 128))
+    noise[:, :, 0] = rng.normal(0, 0.2, (12, 5))        # ...their photos do
+    vecs = (centres[:, None, :] + noise).reshape(-1, 128)
+    persons = np.repeat(np.arange(12), 5)
+    m = metric.fit(vecs, persons, rules=metric.MetricRules(min_people=2, shrinkage=10))
+    assert m.learned and 0 < m.weight < 1
+    along = lambda axis: float(m.distance(np.eye(128)[axis], np.zeros(128)))  # noqa: E731
+    assert along(0) < 0.5 * along(1)                    # photo-to-photo change counts for less
+    assert metric.fit(vecs[:5], persons[:5], rules=metric.MetricRules(min_people=2)).matrix is None
+    assert not metric.fit(vecs, persons, rules=metric.MetricRules(enabled=False)).learned
+    assert metric.fit(np.empty((0, 128)), np.empty(0)) == metric.IDENTITY
+
+
+def test_nothing_approved_is_todays_distance(any_db_url):
+    lib = Lib(any_db_url)
+    lib.face(person_face(0, 0))
+    assert lib.metric() == metric.IDENTITY and lib.stored() == []
+
+
+def test_refit_after_an_approval_is_stored(any_db_url):
+    lib = Lib(any_db_url)
+    roots = lib.people()
+    first = lib.metric()
+    assert first.learned and first.people == PEOPLE and first.faces == 3 * PEOPLE
+    assert [r.fingerprint for r in lib.stored()] == [first.fingerprint]
+    stored = metric.stored(lib.engine.connect())
+    assert np.allclose(stored.matrix, first.matrix, atol=1e-9)
+    assert lib.metric().fingerprint == first.fingerprint          # unchanged approvals: no refit
+    lib.face(person_face(0, 5), status="ok", parent=roots[0])
+    second = lib.metric()
+    assert second.fingerprint != first.fingerprint and second.faces == 3 * PEOPLE + 1
+    assert [r.fingerprint for r in lib.stored()] == [first.fingerprint, second.fingerprint]
+
+
+def test_a_rejection_changes_the_metric(any_db_url):
+    lib = Lib(any_db_url)
+    roots = lib.people()
+    face = lib.face(person_face(0, 6) + 0.05 * np.eye(128)[1])
+    filing.rematch(lib.engine, lib.settings)
+    with lib.engine.connect() as conn:
+        assert conn.execute(sa.select(faces.c.parent_id).where(faces.c.id == face)).scalar() == roots[0]
+    before = lib.metric()
+    with lib.engine.begin() as conn:                 # the reviewer: "not this person"
+        conn.execute(faces.update().where(faces.c.id == face).values(parent_id=None, distance=None))
+    counts = filing.rematch(lib.engine, lib.settings)
+    assert counts["not this person (learned)"] == 1
+    after = lib.metric()
+    assert after.learned and after.fingerprint != before.fingerprint
+    assert after.negatives == before.negatives + 1
+    with lib.engine.connect() as conn:
+        assert conn.execute(sa.select(faces.c.parent_id).where(faces.c.id == face)).scalar() != roots[0]
+
+
+def test_faces_of_one_photo_inform_the_metric_and_never_join_one_person(any_db_url):
+    lib = Lib(any_db_url)
+    roots = lib.people()
+    before = lib.metric()
+    photo = lib.image()
+    a = lib.face(person_face(1, 6), image=photo)
+    b = lib.face(person_face(1, 7), image=photo)       # both look like person 1
+    filing.rematch(lib.engine, lib.settings)
+    with lib.engine.connect() as conn:
+        parents = dict(conn.execute(sa.select(faces.c.id, faces.c.parent_id).where(faces.c.id.in_([a, b]))).all())
+    assert sorted(parents.values(), key=str) == sorted([roots[1], None], key=str)
+    with lib.engine.begin() as conn:                 # the reviewer approves one of them
+        winner = next(f for f, p in parents.items() if p)
+        conn.execute(faces.update().where(faces.c.id == winner).values(status="ok"))
+    after = lib.metric()
+    assert after.negatives > before.negatives        # the other face of the photo is a negative
+
+
+def test_suggested_groups_hold_one_face_per_photo(any_db_url):
+    lib = Lib(any_db_url)
+    photo = lib.image()
+    group = [lib.face(person_face(0, k)) for k in range(4)]
+    twin = lib.face(person_face(0, 4), image=photo)
+    same_photo = lib.face(person_face(0, 5), image=photo)
+    groups = suggestions.refresh(lib.engine, lib.settings)
+    assert len(groups) == 1
+    members = set(groups[0].face_ids)
+    assert set(group) <= members and len(members & {twin, same_photo}) == 1
+
+
+def test_people_report_shows_radius_nearest_person_and_learned_share(any_db_url, capsys, monkeypatch):
+    lib = Lib(any_db_url)
+    roots = lib.people()
+    from workers.commands.cli import main
+    monkeypatch.setenv("PHOTO_FACE_METRIC_MIN_PEOPLE", "2")     # the command reads the environment
+    assert main(["faces", "people", "--db", lib.settings.database_url]) == 0
+    out = capsys.readouterr().out
+    assert "% learned" in out and "nearest person" in out and f"person {roots[0]}" in out
+    m, report = filing.people_report(lib.engine, lib.settings)
+    row = next(r for r in report if r["person"] == roots[0])
+    assert row["nearest"] in roots.values() and row["nearest_distance_dlib"] == pytest.approx(np.sqrt(2) * 0.3, abs=0.2)
+    assert row["learned"] == m.weight > 0 and row["radius"] > 0
