@@ -260,10 +260,7 @@ class Fitted:
         negatives = negatives_from(conn, ids, persons, vectors, rules) if len(ids) and rules.enabled else None
         metric = fit(vectors, persons, negatives, rules)
         if metric.learned and metric.fingerprint != self.metric.fingerprint:
-            try:
-                with conn.begin_nested():
-                    store(conn, metric)
-            except sa.exc.DBAPIError:
-                pass         # another worker stored the same fit meanwhile; ours is kept in memory
+            # in the caller's transaction: a deadlock here fails the job, which the queue retries
+            store(conn, metric)
         self.token, self.metric = token, metric
         return metric
