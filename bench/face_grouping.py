@@ -1,6 +1,7 @@
-"""Face grouping as reviewers live it, the original's rule beside ours.
+"""Face grouping as reviewers live it: the original's rule, today's rule on dlib's distance
+alone, and ours (the same rule with the learned metric, workers/faces/metric.py).
 
-    flock /work/bench.lock .venv/bin/python bench/face_grouping.py [--people DIR] [--seeds 3]
+    flock /tmp/cpu.lock .venv/bin/python bench/face_grouping.py [--people DIR] [--seeds 3] [--metric-scale]
 
 The people set (../shared/testdata/people) is encoded once by bench/face_grouping_data.py with
 the project's engine and cached under bench/.cache/. Every scenario runs the real code on a
