@@ -2,8 +2,10 @@
 
 1. The score: at least `yunet_min_score` (libfacedetection's own default is 0.5).
 2. A second opinion: YuNet again on a crop around the candidate, rescaled so the face is
-   CONFIRM_FACE_PX pixels, must score at least `yunet_confirm_score` (0.7: confident) on a face
-   at the same place.
+   CONFIRM_FACE_PX pixels, must score at least `yunet_confirm_score` (0.7: confident) on the
+   same face: at the same place and of the same size (same_face()), in the crop's own pixels.
+   A face near the centre is not enough: in a row of people the crop around a box drawn between
+   two neighbours holds both, and either would confirm it.
    A face stays a face at another scale; a texture that happened to look like one at the
    main pass's scale (tap handles, fabric, foliage) mostly does not. About 1/30 of a main pass per
    candidate. The bench (bench/face_quality.py) prints what each filter buys and costs.
@@ -21,9 +23,23 @@ def passes_score(candidate, min_score: float) -> bool:
     return candidate.score >= min_score
 
 
+# The same face, seen again: its centre within a third of its size of the candidate's centre on
+# each axis, its size within a factor of 1.5. A neighbour in a row stands at least about a face
+# size from the face beside it, so from a box drawn between the two it is half a face or more.
+SAME_PLACE = 1 / 3
+SAME_SIZE = 1.5
+
+
+def same_face(expected: tuple[float, float, float], found: tuple[float, float, float]) -> bool:
+    """Whether two (centre x, centre y, size) describe the same face, in one image's pixels."""
+    (ex, ey, es), (fx, fy, fs) = expected, found
+    return (abs(fx - ex) <= SAME_PLACE * es and abs(fy - ey) <= SAME_PLACE * es
+            and 1 / SAME_SIZE <= fs / es <= SAME_SIZE)
+
+
 def second_opinion(img: np.ndarray, candidate, run) -> float:
-    """Best score of a face YuNet (`run(rgb) -> candidates`) finds centred within half a face
-    size of the candidate's centre, on a crop of `img` rescaled to CONFIRM_FACE_PX faces."""
+    """Best score YuNet (`run(rgb) -> candidates`) gives the candidate's own face (same_face) on a
+    crop of `img` around it, rescaled so the candidate is CONFIRM_FACE_PX pixels."""
     x, y, w, h = candidate.box
     size = float(np.sqrt(max(w, 1) * max(h, 1)))
     cx, cy = x + w / 2, y + h / 2
@@ -35,12 +51,12 @@ def second_opinion(img: np.ndarray, candidate, run) -> float:
     f = CONFIRM_FACE_PX / size
     crop = Image.fromarray(img[top:bottom, left:right])
     crop = crop.resize((max(1, round(crop.width * f)), max(1, round(crop.height * f))), Image.LANCZOS)
+    # the candidate in the crop's pixels, where it is CONFIRM_FACE_PX
+    expected = ((cx - left) * f, (cy - top) * f, CONFIRM_FACE_PX)
     best = 0.0
     for found in run(np.asarray(crop)):
         fx, fy, fw, fh = found.box
-        dx = (fx + fw / 2) / f + left - cx
-        dy = (fy + fh / 2) / f + top - cy
-        if abs(dx) < size / 2 and abs(dy) < size / 2:
+        if same_face(expected, (fx + fw / 2, fy + fh / 2, found.size)):
             best = max(best, found.score)
     return best
 

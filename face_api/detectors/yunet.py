@@ -116,26 +116,64 @@ def _resized(rgb: np.ndarray, long_side: int) -> np.ndarray:
 def candidates(img: np.ndarray, large_face_side: int, threads: int = 1,
                runtime: str = "onnxruntime") -> list[Candidate]:
     """Candidates on `img` plus, when `large_face_side` is smaller than it, those of a pass at
-    that size (faces filling the frame), in pixels of `img`; overlaps keep the better score."""
+    that size (faces filling the frame), in pixels of `img`, merged (merge())."""
     found = run(img, threads, runtime)
     long_side = max(img.shape[:2])
+    large: list[Candidate] = []
+    factor = 1.0
     if 0 < large_face_side < long_side * 0.75:
         small = _resized(img, large_face_side)
         factor = long_side / max(small.shape[:2])
-        found += [c.scaled(factor) for c in run(small, threads, runtime)]
-    return _suppress_overlaps(sorted(found, key=lambda c: -c.score))
+        large = [c.scaled(factor) for c in run(small, threads, runtime)]
+    return merge(found, large, factor)
+
+
+# YuNet's anchors span ~10 to ~256 px and it sees a face best near the middle of that range
+# (filters.CONFIRM_FACE_PX uses the same size for its second look).
+BEST_FACE_PX = 64
+
+
+def owned_by_large_pass(candidate: Candidate, factor: float) -> bool:
+    """Whether the large-face pass, whose image is `factor` times smaller than the main one,
+    answers for a face of this size (in main pixels): each pass answers for the faces it sees
+    nearer YuNet's best size. Below that, the main pass saw the face `factor` times larger and
+    sharper; the small pass sees such faces at a few pixels, where two neighbouring faces of a
+    row blur into one face-like blob (a box between them) or a face's box slides towards its
+    neighbour (a second box beside the first)."""
+    return candidate.size >= BEST_FACE_PX * np.sqrt(factor)
+
+
+def merge(main: list[Candidate], large: list[Candidate], factor: float) -> list[Candidate]:
+    """One list of candidates from both passes (`large` already in main pixels): the large pass
+    contributes only the faces it answers for, then overlaps are suppressed best first."""
+    kept_large = [c for c in large if owned_by_large_pass(c, factor)]
+    return _suppress_overlaps(sorted(main + kept_large, key=lambda c: -c.score))
 
 
 def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3) -> list[Candidate]:
-    """Best-first non-maximum suppression, then drop candidates lying inside a much larger one:
-    faces do not nest, but the parts of a face that fills the frame (eyes, mouth) can look like
-    small faces to the main pass."""
+    """Best-first non-maximum suppression; then drop candidates lying inside a much larger one
+    (faces do not nest, but the parts of a face that fills the frame, its eyes or mouth, can look
+    like small faces), and candidates that cover parts of two others (spans_two())."""
     kept: list[Candidate] = []
     for c in ordered:
         if all(box_iou(c.box, k.box) < max_iou for k in kept):
             kept.append(c)
-    return [c for c in kept if not any(k.size >= 1.5 * c.size and _inside(c.box, k.box) >= 0.6
+    kept = [c for c in kept if not any(k.size >= 1.5 * c.size and _inside(c.box, k.box) >= 0.6
                                        for k in kept)]
+    return [c for c in kept if not spans_two(c, kept)]
+
+
+SPAN_SHARE = 0.25  # of a neighbour's box: faces in a row touch at most at their edges
+
+
+def spans_two(c: Candidate, others: list[Candidate]) -> bool:
+    """A box holding a good part (SPAN_SHARE) of two other faces' boxes, each at least half its
+    size, is not one face: it lies across two neighbours. Neighbouring faces overlap each other
+    little (a face's own box covers its brows to its chin), so a real face never holds that much
+    of two others."""
+    covered = [k for k in others if k is not c and k.size >= 0.5 * c.size
+               and _inside(k.box, c.box) >= SPAN_SHARE]
+    return len(covered) >= 2
 
 
 def detect_yunet(source, settings, timings: dict):
