@@ -50,6 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import groundtruth as gt  # noqa: E402  (puts the repository first on sys.path)
+from bench import group_photos  # noqa: E402
 from face_api import engine, passimage  # noqa: E402
 from face_api.boxes import trim as trim_box  # noqa: E402
 from face_api.detectors import calibration, filters, hog, yunet  # noqa: E402
@@ -70,9 +71,15 @@ def load(data: bytes):
 
 # ------------------------------------------------------------------ 1. truth
 
+def _between(photo: gt.PhotoTruth, result: gt.PhotoResult) -> int:
+    """False boxes covering parts of two true faces: boxes drawn between neighbours."""
+    return sum(group_photos.between_faces(photo, result.found.boxes[i]) for i in result.false)
+
+
 class Candidates:
-    """YuNet's candidates and second opinions per truth photo at one long side, computed once,
-    so that filter variants are scored on the same candidates with their own CPU cost."""
+    """YuNet's raw candidates of both passes and its second looks per truth photo at one long
+    side, computed once, so that filter and merge variants are scored on the same candidates
+    with their own CPU cost."""
 
     def __init__(self, truth, side: int, large_face_side: int):
         self.side, self.photos = side, {}
@@ -80,21 +87,26 @@ class Candidates:
             started = time.process_time()
             source = load(photo.path.read_bytes())
             img = source.scaled(side)
-            found = yunet.candidates(img, large_face_side)
+            main, large, factor = yunet.passes(img, large_face_side)
             pass_cpu = time.process_time() - started
-            started = time.process_time()
-            second = [filters.second_opinion(img, c, yunet.run) for c in found]
-            second_cpu = time.process_time() - started
-            factor = source.width / img.shape[1]
-            self.photos[name] = (img.shape, found, second, factor, pass_cpu, second_cpu)
+            looks, look_cpu = {}, {}
+            for c in main + large:
+                if c.score >= 0.5:  # every variant asks at least this
+                    started = time.process_time()
+                    looks[id(c)] = filters.look_again(img, c, yunet.run)
+                    look_cpu[id(c)] = time.process_time() - started
+            self.photos[name] = (img.shape, main, large, factor, source.width / img.shape[1],
+                                 looks, pass_cpu, look_cpu)
 
-    def evaluate(self, truth, keep, confirm: bool) -> gt.Evaluation:
+    def evaluate(self, truth, keep, looks: bool, **merge) -> gt.Evaluation:
         evaluation = gt.Evaluation()
         for name, photo in truth.items():
-            shape, found, second, factor, pass_cpu, second_cpu = self.photos[name]
-            boxes = [tuple(round(v * factor) for v in calibration.hog_box(c, shape))
-                     for c, s in zip(found, second) if keep(c, s)]
-            evaluation.photos.append(gt.score_photo(photo, boxes, pass_cpu + confirm * second_cpu))
+            shape, main, large, factor, scale, look, pass_cpu, look_cpu = self.photos[name]
+            found = yunet.merge(main, large, factor, **merge)
+            kept = [c for c in found if keep(c, look.get(id(c)))]
+            cpu = pass_cpu + looks * sum(look_cpu.get(id(c), 0.0) for c in found)
+            boxes = [tuple(round(v * scale) for v in calibration.hog_box(c, shape)) for c in kept]
+            evaluation.photos.append(gt.score_photo(photo, boxes, cpu))
         return evaluation
 
 
@@ -119,36 +131,128 @@ def _small(c, px: float = 16) -> bool:
     return c.size < px
 
 
-FILTERS = {  # name: (keep(candidate, second opinion score), uses the second opinion)
-    "score>=0.5": (lambda c, s: c.score >= 0.5, False),
-    "score>=0.7": (lambda c, s: c.score >= 0.7, False),
-    "score>=0.8": (lambda c, s: c.score >= 0.8, False),
-    "score>=0.5, >=0.7 under 16 px": (lambda c, s: c.score >= (0.7 if _small(c) else 0.5), False),
-    "score>=0.5 + landmark geometry": (lambda c, s: c.score >= 0.5 and plausible_geometry(c), False),
-    "score>=0.5 + 2nd look>=0.5": (lambda c, s: c.score >= 0.5 and s >= 0.5, True),
-    "score>=0.6 + 2nd look>=0.5": (lambda c, s: c.score >= 0.6 and s >= 0.5, True),
-    "score>=0.5 + 2nd look>=0.7": (lambda c, s: c.score >= 0.5 and s >= 0.7, True),
+def same_face_look(score: float):
+    """The engine's second look: YuNet must find the candidate's own face (same place and size)."""
+    def keep(look) -> bool:
+        if look is None:
+            return False
+        expected, found = look
+        return any(f.score >= score and filters.same_face(expected, filters.centre_and_size(f))
+                   for f in found)
+    return keep
+
+
+def near_centre_look(score: float):
+    """The second look before: any face centred within half a candidate size of its centre."""
+    def keep(look) -> bool:
+        if look is None:
+            return False
+        (ex, ey, es), found = look
+        return any(f.score >= score and abs(filters.centre_and_size(f)[0] - ex) < es / 2
+                   and abs(filters.centre_and_size(f)[1] - ey) < es / 2 for f in found)
+    return keep
+
+
+def same_box_look(score: float, min_iou: float = 0.5):
+    """Alternative: the face found again must overlap the candidate's box at IoU >= 0.5 (the usual
+    detection criterion for one object)."""
+    def keep(look) -> bool:
+        if look is None:
+            return False
+        (ex, ey, es), found = look
+        mine = (ex - es / 2, ey - es / 2, es, es)
+        return any(f.score >= score and yunet.box_iou(mine, (filters.centre_and_size(f)[0] - f.size / 2,
+                   filters.centre_and_size(f)[1] - f.size / 2, f.size, f.size)) >= min_iou for f in found)
+    return keep
+
+
+_same, _near, _iou = same_face_look(0.7), near_centre_look(0.7), same_box_look(0.7)
+BEFORE = {"by_size": False, "drop_spans": False}   # the merge before: NMS and nesting only
+FILTERS = {  # name: (keep(candidate, look), uses the second look, merge options)
+    "score>=0.5": (lambda c, s: c.score >= 0.5, False, {}),
+    "score>=0.7": (lambda c, s: c.score >= 0.7, False, {}),
+    "score>=0.8": (lambda c, s: c.score >= 0.8, False, {}),
+    "score>=0.5, >=0.7 under 16 px": (lambda c, s: c.score >= (0.7 if _small(c) else 0.5), False, {}),
+    "score>=0.5 + landmark geometry": (lambda c, s: c.score >= 0.5 and plausible_geometry(c), False, {}),
+    "score>=0.5 + same face>=0.5": (lambda c, s: c.score >= 0.5 and same_face_look(0.5)(s), True, {}),
+    "score>=0.5 + same face>=0.7 (engine)": (lambda c, s: c.score >= 0.5 and _same(s), True, {}),
+    "  second look: any face near the centre": (lambda c, s: c.score >= 0.5 and _near(s), True, {}),
+    "  second look: same box at IoU>=0.5": (lambda c, s: c.score >= 0.5 and _iou(s), True, {}),
+    "  merge: large pass at every size": (lambda c, s: c.score >= 0.5 and _same(s), True,
+                                          {"by_size": False}),
+    "  merge: no span rule": (lambda c, s: c.score >= 0.5 and _same(s), True, {"drop_spans": False}),
+    "  merge: neither rule": (lambda c, s: c.score >= 0.5 and _same(s), True, BEFORE),
+    "before: near-centre look, old merge": (lambda c, s: c.score >= 0.5 and _near(s), True, BEFORE),
 }
 
 
+def photo_types(truth) -> dict[str, set[str]]:
+    """The truth's photos by kind: no face, one or two faces, groups (three or more)."""
+    kinds: dict[str, set[str]] = {"no face": set(), "1-2 faces": set(), "3+ faces": set()}
+    for name, photo in truth.items():
+        n = len(photo.faces)
+        kinds["no face" if n == 0 else "1-2 faces" if n <= 2 else "3+ faces"].add(name)
+    return kinds
+
+
+def print_by_type(sets: dict[str, tuple[dict, dict[str, gt.Evaluation]]]) -> None:
+    """Per detector: recall / precision / false faces (of which between two faces) per photo type
+    of each truth set."""
+    columns = []
+    for set_name, (truth, runs) in sets.items():
+        for kind, names in photo_types(truth).items():
+            if names:
+                columns.append((f"{set_name}: {kind} ({len(names)})", truth, runs, names))
+    print(f"{'detector':34s} " + " | ".join(f"{c[0]:>30s}" for c in columns))
+    print(f"{'':34s} " + " | ".join(f"{'recall  prec.  false (betw.)':>30s}" for _ in columns))
+    for detector in next(iter(sets.values()))[1]:
+        cells = []
+        for _, truth, runs, names in columns:
+            part = gt.Evaluation([p for p in runs[detector].photos if p.truth.name in names])
+            between = sum(_between(p.truth, p) for p in part.photos)
+            recall = f"{part.recall:6.1%}" if part.faces else f"{'-':>6s}"
+            cells.append(f"{recall} {part.precision:6.1%} {part.false:5d} ({between:3d})")
+        print(f"{detector:34s} " + " | ".join(f"{c:>30s}" for c in cells))
+
+
+def group_truth() -> dict[str, gt.PhotoTruth]:
+    """The synthetic group photos (bench/group_photos.py), written as JPEGs to a temp dir."""
+    return group_photos.write(group_photos.build(), Path(tempfile.mkdtemp(prefix="group-photos-")))
+
+
 def truth_section(truth, sides: list[int]) -> dict[str, gt.Evaluation]:
-    runs = {kind: gt.evaluate(gt.reconstruction(kind), truth) for kind in gt.RECONSTRUCTIONS}
-    runs["ours, HOG"] = gt.evaluate(gt.engine_detector(settings()), truth)
+    groups = group_truth()
+    detectors = {kind: gt.reconstruction(kind) for kind in gt.RECONSTRUCTIONS}
+    detectors["ours, hog"] = gt.engine_detector(settings(face_detector="hog"))
     for side in sides:
-        runs[f"ours, YuNet {side} (engine)"] = gt.evaluate(
-            gt.engine_detector(settings(face_detector="yunet", yunet_max_side=side)), truth)
-    print(f"\n## 1. truth: {len(truth)} photos, {runs['thumbnail'].faces} faces to find, "
-          f"{sum(p.no_face for p in truth.values())} without a face; load {_load()}")
-    gt.print_table(runs)
+        detectors[f"ours, yunet {side} (engine)"] = gt.engine_detector(
+            settings(face_detector="yunet", yunet_max_side=side))
+    sets = {}
+    for set_name, photos in (("development", truth), ("groups", groups)):
+        sets[set_name] = (photos, {name: gt.evaluate(d, photos) for name, d in detectors.items()})
+    runs = sets["development"][1]
+    print(f"\n## 1. truth: development {len(truth)} photos, {runs['thumbnail'].faces} faces to find, "
+          f"{sum(p.no_face for p in truth.values())} without a face; synthetic groups "
+          f"{len(groups)} photos, {sets['groups'][1]['thumbnail'].faces} faces; load {_load()}")
+    for set_name, (_, set_runs) in sets.items():
+        print(f"\n{set_name}:")
+        gt.print_table(set_runs)
+    print("\nper photo type: recall, precision, false faces (of them boxes between two faces)")
+    print_by_type(sets)
     large = Settings().yunet_large_face_side
-    print(f"\nYuNet filters, scored on the same candidates (large-face pass at {large}); CPU = "
-          "candidate passes + the second look where used (no landmarks/encodings)")
-    variants = {}
+    print(f"\nYuNet filters and merge rules, scored on the same candidates (large-face pass at "
+          f"{large}); CPU = candidate passes + the second look where used (no encodings)")
+    print(f"{'variant':44s} {'development: recall  prec. false':>32s} | "
+          f"{'groups: recall  prec. false betw.':>34s} | {'CPU s/photo':>11s}")
     for side in sides:
-        found = Candidates(truth, side, large)
-        for name, (keep, confirm) in FILTERS.items():
-            variants[f"YuNet {side} {name}"] = found.evaluate(truth, keep, confirm)
-    gt.print_table(variants)
+        found = {"development": Candidates(truth, side, large), "groups": Candidates(groups, side, large)}
+        for name, (keep, looks, merge) in FILTERS.items():
+            dev = found["development"].evaluate(truth, keep, looks, **merge)
+            grp = found["groups"].evaluate(groups, keep, looks, **merge)
+            between = sum(_between(p.truth, p) for p in grp.photos)
+            print(f"{f'{side} {name}':44s} {dev.recall:>20.1%} {dev.precision:6.1%} {dev.false:5d} | "
+                  f"{grp.recall:>20.1%} {grp.precision:6.1%} {grp.false:5d} {between:5d} | "
+                  f"{dev.cpu_per_photo:11.3f}", flush=True)
     return runs
 
 
@@ -245,7 +349,7 @@ def calibration_section(truth, runs, fit: bool) -> None:
                   f"box IoU median {statistics.median(ious) if ious else 0:.2f}")
         print(f"{label:28s} {'noise floor: HOG box moved half a HOG cell':44s} distance to the HOG "
               f"box's encoding: {_summary(hog_noise_floor(photos))}")
-    for side_name in [n for n in runs if n.startswith("ours, YuNet")]:
+    for side_name in [n for n in runs if n.startswith("ours, yunet")]:
         for ref in gt.RECONSTRUCTIONS:
             d = gt.encoding_deltas(runs[ref], runs[side_name])
             print(f"pipelines: {side_name} vs {ref}: same true face, {_summary(d)}")
@@ -261,7 +365,7 @@ def people_section() -> None:
     print(f"\n## 3. people: {len(photos)} photos of {len({p.parent.name for p in photos})} people "
           f"(faces/people), decisions at {THRESHOLD}")
     encodings = {}
-    for name, s in (("HOG", settings()), ("YuNet", settings(face_detector="yunet"))):
+    for name, s in (("HOG", settings(face_detector="hog")), ("YuNet", settings(face_detector="yunet"))):
         encodings[name] = {}
         for p in photos:
             r = engine.encode_image(load(p.read_bytes()), s)
@@ -295,7 +399,7 @@ def mix_section(n: int, sides: list[int]) -> None:
     datas = [p.read_bytes() for p in photos]
     detectors = {
         "thumbnail reconstruction": gt.reconstruction("thumbnail"),
-        "ours, HOG": gt.engine_detector(settings()),
+        "ours, HOG": gt.engine_detector(settings(face_detector="hog")),
         **{f"ours, YuNet {side}": gt.engine_detector(settings(face_detector="yunet", yunet_max_side=side))
            for side in sides},
     }
@@ -352,8 +456,8 @@ def profile_section(n: int, side: int) -> None:
         large = s.yunet_large_face_side
         small = timed(f"resize for the {large} pass", yunet._resized, img, large)
         factor = max(img.shape[:2]) / max(small.shape[:2])
-        main += [c.scaled(factor) for c in timed(f"YuNet pass at {large}", yunet.run, small)]
-        found = yunet._suppress_overlaps(sorted(main, key=lambda c: -c.score))
+        larger = [c.scaled(factor) for c in timed(f"YuNet pass at {large}", yunet.run, small)]
+        found = yunet.merge(main, larger, factor)
         kept = timed("filters (second look)", lambda: [
             c for c in found if filters.keep(img, c, s.yunet_min_score, s.yunet_confirm_score, yunet.run)])
         boxes = [calibration.hog_box(c, img.shape) for c in kept]

@@ -37,9 +37,10 @@ def same_face(expected: tuple[float, float, float], found: tuple[float, float, f
             and 1 / SAME_SIZE <= fs / es <= SAME_SIZE)
 
 
-def second_opinion(img: np.ndarray, candidate, run) -> float:
-    """Best score YuNet (`run(rgb) -> candidates`) gives the candidate's own face (same_face) on a
-    crop of `img` around it, rescaled so the candidate is CONFIRM_FACE_PX pixels."""
+def look_again(img: np.ndarray, candidate, run):
+    """YuNet (`run(rgb) -> candidates`) on a crop of `img` around the candidate, rescaled so the
+    candidate is CONFIRM_FACE_PX pixels: (the candidate's (centre x, centre y, size) in the
+    crop's pixels, what YuNet found there). None when the crop is empty."""
     x, y, w, h = candidate.box
     size = float(np.sqrt(max(w, 1) * max(h, 1)))
     cx, cy = x + w / 2, y + h / 2
@@ -47,18 +48,25 @@ def second_opinion(img: np.ndarray, candidate, run) -> float:
     left, top = int(max(0, cx - half)), int(max(0, cy - half))
     right, bottom = int(min(img.shape[1], cx + half)), int(min(img.shape[0], cy + half))
     if right - left < 2 or bottom - top < 2:
-        return 0.0
+        return None
     f = CONFIRM_FACE_PX / size
     crop = Image.fromarray(img[top:bottom, left:right])
     crop = crop.resize((max(1, round(crop.width * f)), max(1, round(crop.height * f))), Image.LANCZOS)
-    # the candidate in the crop's pixels, where it is CONFIRM_FACE_PX
-    expected = ((cx - left) * f, (cy - top) * f, CONFIRM_FACE_PX)
-    best = 0.0
-    for found in run(np.asarray(crop)):
-        fx, fy, fw, fh = found.box
-        if same_face(expected, (fx + fw / 2, fy + fh / 2, found.size)):
-            best = max(best, found.score)
-    return best
+    return ((cx - left) * f, (cy - top) * f, CONFIRM_FACE_PX), run(np.asarray(crop))
+
+
+def centre_and_size(found) -> tuple[float, float, float]:
+    x, y, w, h = found.box
+    return x + w / 2, y + h / 2, found.size
+
+
+def second_opinion(img: np.ndarray, candidate, run) -> float:
+    """Best score YuNet gives the candidate's own face (same_face) when it looks again."""
+    looked = look_again(img, candidate, run)
+    if looked is None:
+        return 0.0
+    expected, found = looked
+    return max((f.score for f in found if same_face(expected, centre_and_size(f))), default=0.0)
 
 
 def keep(img: np.ndarray, candidate, min_score: float, confirm_score: float, run) -> bool:

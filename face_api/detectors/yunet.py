@@ -113,19 +113,24 @@ def _resized(rgb: np.ndarray, long_side: int) -> np.ndarray:
     return passimage.resize(rgb, size)
 
 
-def candidates(img: np.ndarray, large_face_side: int, threads: int = 1,
-               runtime: str = "onnxruntime") -> list[Candidate]:
-    """Candidates on `img` plus, when `large_face_side` is smaller than it, those of a pass at
-    that size (faces filling the frame), in pixels of `img`, merged (merge())."""
+def passes(img: np.ndarray, large_face_side: int, threads: int = 1, runtime: str = "onnxruntime"
+           ) -> tuple[list[Candidate], list[Candidate], float]:
+    """Candidates of the main pass on `img` and, when `large_face_side` is smaller than it, of a
+    pass at that size (faces filling the frame) in pixels of `img`; and how many times smaller
+    that second pass's image was."""
     found = run(img, threads, runtime)
     long_side = max(img.shape[:2])
-    large: list[Candidate] = []
-    factor = 1.0
-    if 0 < large_face_side < long_side * 0.75:
-        small = _resized(img, large_face_side)
-        factor = long_side / max(small.shape[:2])
-        large = [c.scaled(factor) for c in run(small, threads, runtime)]
-    return merge(found, large, factor)
+    if not 0 < large_face_side < long_side * 0.75:
+        return found, [], 1.0
+    small = _resized(img, large_face_side)
+    factor = long_side / max(small.shape[:2])
+    return found, [c.scaled(factor) for c in run(small, threads, runtime)], factor
+
+
+def candidates(img: np.ndarray, large_face_side: int, threads: int = 1,
+               runtime: str = "onnxruntime") -> list[Candidate]:
+    """Both passes' candidates merged (merge()), in pixels of `img`."""
+    return merge(*passes(img, large_face_side, threads, runtime))
 
 
 # YuNet's anchors span ~10 to ~256 px and it sees a face best near the middle of that range
@@ -143,14 +148,17 @@ def owned_by_large_pass(candidate: Candidate, factor: float) -> bool:
     return candidate.size >= BEST_FACE_PX * np.sqrt(factor)
 
 
-def merge(main: list[Candidate], large: list[Candidate], factor: float) -> list[Candidate]:
+def merge(main: list[Candidate], large: list[Candidate], factor: float, by_size: bool = True,
+          drop_spans: bool = True) -> list[Candidate]:
     """One list of candidates from both passes (`large` already in main pixels): the large pass
-    contributes only the faces it answers for, then overlaps are suppressed best first."""
-    kept_large = [c for c in large if owned_by_large_pass(c, factor)]
-    return _suppress_overlaps(sorted(main + kept_large, key=lambda c: -c.score))
+    contributes only the faces it answers for, then overlaps are suppressed best first.
+    (`by_size`, `drop_spans` False: without those rules, for the bench to measure them.)"""
+    kept_large = [c for c in large if not by_size or owned_by_large_pass(c, factor)]
+    return _suppress_overlaps(sorted(main + kept_large, key=lambda c: -c.score), drop_spans=drop_spans)
 
 
-def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3) -> list[Candidate]:
+def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3, drop_spans: bool = True
+                       ) -> list[Candidate]:
     """Best-first non-maximum suppression; then drop candidates lying inside a much larger one
     (faces do not nest, but the parts of a face that fills the frame, its eyes or mouth, can look
     like small faces), and candidates that cover parts of two others (spans_two())."""
@@ -160,7 +168,7 @@ def _suppress_overlaps(ordered: list[Candidate], max_iou: float = 0.3) -> list[C
             kept.append(c)
     kept = [c for c in kept if not any(k.size >= 1.5 * c.size and _inside(c.box, k.box) >= 0.6
                                        for k in kept)]
-    return [c for c in kept if not spans_two(c, kept)]
+    return [c for c in kept if not (drop_spans and spans_two(c, kept))]
 
 
 SPAN_SHARE = 0.25  # of a neighbour's box: faces in a row touch at most at their edges
