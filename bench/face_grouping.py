@@ -389,6 +389,66 @@ def ceiling(data, seeds: int = 3, n: int = 3) -> list[str]:
                          f"at wrong <= 0.5 %")
     return lines
 
+# ------------------------------------------------------------------ --switch: HOG library, YuNet faces
+
+def switched_set(hog: PeopleSet, yunet: PeopleSet, n: int) -> PeopleSet:
+    """A library that switched detectors: each person's first `n` photos whose face HOG found
+    were stored (and will be approved) with HOG's faces; every other photo came in with YuNet."""
+    from face_grouping_data import Face  # noqa: F401  (same dataclass as both sets)
+    approved: set[str] = set()
+    for person, photos in hog.identities.items():
+        found = [p for p in photos if p not in hog.undetected]
+        approved.update(found[:n])
+    faces = ([f for f in hog.faces if f.photo in approved]
+             + [f for f in yunet.faces if f.photo not in approved])
+    order = {p: i for i, p in enumerate(p for ps in hog.identities.values() for p in ps)}
+    faces.sort(key=lambda f: order[f.photo])  # approve_first takes each person's first faces
+    return PeopleSet(faces, hog.identities, hog.lookalikes, sorted(set(hog.undetected) & approved))
+
+
+def switch_scores(data: PeopleSet, mode: str, tmp: Path, name: str, n: int, probes: set[str]) -> Counter:
+    """right / wrong / unassigned of the person's own face on the `probes` photos (not reviewed)."""
+    lib = Library(data, mode, tmp, name)
+    approve_first(lib, data, n)
+    lib.rematch()
+    root_person = {fid: p for p, fid in lib.roots.items()}
+    photo_of = {}
+    with lib.engine.connect() as conn:
+        for face_id, path in conn.execute(sa.select(faces.c.id, images.c.path).select_from(
+                faces.join(images, faces.c.image_id == images.c.id))).all():
+            photo_of[face_id] = path
+    out = Counter()
+    for face_id, parent in lib.parents().items():
+        person = lib.person_of.get(face_id)
+        if person is None or face_id in lib.reviewed or photo_of[face_id] not in probes:
+            continue
+        out["unassigned" if parent is None else "right" if root_person.get(parent) == person else "wrong"] += 1
+    return out
+
+
+def switch_section(people: Path, tmp: Path) -> None:
+    """Roots and approved faces encoded from HOG's boxes, the rest from YuNet's, against a library
+    that never switched (HOG-HOG) and one that started with YuNet; scored on the photos where both
+    detectors found the person's face, so each library files the same faces."""
+    hog, yu = load(people, detector="hog"), load(people, detector="yunet")
+    labelled = {d: {f.photo for f in s.faces if f.person} for d, s in (("hog", hog), ("yunet", yu))}
+    print(f"\n--switch: the people set encoded by HOG ({len(labelled['hog'])} photos with the person's "
+          f"face found) and by YuNet ({len(labelled['yunet'])}); load {os.getloadavg()[0]:.2f}")
+    print("right / wrong / unassigned of the faces no reviewer touched, on photos both detectors found")
+    for n, title in ((1, "one root per person"), (3, "three approved faces per person")):
+        approved_hog = {p for ps in hog.identities.values()
+                        for p in [q for q in ps if q in labelled["hog"]][:n]}
+        approved_yu = {p for ps in yu.identities.values()
+                       for p in [q for q in ps if q in labelled["yunet"]][:n]}
+        probes = (labelled["hog"] & labelled["yunet"]) - approved_hog - approved_yu
+        libraries = {"HOG library, HOG faces": hog, "HOG library, YuNet faces (switched)":
+                     switched_set(hog, yu, n), "YuNet library, YuNet faces": yu}
+        for mode in MODES:
+            for label, data in libraries.items():
+                c = switch_scores(data, mode, tmp, f"switch{n}", n, probes)
+                print(f"  {title:<32} {mode:<9} {label:<37} {fmt(c)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=Path, default=Path(os.environ.get("PHOTO_BENCH_PEOPLE", DEFAULT_PEOPLE)))
@@ -399,7 +459,13 @@ def main() -> int:
     ap.add_argument("--metric-scale", action="store_true",
                     help="also the learned metric's refit and matching at 10k-100k approved faces and "
                          "suggested groups at 10k-100k unknown faces")
+    ap.add_argument("--switch", action="store_true",
+                    help="only the detector switch: HOG-encoded roots and approved faces, YuNet probes")
     args = ap.parse_args()
+    if args.switch:
+        with tempfile.TemporaryDirectory() as tmp:
+            switch_section(args.people, Path(tmp))
+        return 0
     data = load(args.people)
     labelled = sum(1 for f in data.faces if f.person)
     print(f"people set: {len(data.identities)} people, {len(data.faces)} faces, {labelled} labelled "

@@ -51,15 +51,34 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _encode(path: Path) -> dict:
+def _encode(path: Path, detector: str | None = None) -> dict:
     from workers.faces.client import detect
     from workers.settings import Settings
-    found = detect(Settings(face_engine="inprocess"), path)
+    if detector is None:
+        found = detect(Settings(face_engine="inprocess"), path)
+    else:  # the in-process engine reads PHOTO_FACE_DETECTOR from its own settings
+        from face_api import engine, imaging
+        from face_api.settings import Settings as FaceSettings
+        fs = FaceSettings(face_detector=detector, debug_images=False)
+        photo = imaging.open_photo(path.read_bytes(), fs.max_pixels, draft=fs.face_draft_decode)
+        found = engine.encode_image(photo, fs)
+        return {"encodings": found.encodings, "locations": found.locations}
     return {"encodings": [e for e, _ in found], "locations": [b for _, b in found]}
 
 
-def load(people_dir: Path = DEFAULT_PEOPLE, cache: Path = CACHE, verbose: bool = False) -> PeopleSet:
+def _cache_for(cache: Path, detector: str | None) -> Path:
+    """Encodings of one detector per file: a photo's hash alone would mix HOG's and YuNet's."""
+    from face_api.settings import Settings as FaceSettings
+    name = detector or FaceSettings(debug_images=False).face_detector
+    return cache.with_name(f"{cache.stem}-{name}{cache.suffix}")
+
+
+def load(people_dir: Path = DEFAULT_PEOPLE, cache: Path = CACHE, verbose: bool = False,
+         detector: str | None = None) -> PeopleSet:
+    """The set encoded by the in-process engine as the environment configures it, or with
+    `detector` ("hog", "yunet") whatever the environment says."""
     from face_api.boxes import iou
+    cache = _cache_for(cache, detector)
     identities = json.loads((people_dir / "identities.json").read_text())
     boxes = json.loads((people_dir / "boxes.json").read_text())
     lookalikes = [tuple(p) for p in json.loads((people_dir / "lookalikes.json").read_text())]
@@ -70,7 +89,7 @@ def load(people_dir: Path = DEFAULT_PEOPLE, cache: Path = CACHE, verbose: bool =
         for photo in photos:
             key = _sha(people_dir / photo)
             if key not in cached:
-                cached[key] = _encode(people_dir / photo)
+                cached[key] = _encode(people_dir / photo, detector)
                 encoded += 1
                 if verbose:
                     print(f"  encoded {photo}: {len(cached[key]['encodings'])} faces", file=sys.stderr)
