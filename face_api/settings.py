@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     # out of reprs and logs.
     face_api_token: SecretStr | None = None
 
-    # Which detector finds the faces: "hog" (the original's recipe, below) or "yunet" (YuNet from
-    # libfacedetection via the `yuface` wheel: one pass, more faces found, see face_api/detectors).
-    face_detector: str = "hog"
+    # Which detector finds the faces: "yunet" (YuNet from libfacedetection via the `yuface` wheel:
+    # one pass, more faces found, see face_api/detectors) or "hog" (the original's recipe, below,
+    # unchanged: the parity mode). Where yuface cannot be imported the default refuses to start.
+    face_detector: str = "yunet"
     # YuNet: the long side of its pass (a 12 MP photo's 40 px faces are 12 px at 1200, and it is
     # the original's first HOG pass, so faces both find are encoded from the same pixels), a small
     # pass for faces that fill the frame (0: none), the score a candidate needs, and the score

@@ -1,9 +1,10 @@
 """The face detectors PHOTO_FACE_DETECTOR chooses from, and whether each can run here.
 
-- "hog": dlib's HOG detector with the original server's scale loop (hog.py).
-- "yunet": YuNet from libfacedetection through the `yuface` wheel (yunet.py), its boxes redrawn
-  the way HOG draws them (calibration.py) so dlib's 5-point landmarker and ResNet encoder see
-  what they were trained on, and its candidates filtered for precision (filters.py).
+- "yunet" (the default): YuNet from libfacedetection through the `yuface` wheel (yunet.py), its
+  boxes redrawn the way HOG draws them (calibration.py) so dlib's 5-point landmarker and ResNet
+  encoder see what they were trained on, and its candidates filtered for precision (filters.py).
+- "hog": dlib's HOG detector with the original server's scale loop (hog.py), exactly the
+  original's recipe (the parity mode).
 
 Both end in the same landmarks -> ResNet encodings, so encodings stay comparable. `get(name)`
 gives the engine a Detector: the same call for both, and what the encoding step does with its
@@ -62,9 +63,9 @@ def check_available(name: str) -> None:
             importlib.import_module(YUFACE)
         except ImportError as exc:
             raise DetectorUnavailable(
-                f"PHOTO_FACE_DETECTOR=yunet needs the {YUFACE} package, which is not importable "
-                f"here ({exc}); its wheels exist for CPython 3.10/3.11 only: "
-                "use PHOTO_FACE_DETECTOR=hog or install requirements.txt on such a Python"
+                f"PHOTO_FACE_DETECTOR=yunet (the default) needs the {YUFACE} package, which is not "
+                f"importable here ({exc}): set PHOTO_FACE_DETECTOR=hog (the original's detector), "
+                "or install requirements.txt on CPython 3.10/3.11, where its wheels exist"
             ) from None
 
 

@@ -2,7 +2,8 @@
 
 One pass on the photo scaled to `yunet_max_side` finds faces from ~10 px up to a few hundred px;
 a second, small pass (`yunet_large_face_side`) finds faces that fill the frame, which are larger
-than YuNet's biggest anchors at the main size. Candidates of both passes are merged, filtered for
+than YuNet's biggest anchors at the main size. Candidates of both passes are merged (each pass
+answers for the face sizes it sees best; no box may lie across two faces), filtered for
 precision (filters.py) and redrawn the way dlib's HOG detector draws boxes (calibration.py), so
 the 5-point landmarker and the ResNet encoder downstream see the boxes they were trained on.
 
