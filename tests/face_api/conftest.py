@@ -11,6 +11,15 @@ if _ROOT not in sys.path:
 from tests.support.face_api import FACES, TESTDATA, start_face_api  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def original_recipe():
+    """PHOTO_FACE_DETECTOR=hog for a module that checks the original's HOG recipe (the parity
+    mode); YuNet is the default. Use as `pytestmark = pytest.mark.usefixtures("original_recipe")`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PHOTO_FACE_DETECTOR", "hog")
+        yield
+
+
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     if not TESTDATA.is_dir():
@@ -36,11 +45,14 @@ def storage_roots(tmp_path_factory, testdata):
 
 @pytest.fixture(scope="session")
 def face_api_service(tmp_path_factory, storage_roots):
-    """(url, master_pid, tmpdir) of a real gunicorn face API with 2 workers."""
+    """(url, master_pid, tmpdir) of a real gunicorn face API with 2 workers, running the
+    original's HOG recipe (PHOTO_FACE_DETECTOR=hog, the parity mode): its answers are checked
+    against the original's."""
     tmp = tmp_path_factory.mktemp("face_api")
     url, stop = start_face_api(
         tmp, storage_roots[:2], workers=2,
-        env={"PHOTO_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024), "PHOTO_MAX_PIXELS": str(40_000_000)},
+        env={"PHOTO_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024), "PHOTO_MAX_PIXELS": str(40_000_000),
+             "PHOTO_FACE_DETECTOR": "hog"},
     )
     yield url, stop.pid, tmp
     stop()

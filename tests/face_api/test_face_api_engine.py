@@ -16,6 +16,9 @@ from face_api.settings import Settings
 
 from tests.support.face_api import FACES
 
+# The original's HOG recipe (the parity mode), which these tests check; YuNet is the default.
+pytestmark = pytest.mark.usefixtures("original_recipe")
+
 
 def load(name, mode="RGB"):
     return np.asarray(Image.open(FACES / name).convert(mode))

@@ -16,6 +16,9 @@ from face_api.settings import Settings
 from bench.groundtruth import encoding_deltas, engine_detector, evaluate, load_truth, reconstruction
 from tests.support.face_api import FACES
 
+# The original's HOG recipe (the parity mode), which these tests check; YuNet is the default.
+pytestmark = pytest.mark.usefixtures("original_recipe")
+
 
 def test_rescan_levels_cover_only_new_face_sizes():
     # dlib's pyramid shrinks by 5/6: 1600 after 1200 needs 2 levels (1.2^2 > 4/3), 2000 after 1600 too

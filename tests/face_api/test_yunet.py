@@ -41,8 +41,9 @@ def yu():
 
 # ------------------------------------------------------------------ the setting
 
-def test_default_is_hog():
-    assert Settings().face_detector == "hog"
+def test_default_is_yunet(monkeypatch):
+    monkeypatch.delenv("PHOTO_FACE_DETECTOR", raising=False)
+    assert Settings().face_detector == "yunet"
 
 
 def test_detector_name_is_normalised():
