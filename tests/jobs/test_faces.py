@@ -43,7 +43,9 @@ def storage(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def face_api(tmp_path_factory, storage):
-    url, stop = start_face_api(tmp_path_factory.mktemp("face_api"), [storage], workers=2)
+    # the original's HOG recipe (the parity mode): the boxes below are the original's
+    url, stop = start_face_api(tmp_path_factory.mktemp("face_api"), [storage], workers=2,
+                               env={"PHOTO_FACE_DETECTOR": "hog"})
     yield url
     stop()
 
