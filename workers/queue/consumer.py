@@ -436,8 +436,8 @@ def cmd_consume(args) -> int:
     settings = get_settings()
     settings.check_paths()
     if settings.face_engine == "inprocess":   # the face engine runs here: its settings, checked now
-        from face_api.startup import settings_or_exit
-        settings_or_exit(check_paths=False, program="photo-pipeline consume")
+        from face_api import engine as face_engine
+        face_engine.settings_or_exit(check_paths=False, program="photo-pipeline consume")
     if args.metrics_port is not None:
         settings.metrics_port = args.metrics_port
     logging.getLogger("pika").setLevel(logging.ERROR)   # we log connection trouble ourselves
