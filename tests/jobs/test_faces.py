@@ -297,7 +297,17 @@ def test_bytes_and_path_modes_agree(mysql_url, storage, face_api):
     assert len(out["path"]) == 2 and out["path"] == out["bytes"]
 
 
-def test_inprocess_engine_matches_api(any_db_url, storage, face_api):
+@pytest.fixture
+def inprocess_hog(monkeypatch):
+    """The in-process engine on the recipe this module's face API runs (PHOTO_FACE_DETECTOR=hog)."""
+    from face_api.settings import get_settings
+    monkeypatch.setenv("PHOTO_FACE_DETECTOR", "hog")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_inprocess_engine_matches_api(any_db_url, storage, face_api, inprocess_hog):
     out = {}
     for engine in ("http", "inprocess"):
         s = settings_for(any_db_url, storage, face_api, face_engine=engine)
