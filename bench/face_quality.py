@@ -86,7 +86,7 @@ class Candidates:
         for name, photo in truth.items():
             started = time.process_time()
             source = load(photo.path.read_bytes())
-            img = source.scaled(side)
+            img = passimage.pass_image(source, side)  # as the engine makes it
             main, large, factor = yunet.passes(img, large_face_side)
             pass_cpu = time.process_time() - started
             looks, look_cpu = {}, {}
