@@ -3,6 +3,7 @@ the embedded mode (once per session), copied into a fresh SQLite or MariaDB data
 the `photo-pipeline review` command serving it; Debian's chromium driven by Playwright."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,11 @@ def processed_library(tmp_path_factory, shared_testdata) -> Path:
         shutil.copytree(shared_testdata / "people" / person, folder / person)
     (folder / "Friends").mkdir()
     shutil.copy(shared_testdata / "faces" / "two_people.jpg", folder / "Friends" / "two_people.jpg")
+    # the tests' counts (faces per suggested person) are those of a library HOG processed
+    env = {**os.environ, "PHOTO_FACE_DETECTOR": "hog"}
     run = subprocess.run([sys.executable, "-m", "workers", "process", str(folder), "--workers", "2",
-                          "--no-progress"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+                          "--no-progress"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+                         env=env)
     assert run.returncode == 0, run.stderr
     return folder
 
