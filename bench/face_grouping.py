@@ -403,7 +403,8 @@ def switched_set(hog: PeopleSet, yunet: PeopleSet, n: int) -> PeopleSet:
              + [f for f in yunet.faces if f.photo not in approved])
     order = {p: i for i, p in enumerate(p for ps in hog.identities.values() for p in ps)}
     faces.sort(key=lambda f: order[f.photo])  # approve_first takes each person's first faces
-    return PeopleSet(faces, hog.identities, hog.lookalikes, sorted(set(hog.undetected) & approved))
+    return PeopleSet(faces, hog.identities, hog.lookalikes, sorted(set(hog.undetected) & approved),
+                     hog.east_asian)
 
 
 def switch_scores(data: PeopleSet, mode: str, tmp: Path, name: str, n: int, probes: set[str]) -> Counter:
