@@ -107,7 +107,7 @@ def test_hog_never_uses_the_pass_image(testdata, monkeypatch):
     monkeypatch.setattr(passimage, "pass_image", refuse)
     monkeypatch.setattr(passimage, "resize", refuse)
     data = (testdata / "detect" / "immich_craft-beer.jpg").read_bytes()
-    result = engine.encode_image(photo(data), Settings(debug_images=False))
+    result = engine.encode_image(photo(data), Settings(debug_images=False, face_detector="hog"))
     assert result.scales_tried
 
 
