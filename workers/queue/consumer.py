@@ -179,9 +179,9 @@ class Consumer:
         job = None
         try:
             job, verdict = self._handle(d, info)
-        except DATABASE_UNAVAILABLE as exc:
-            verdict = policy.database_unavailable(exc, self.outages + 1)
-        if verdict.action == "requeue":
+        except DATABASE_UNAVAILABLE as exc:      # from our own reads and writes, not the handler's
+            verdict = policy.Verdict("requeue", "requeued", error=exc)
+        if verdict.action == "requeue":          # the longer the outage lasts, the longer the wait
             self._drop_connection()
             self.outages += 1
             verdict = policy.database_unavailable(verdict.error, self.outages)
