@@ -76,7 +76,7 @@ def exif_json(row) -> dict:
 
 def test_every_testdata_file_has_a_clear_outcome(any_db_url, shared_testdata):
     files = all_testdata_files(shared_testdata)
-    assert any('"tiff' in f for f in files) and any("invalid/" in f for f in files)
+    assert any("invalid/" in f for f in files) and any(f.endswith(".HEIC") for f in files)
     with_follow_up = set()
     for rel in files:
         row, follow, image_id = process(any_db_url, shared_testdata, rel)
@@ -89,9 +89,11 @@ def test_every_testdata_file_has_a_clear_outcome(any_db_url, shared_testdata):
     assert with_follow_up == gps
 
 
-def test_empty_tiff_in_odd_directory(sqlite_url, shared_testdata):
-    rel = next(f for f in all_testdata_files(shared_testdata) if f.endswith('.tiff"'))
-    row, follow, _ = process(sqlite_url, shared_testdata, rel)
+@pytest.mark.parametrize("rel", ['exif/tiff/"quoted dir"/empty.tiff"', "exif/tiff/$(touch x); ü/empty.tiff"])
+def test_empty_tiff_in_odd_directory(sqlite_url, tmp_path, rel):
+    (tmp_path / rel).parent.mkdir(parents=True)
+    (tmp_path / rel).touch()
+    row, follow, _ = process(sqlite_url, tmp_path, rel)
     assert (row["metadata_status"], row["metadata_error"], follow) == ("no_metadata", "File is empty", [])
 
 
