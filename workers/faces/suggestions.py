@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import sqlalchemy as sa
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from workers.faces.index import parse_rows
@@ -44,38 +44,56 @@ class Group:
         return asdict(self)
 
 
-def neighbours(mat: np.ndarray, radius: float) -> coo_matrix:
-    """Sparse symmetric adjacency of the rows closer than `radius` (self included)."""
+def neighbours(mat: np.ndarray, radius: float) -> csr_matrix:
+    """Sparse symmetric matrix of the squared distances between rows closer than `radius`
+    (the diagonal left out). Each pair is computed once: blocks of rows against the rows after
+    them, in float32 (dlib descriptors are float32 values)."""
     n = len(mat)
-    m32 = mat.astype(np.float32)       # dlib descriptors are float32 values
+    m32 = mat.astype(np.float32)
     sq = (m32 * m32).sum(1)
     # |a - b|^2 = [a, |a|^2, 1] . [-2b, 1, |b|^2]: one matrix product gives the squared distances
     left = np.hstack([m32, sq[:, None], np.ones((n, 1), np.float32)])
     right = np.ascontiguousarray(np.hstack([-2 * m32, np.ones((n, 1), np.float32), sq[:, None]]).T)
-    step = max(16, BLOCK_CELLS // max(n, 1))
-    rows, cols = [], []
-    for start in range(0, n, step):
-        d2 = left[start:start + step] @ right
-        r, c = np.nonzero(d2 < radius * radius)
+    limit = np.float32(radius * radius)
+    rows, cols, d2s = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.float32)]
+    start = 0
+    while start < n:
+        stop = min(n, start + max(16, BLOCK_CELLS // (n - start)))
+        d2 = left[start:stop] @ right[:, start:]
+        r, c = np.divmod(np.flatnonzero(d2 < limit), d2.shape[1])   # far faster than 2-d nonzero
+        upper = c > r                   # column offset equals row offset here: the pair's other half
+        r, c = r[upper], c[upper]
         rows.append(r + start)
-        cols.append(c)
-    r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.empty(0, int), np.empty(0, int))
-    return coo_matrix((np.ones(len(r), bool), (r, c)), shape=(n, n)).tocsr()
+        cols.append(c + start)
+        d2s.append(d2[r, c])
+        start = stop
+    r, c, d2 = (np.concatenate(v) for v in (rows, cols, d2s))
+    # a stored zero (two identical encodings) would vanish from the sparse matrix
+    d2 = np.maximum(d2, np.float32(1e-12))
+    return coo_matrix((np.concatenate([d2, d2]), (np.concatenate([r, c]), np.concatenate([c, r]))),
+                      shape=(n, n)).tocsr()
 
 
-def dbscan(mat: np.ndarray, radius: float, min_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster label per row (-1: noise), and the number of neighbours per row."""
+def within(adj: csr_matrix, radius: float) -> csr_matrix:
+    """The pairs of `adj` closer than `radius` (at most the radius `adj` was built with)."""
+    out = adj.copy()
+    out.data[out.data >= np.float32(radius * radius)] = 0
+    out.eliminate_zeros()
+    return out
+
+
+def dbscan(adj: csr_matrix, mat: np.ndarray, min_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster label per row (-1: noise), and the number of neighbours per row (itself
+    included), given the pairs within the radius (`neighbours`, `within`)."""
     n = len(mat)
     if n == 0:
         return np.empty(0, int), np.empty(0, int)
-    adj = neighbours(mat, radius)
-    count = np.asarray(adj.sum(axis=1)).ravel()
+    count = np.diff(adj.indptr) + 1
     core = count >= min_faces
-    core_adj = adj[core][:, core]
-    _, comp = connected_components(core_adj, directed=False)
-    labels = np.full(n, -1)
-    labels[np.flatnonzero(core)] = comp
     core_idx, border = np.flatnonzero(core), np.flatnonzero(~core)
+    _, comp = connected_components(adj[core_idx][:, core_idx], directed=False)
+    labels = np.full(n, -1)
+    labels[core_idx] = comp
     to_core = adj[border][:, core_idx].tocsr()          # border faces: the nearest core within the radius
     for k in np.flatnonzero(np.diff(to_core.indptr)):
         i, near = border[k], core_idx[to_core.indices[to_core.indptr[k]:to_core.indptr[k + 1]]]
@@ -84,13 +102,15 @@ def dbscan(mat: np.ndarray, radius: float, min_faces: int) -> tuple[np.ndarray, 
     return labels, count
 
 
-def split(mat: np.ndarray, labels: np.ndarray, radius: float, min_faces: int) -> np.ndarray:
+def split(adj: csr_matrix, mat: np.ndarray, labels: np.ndarray, radius: float, min_faces: int) -> np.ndarray:
     """Labels after splitting each group that holds two substantial groups at a tighter radius."""
     out = labels.copy()
     fresh = labels.max() + 1 if len(labels) else 0
-    for label in np.unique(labels[labels >= 0]):
+    tight = within(adj, radius - SPLIT_STEP)
+    sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.empty(0, int)
+    for label in np.flatnonzero(sizes >= 2 * min_faces):      # smaller ones cannot hold two groups
         members = np.flatnonzero(labels == label)
-        sub, _ = dbscan(mat[members], radius - SPLIT_STEP, min_faces)
+        sub, _ = dbscan(tight[members][:, members], mat[members], min_faces)
         kept = [s for s in np.unique(sub[sub >= 0]) if (sub == s).sum() >= min_faces]
         if len(kept) < 2:
             continue
@@ -123,8 +143,9 @@ def one_per_photo(mat: np.ndarray, image_ids: np.ndarray, labels: np.ndarray) ->
 def cluster(ids: np.ndarray, image_ids: np.ndarray, mat: np.ndarray, radius: float,
             min_faces: int) -> list[Group]:
     """Groups of the faces, largest first."""
-    labels, count = dbscan(mat, radius, min_faces)
-    labels = split(mat, labels, radius, min_faces)
+    adj = neighbours(mat, radius)
+    labels, count = dbscan(adj, mat, min_faces)
+    labels = split(adj, mat, labels, radius, min_faces)
     labels = one_per_photo(mat, np.asarray(image_ids, np.int64), labels)
     # a group that lost faces may have become smaller than a group is
     for label in np.unique(labels[labels >= 0]):
