@@ -38,6 +38,9 @@ log = logging.getLogger("workers.faces.filing")
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 LEARNED_NOTE = "learned metric: "    # match_note of a face the learned metric filed
 NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at most
+# rule 5: an unknown face this much nearer to the face than the person is (and no nearer the
+# person than the face) is a crowd of its own, even if it would be filed under the person too
+CROWD_NEARER = 0.85
 OURS = sa.and_(faces.c.status == "unknown",
                sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
 
@@ -133,7 +136,8 @@ class Matcher:
 
     def _unknown_closer(self, face: Face, learned: bool = False):
         """For rule 5: unknown faces without a person closer than d, not counting those that
-        would go to the same person themselves (the person's own photos not yet filed)."""
+        would go to the same person themselves (the person's own photos not yet filed), unless
+        they sit apart from the person with this face (`_apart`)."""
         if not self.rules.unknown_neighbours:
             return None
         rules, people = (self.learned_rules, self.learned_people) if learned else (self.rules, self.people)
@@ -147,11 +151,27 @@ class Matcher:
                 if other_id == face.id:
                     continue
                 own = decide(self.approved.candidates(vec, rules, learned), people, rules)
-                n += own.person != winner
+                n += own.person != winner or self._apart(face.encoding, vec, winner)
                 if n >= rules.unknown_neighbours:
                     break
             return n
         return count
+
+    def _apart(self, face: np.ndarray, other: np.ndarray, person: int) -> bool:
+        """Whether an unknown face `other` that the rule would file under `person` too forms a
+        crowd with `face` away from the person: no nearer the person's approved faces than
+        `face` is, and much nearer to `face` than those are. An unapproved look-alike's photos
+        gather so; the person's own unfiled photos mostly lie between or around the approved
+        ones. Required in dlib's distance and, once learned, in the learned metric."""
+        spaces = [(IDENTITY, self.people)] + ([(self.metric, self.learned_people)] if self.metric.learned else [])
+        for metric, people in spaces:
+            own = people.vectors[person]
+            f, o = metric.project(face), metric.project(other)
+            d_face = np.sqrt(((own - f) ** 2).sum(1).min())
+            d_other = np.sqrt(((own - o) ** 2).sum(1).min())
+            if d_other < d_face or np.linalg.norm(f - o) > CROWD_NEARER * d_face:
+                return False
+        return True
 
     def _rejections(self, face_ids: list[int]) -> dict[int, set[int]]:
         out: dict[int, set[int]] = {}
