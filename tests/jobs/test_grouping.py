@@ -110,6 +110,19 @@ def test_a_face_among_an_unapproved_cluster_is_left_out(lib):
     assert [lib.parent(f) for f in own] == [person, person]
 
 
+def test_a_face_before_a_tight_unapproved_crowd_is_left_out(lib):
+    """Unknown faces the rule would file under the person too still count against it when they
+    gather beyond the face, much nearer to it than the person is (an unapproved look-alike)."""
+    person = lib.face(e(0, 0.0), status="ok")
+    lib.face(e(0, 0.3), status="ok", parent=person)                # radius 0.3 + slack 0.1
+    face = lib.face(e(1, 0.34))                                    # 0.34 from the person...
+    crowd = [lib.face(at((1, 0.36), (2, 0.05))),                   # ...two faces 0.05 from it,
+             lib.face(at((1, 0.36), (3, 0.05)))]                   # each 0.363 from the person
+    lib.rematch()
+    assert lib.parent(face) is None and "unknown faces" in lib.row(face).match_note
+    assert lib.row(crowd[0]).status == "unknown"
+
+
 def test_one_person_once_per_photo(lib):
     person = lib.face(e(0, 0.0), status="ok")
     photo = lib.image()

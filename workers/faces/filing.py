@@ -162,7 +162,10 @@ class Matcher:
         crowd with `face` away from the person: no nearer the person's approved faces than
         `face` is, and much nearer to `face` than those are. An unapproved look-alike's photos
         gather so; the person's own unfiled photos mostly lie between or around the approved
-        ones. Required in dlib's distance and, once learned, in the learned metric."""
+        ones. Required in dlib's distance and, once learned, in the learned metric. One approved
+        face says nothing of how the person's photos spread around it: never apart then."""
+        if self.people.counts[person] < 2:
+            return False
         spaces = [(IDENTITY, self.people)] + ([(self.metric, self.learned_people)] if self.metric.learned else [])
         for metric, people in spaces:
             own = people.vectors[person]
