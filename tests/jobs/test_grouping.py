@@ -268,6 +268,33 @@ def test_suggested_groups_split_two_chained_people():
                for g in groups)
 
 
+def test_suggested_groups_split_people_chained_at_a_tighter_radius_too():
+    """A bridge still joins the two clusters one step tighter; the next step splits them."""
+    rng = np.random.default_rng(1)
+    a = at((0, 1.0)) + rng.normal(0, 0.005, (6, 128))
+    b = at((0, 1.0), (1, 0.74)) + rng.normal(0, 0.005, (6, 128))
+    bridge = at((0, 1.0), (1, 0.37))[None, :]                  # ~0.375 from both: inside 0.40
+    mat = np.vstack([a, b, bridge])
+    ids = np.arange(1, len(mat) + 1)
+    groups = suggestions.cluster(ids, ids, mat, radius=0.45, min_faces=3)
+    assert sorted(g.size for g in groups) == [6, 7]
+    assert all(set(g.face_ids) <= set(range(1, 7)) | {13} or set(g.face_ids) <= set(range(7, 14))
+               for g in groups)
+
+
+def test_suggested_groups_pairwise_pass_in_blocks(monkeypatch):
+    """The pairs found block by block are exactly the pairs closer than the radius."""
+    rng = np.random.default_rng(2)
+    mat = rng.normal(0, 0.05, (300, 128))
+    mat[::2] += 0.3 * np.eye(128)[rng.integers(0, 4, 150)]
+    monkeypatch.setattr(suggestions, "BLOCK_CELLS", 5000)         # many uneven blocks
+    adj = suggestions.neighbours(mat, 0.45)
+    d = np.linalg.norm(mat[:, None] - mat[None], axis=2)
+    want = (d < 0.45) & ~np.eye(len(mat), dtype=bool)
+    assert (adj.toarray() > 0).tolist() == want.tolist()
+    assert np.allclose(np.sqrt(adj.toarray()[want]), d[want], atol=1e-4)
+
+
 def test_cli_people_and_rematch(lib, capsys):
     from workers.commands.cli import main
     root = lib.face(e(0, 0.0), status="ok", name="Ada")

@@ -6,7 +6,9 @@ ungrouped. The radius is well below the 0.6 match threshold on purpose: a group 
 costs a reviewer more than one person split in two groups (merging is one click). DBSCAN chains:
 two dense look-alike clusters joined by a few close faces become one group. So each group is
 clustered again at a radius SPLIT_STEP smaller, and split when that gives two or more groups of
-`min_faces` each (one level of HDBSCAN's "prefer substantial children"); faces that are noise at
+`min_faces` each (HDBSCAN's "prefer substantial children"), then again SPLIT_STEP smaller, for
+SPLIT_LEVELS levels: people of one population sit closer together than others, so the radius
+that separates two of them is not the one that separates two others. Faces that are noise at
 the smaller radius join the sub-group of their nearest face.
 
 Two faces of one photo are never one person: a group holding several faces of one photo keeps
@@ -29,7 +31,8 @@ from workers.schema import faces
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 BLOCK_CELLS = 25_000_000   # pairwise distances computed at once (100 MB of float32)
-SPLIT_STEP = 0.05   # a group is re-clustered this much tighter to find two people in it
+SPLIT_STEP = 0.05   # a group is re-clustered this much tighter to find two people in it...
+SPLIT_LEVELS = 3    # ...and so on this many times
 
 
 @dataclass
@@ -102,11 +105,11 @@ def dbscan(adj: csr_matrix, mat: np.ndarray, min_faces: int) -> tuple[np.ndarray
     return labels, count
 
 
-def split(adj: csr_matrix, mat: np.ndarray, labels: np.ndarray, radius: float, min_faces: int) -> np.ndarray:
-    """Labels after splitting each group that holds two substantial groups at a tighter radius."""
+def split(adj: csr_matrix, mat: np.ndarray, labels: np.ndarray, tighter: float, min_faces: int) -> np.ndarray:
+    """Labels after splitting each group that holds two substantial groups at radius `tighter`."""
     out = labels.copy()
     fresh = labels.max() + 1 if len(labels) else 0
-    tight = within(adj, radius - SPLIT_STEP)
+    tight = within(adj, tighter)
     sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.empty(0, int)
     for label in np.flatnonzero(sizes >= 2 * min_faces):      # smaller ones cannot hold two groups
         members = np.flatnonzero(labels == label)
@@ -145,7 +148,8 @@ def cluster(ids: np.ndarray, image_ids: np.ndarray, mat: np.ndarray, radius: flo
     """Groups of the faces, largest first."""
     adj = neighbours(mat, radius)
     labels, count = dbscan(adj, mat, min_faces)
-    labels = split(adj, mat, labels, radius, min_faces)
+    for level in range(1, SPLIT_LEVELS + 1):
+        labels = split(adj, mat, labels, radius - level * SPLIT_STEP, min_faces)
     labels = one_per_photo(mat, np.asarray(image_ids, np.int64), labels)
     # a group that lost faces may have become smaller than a group is
     for label in np.unique(labels[labels >= 0]):
