@@ -164,7 +164,7 @@ class Matcher:
         gather so; the person's own unfiled photos mostly lie between or around the approved
         ones. Required in dlib's distance and, once learned, in the learned metric. One approved
         face says nothing of how the person's photos spread around it: never apart then."""
-        if self.people.counts[person] < 2:
+        if self.people.counts.get(person, 0) < 2:
             return False
         spaces = [(IDENTITY, self.people)] + ([(self.metric, self.learned_people)] if self.metric.learned else [])
         for metric, people in spaces:
