@@ -254,26 +254,16 @@ def test_suggested_groups(lib, capsys):
     assert "suggested groups: 2 (8 unknown faces)" in capsys.readouterr().out
 
 
-def test_suggested_groups_split_two_chained_people():
-    """Two dense clusters joined by one bridge: DBSCAN chains them, the tighter pass splits."""
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("seed, apart, bridge_at", [
+    (0, 0.82, 0.41),    # the bridge ~0.415 from both: only at 0.45, the first tighter pass splits
+    (1, 0.74, 0.37),    # ~0.375 from both: inside 0.40 too, a pass one step tighter splits
+])
+def test_suggested_groups_split_two_chained_people(seed, apart, bridge_at):
+    """Two dense clusters joined by one bridge: DBSCAN chains them, a tighter pass splits."""
+    rng = np.random.default_rng(seed)
     a = at((0, 1.0)) + rng.normal(0, 0.005, (6, 128))
-    b = at((0, 1.0), (1, 0.82)) + rng.normal(0, 0.005, (6, 128))
-    bridge = at((0, 1.0), (1, 0.41))[None, :]                  # ~0.415 from both: only at 0.45
-    mat = np.vstack([a, b, bridge])
-    ids = np.arange(1, len(mat) + 1)
-    groups = suggestions.cluster(ids, ids, mat, radius=0.45, min_faces=3)
-    assert sorted(g.size for g in groups) == [6, 7]
-    assert all(set(g.face_ids) <= set(range(1, 7)) | {13} or set(g.face_ids) <= set(range(7, 14))
-               for g in groups)
-
-
-def test_suggested_groups_split_people_chained_at_a_tighter_radius_too():
-    """A bridge still joins the two clusters one step tighter; the next step splits them."""
-    rng = np.random.default_rng(1)
-    a = at((0, 1.0)) + rng.normal(0, 0.005, (6, 128))
-    b = at((0, 1.0), (1, 0.74)) + rng.normal(0, 0.005, (6, 128))
-    bridge = at((0, 1.0), (1, 0.37))[None, :]                  # ~0.375 from both: inside 0.40
+    b = at((0, 1.0), (1, apart)) + rng.normal(0, 0.005, (6, 128))
+    bridge = at((0, 1.0), (1, bridge_at))[None, :]
     mat = np.vstack([a, b, bridge])
     ids = np.arange(1, len(mat) + 1)
     groups = suggestions.cluster(ids, ids, mat, radius=0.45, min_faces=3)
