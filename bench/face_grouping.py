@@ -210,29 +210,29 @@ def scenario_suggest(data, tmp, settings_overrides=None) -> Counter:
 
 
 def sweep(data, tmp, folds: int = 3) -> None:
-    """Leave-some-people-out check of margin and radius slack: for each fold of people, pick the
+    """Leave-some-people-out check of the ratio and the radius slack: for each fold of people, pick the
     setting with the most right faces and wrong <= 0.5 % on the OTHER folds (three approved
     faces each, and look-alikes unapproved), then report it on the held-out fold."""
     people = sorted(data.identities)
     fold_of = {p: i % folds for i, p in enumerate(sorted(people, key=lambda p: hash_name(p)))}
-    grid = [(m, r) for m in (0.02, 0.04, 0.06) for r in (0.05, 0.1, 0.15)]
+    grid = [(m, r) for m in (0.85, 0.88, 0.9, 0.92, 0.95) for r in (0.05, 0.1, 0.15)]
     per = {}
-    for margin, slack in grid:
-        lib = Library(data, "ours", tmp, "sweep", face_margin=margin, face_radius_slack=slack)
+    for ratio, slack in grid:
+        lib = Library(data, "ours", tmp, "sweep", face_ratio=ratio, face_radius_slack=slack)
         approve_first(lib, data, 3)
         lib.rematch()
-        per[(margin, slack)] = [lib.score({p for p in people if fold_of[p] == f}) for f in range(folds)]
-    print("\nleave-some-people-out (3 folds of people, three approved faces each): margin, slack")
+        per[(ratio, slack)] = [lib.score({p for p in people if fold_of[p] == f}) for f in range(folds)]
+    print("\nleave-some-people-out (3 folds of people, three approved faces each): ratio, slack")
     for f in range(folds):
         def train(cfg):
             c = sum((per[cfg][g] for g in range(folds) if g != f), Counter())
             return c
         ok = [cfg for cfg in grid if train(cfg)["wrong"] <= 0.005 * (train(cfg)["right"] + train(cfg)["wrong"])]
         best = max(ok or grid, key=lambda cfg: train(cfg)["right"])
-        print(f"  fold {f}: chosen on the other folds margin {best[0]} slack {best[1]} "
+        print(f"  fold {f}: chosen on the other folds ratio {best[0]} slack {best[1]} "
               f"(train {fmt(train(best))}); held out {fmt(per[best][f])}")
     for cfg in grid:
-        print(f"  margin {cfg[0]:.2f} slack {cfg[1]:.2f}: all people {fmt(sum(per[cfg], Counter()))}")
+        print(f"  ratio {cfg[0]:.2f} slack {cfg[1]:.2f}: all people {fmt(sum(per[cfg], Counter()))}")
 
 
 def hash_name(name: str) -> str:
@@ -297,7 +297,7 @@ def bench_metric(counts=(10_000, 30_000, 100_000), queries: int = 200) -> list[d
         ids, parents, vecs = synthetic_people(n)
         index = ApprovedIndex.from_arrays(ids, parents, vecs)
         rules = Rules()
-        learned_rules = dataclasses.replace(rules, radius_slack=0.2, margin=0.08)
+        learned_rules = dataclasses.replace(rules, radius_slack=0.2)
         t = time.perf_counter()
         labelled = index.labelled()
         fitted = metricmod.fit(labelled[2], labelled[1], None, metricmod.MetricRules(min_people=1))

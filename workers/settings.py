@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     # stays the outer bound. "roots" is the original's rule: the nearest approved root < threshold.
     face_grouping: str = "people"            # "people" (all approved faces vote) or "roots"
     face_vote_k: int = 5                     # nearest approved faces that vote
-    face_margin: float = 0.04                # the best person must beat the runner-up by this
+    face_ratio: float = Field(0.92, gt=0, le=1)  # best person's distance / the runner-up's below this
     face_radius_slack: float = 0.1           # person radius = leave-one-out spread + this
     face_unknown_neighbours: int = 2         # this many unknown faces closer than the person: unassigned
     face_one_per_photo: bool = True          # two faces of one photo never get the same person
@@ -119,8 +119,6 @@ class Settings(BaseSettings):
     face_metric_min_people: int = Field(10, ge=1)      # people with 2 approved faces before learning
     face_metric_radius_slack: float = 0.2    # radius slack in the learned metric (radii there are
                                              # measured on the faces it was fitted on)
-    face_metric_margin: float = 0.08         # margin in the learned metric when it files a face
-                                             # dlib's distance left (a look-alike's risk)
     # Work a consumer does when its queue has been empty this long (workers/queue/idle.py): the faces
     # workers finish the automatic rematch after approvals even when no photo is uploaded.
     idle_interval: float = Field(5.0, ge=0)  # seconds; 0 = never

@@ -169,7 +169,7 @@ def test_a_reviewers_not_this_person_is_learned(lib):
     assert lib.parent(face) is None
 
 
-def test_a_reviewers_move_shrinks_the_persons_radius(lib):
+def test_a_reviewers_move_keeps_look_alikes_apart(lib):
     a = lib.face(e(0, 0.0), status="ok")
     a2 = lib.face(e(0, 0.4), status="ok", parent=a)
     b = lib.face(e(1, 1.0), status="ok")
@@ -178,7 +178,7 @@ def test_a_reviewers_move_shrinks_the_persons_radius(lib):
     assert lib.parent(moved) == a
     lib.review(moved, status="ok", parent_id=b)              # ...a reviewer says it is b
     report = {p["person"]: p for p in filing.people_report(lib.engine, lib.settings)[1]}
-    assert "against person" in report[a]["why"] and report[a]["faces"] == 2
+    assert report[a]["nearest"] == b and "ratio test" in report[a]["why"] and report[a]["faces"] == 2
     near_moved = lib.face(at((0, 0.45), (2, 0.12)))         # 0.08 from the moved face, 0.26 from a2
     lib.rematch()
     assert lib.parent(near_moved) != a and a2

@@ -70,7 +70,7 @@ class Matcher:
     metric.py) it runs there too, and the two are combined conservatively: the learned metric
     files a face dlib's distance left ambiguous or just outside a radius only when it picks the
     same person dlib's distance leaned to, and a dlib filing the learned metric puts under
-    someone else is left to a reviewer."""
+    someone else, or finds ambiguous between two people, is left to a reviewer."""
 
     def __init__(self, conn: sa.Connection, engine: sa.Engine, settings):
         self.conn, self.settings = conn, settings
@@ -94,8 +94,7 @@ class Matcher:
             self.people = self.approved.people(self.rules)
             if self.metric.learned:
                 # radii measured on the faces the metric was fitted on look tighter than new photos
-                self.learned_rules = dataclasses.replace(self.rules, radius_slack=settings.face_metric_radius_slack,
-                                                         margin=settings.face_metric_margin)
+                self.learned_rules = dataclasses.replace(self.rules, radius_slack=settings.face_metric_radius_slack)
                 self.learned_people = self.approved.people(self.learned_rules, learned=True)
 
     def decide(self, batch: list[Face]) -> list[Decision]:
@@ -122,10 +121,12 @@ class Matcher:
                          self.learned_people, self.learned_rules, excluded,
                          self._unknown_closer(face, learned=True))
         if plain.person is not None:
-            if learned.person is None or learned.person == plain.person:
-                return plain
+            if learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]):
+                return plain        # agreed, or too far for the learned metric to say (it is tighter)
+            seen = (f"person {learned.person}" if learned.person is not None else
+                    f"ambiguous ({learned.why.removeprefix('ambiguous: ')})")
             return Decision(None, None, REASONS[6], f"person {plain.person} at {plain.distance:.3f}, "
-                                                    f"but in the learned metric person {learned.person}")
+                                                    f"but in the learned metric {seen}")
         if learned.person is None or learned.person != plain.candidate:
             return plain
         # the stored distance stays dlib's (the Laravel app and one-per-photo compare it)
@@ -410,12 +411,10 @@ def people_report(engine: sa.Engine, settings) -> tuple[Metric, list[dict]]:
         p, e = learned.person(root), plain.person(root)
         near = learned.nearest_other(root, np.inf)
         near_plain = plain.collision(root, near[0]) if near else None
-        radius = min([p.radius] + ([near[1]] if near and near[1] < p.radius else []))
-        radius_plain = min([e.radius] + ([near_plain] if near_plain is not None and near_plain < e.radius else []))
-        why = p.why + (f"; shrinks to {near[1]:.3f} against person {near[0]} (approved faces that close)"
-                       if near and near[1] < p.radius else "")
-        out.append({"person": root, "name": names.get(root), "faces": p.faces, "radius": radius,
-                    "radius_dlib": radius_plain, "why": why,
+        why = p.why + (f"; person {near[0]}'s approved faces come within {near[1]:.3f}: a face between "
+                       f"them is left to a reviewer (ratio test)" if near and near[1] < p.radius else "")
+        out.append({"person": root, "name": names.get(root), "faces": p.faces, "radius": p.radius,
+                    "radius_dlib": e.radius, "why": why,
                     "nearest": near[0] if near else None, "nearest_distance": near[1] if near else None,
                     "nearest_distance_dlib": near_plain, "learned": metric.weight,
                     "filed": filed.get(root, 0), "filed_by_metric": by_metric.get(root, 0)})

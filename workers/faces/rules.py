@@ -9,17 +9,19 @@ keeps pointing at an approved root as the Laravel app expects.
      those of people a reviewer took this face away from;
   2. the k nearest of them vote; the person with most votes wins (a tie: the nearer one);
   3. the winner's nearest approved face must be inside the winner's radius (below);
-  4. it must beat the nearest approved face of every other person by `margin`, else the face
-     is left to a reviewer ("ambiguous") instead of picking one of two look-alikes;
+  4. it must be clearly nearer than every other person's nearest approved face: at most `ratio`
+     times that distance (Lowe's ratio test), else the face is left to a reviewer ("ambiguous")
+     instead of picking one of two look-alikes. A ratio, not a fixed margin, because people of
+     one population sit closer together in dlib's space than others: what counts as clearly
+     nearer scales with how close the people around the face are;
   5. if `unknown_neighbours` unknown faces without a person are closer to it than the winner
      is, it belongs with them (an unapproved cluster: the look-alike nobody approved yet).
 
 A person's radius is learned from its approved faces: the largest leave-one-out distance from an
 approved face to the person's nearest other approved face, plus `radius_slack` (a new photo of
 the person is as far from the approved ones as they are from each other), capped by the
-threshold. One approved face teaches nothing: the radius is the threshold. Where the approved
-faces of two people come closer than a radius (a reviewer filed look-alikes apart), the radius
-shrinks to that distance for the decision, and the decision says so (`Decision.why`).
+threshold. One approved face teaches nothing: the radius is the threshold. Look-alikes a
+reviewer filed apart are kept apart by the ratio test: a face between them is near both.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 # Pairwise work per person is capped so a person with thousands of approved faces stays cheap:
-# the radius and collisions use the first SAMPLE faces (by id) of each person.
+# the radius and the nearest other person use the first SAMPLE faces (by id) of each person.
 SAMPLE = 400
 
 
@@ -37,21 +39,21 @@ SAMPLE = 400
 class Rules:
     threshold: float = 0.6          # outer bound: nothing farther is ever matched
     vote_k: int = 5                 # nearest approved faces that vote
-    margin: float = 0.04            # best person must beat the runner-up by this distance
+    ratio: float = 0.92             # best person's distance / the runner-up's must be below this
     radius_slack: float = 0.1       # added to the learned leave-one-out radius
     unknown_neighbours: int = 2     # unknown faces closer than the person: an unapproved cluster
 
     @classmethod
     def from_settings(cls, settings) -> "Rules":
         return cls(threshold=settings.face_match_threshold, vote_k=settings.face_vote_k,
-                   margin=settings.face_margin, radius_slack=settings.face_radius_slack,
+                   ratio=settings.face_ratio, radius_slack=settings.face_radius_slack,
                    unknown_neighbours=settings.face_unknown_neighbours)
 
     @property
     def reach(self) -> float:
-        """How far candidates must be looked up: the threshold plus the margin (a runner-up just
-        outside the threshold still makes a winner just inside it ambiguous)."""
-        return self.threshold + self.margin
+        """How far candidates must be looked up: a runner-up just outside the threshold still
+        makes a winner just inside it ambiguous."""
+        return self.threshold / self.ratio
 
 
 @dataclass(frozen=True)
@@ -172,17 +174,12 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
         nearest.setdefault(p, d)                    # nearest first: the first one is the min
     winner = max(votes, key=lambda p: (votes[p], -nearest[p]))
     d_win = nearest[winner]
-    radius, why_radius = people.person(winner).radius, ""
-    others = [p for p in nearest if p != winner]
-    for other in others:       # look-alikes filed apart by a reviewer shrink the radius
-        c = people.collision(winner, other)
-        if c < radius:
-            radius, why_radius = c, f" (radius shrunk to {c:.3f} by person {other})"
+    radius = people.person(winner).radius
     if d_win >= radius:
         return Decision(None, None, REASONS[1], f"outside the radius of person {winner}: {d_win:.3f} >= "
-                                    f"{radius:.3f}{why_radius}", candidate=winner)
-    runner = min((nearest[p] for p in others), default=np.inf)
-    if runner - d_win < rules.margin:
+                                                f"{radius:.3f}", candidate=winner)
+    runner = min((d for p, d in nearest.items() if p != winner), default=np.inf)
+    if d_win >= rules.ratio * runner:
         return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, "
                                                 f"another at {runner:.3f}", candidate=winner)
     if rules.unknown_neighbours and unknown_closer is not None:
