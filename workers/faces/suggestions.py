@@ -9,7 +9,9 @@ clustered again at a radius SPLIT_STEP smaller, and split when that gives two or
 `min_faces` each (HDBSCAN's "prefer substantial children"), then again SPLIT_STEP smaller, for
 SPLIT_LEVELS levels: people of one population sit closer together than others, so the radius
 that separates two of them is not the one that separates two others. Faces that are noise at
-the smaller radius join the sub-group of their nearest face.
+the smaller radius join the sub-group of their nearest face when it is clearly nearer than every
+other sub-group (JOIN_RATIO, the ratio test of the filing rule); a face as near to two of them
+leaves the group.
 
 Two faces of one photo are never one person: a group holding several faces of one photo keeps
 the one nearest its centre.
@@ -33,6 +35,7 @@ FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
 BLOCK_CELLS = 25_000_000   # pairwise distances computed at once (100 MB of float32)
 SPLIT_STEP = 0.05   # a group is re-clustered this much tighter to find two people in it...
 SPLIT_LEVELS = 3    # ...and so on this many times
+JOIN_RATIO = 0.95   # a face left over by a split joins its nearest sub-group only this much nearer
 
 
 @dataclass
@@ -118,9 +121,14 @@ def split(adj: csr_matrix, mat: np.ndarray, labels: np.ndarray, tighter: float, 
         if len(kept) < 2:
             continue
         anchored = np.isin(sub, kept)
-        for i in np.flatnonzero(~anchored):       # the rest: the sub-group of the nearest face
-            d = np.linalg.norm(mat[members[anchored]] - mat[members[i]], axis=1)
-            sub[i] = sub[anchored][int(d.argmin())]
+        anchors, anchor_sub = members[anchored], sub[anchored]
+        for i in np.flatnonzero(~anchored):
+            # the rest: the sub-group of the nearest face, when clearly nearer than any other
+            # sub-group (a face between two people leaves the group rather than mix them)
+            d = np.linalg.norm(mat[anchors] - mat[members[i]], axis=1)
+            nearest = sorted(d[anchor_sub == s].min() for s in kept)
+            sub[i] = anchor_sub[int(d.argmin())] if nearest[0] < JOIN_RATIO * nearest[1] else -1
+        out[members[sub < 0]] = -1
         for s in kept:
             out[members[sub == s]] = fresh
             fresh += 1
