@@ -156,3 +156,37 @@ def test_people_report_shows_radius_nearest_person_and_learned_share(any_db_url,
     row = next(r for r in report if r["person"] == roots[0])
     assert row["nearest"] in roots.values() and row["nearest_distance_dlib"] == pytest.approx(np.sqrt(2) * 0.3, abs=0.2)
     assert row["learned"] == m.weight > 0 and row["radius"] > 0
+
+
+def _near(distances: dict[int, float]):
+    """Candidates: one approved face per person (person id -> distance), nearest first."""
+    from workers.faces.rules import Candidates
+    return Candidates(np.arange(1, len(distances) + 1), np.array(list(distances)), np.array(list(distances.values())))
+
+
+@pytest.mark.parametrize("learned, expected", [
+    ("matched 7", 7),                       # both distances agree
+    ("no person within the threshold", 7),  # too far for the tighter learned metric to say
+    ("matched 9", None),                    # the learned metric picks someone else
+    ("ambiguous", None),                    # ...or sees the face between two people
+])
+def test_a_dlib_filing_stands_only_where_the_learned_metric_does_not_object(learned, expected):
+    from workers.faces.rules import REASONS, Decision, combine
+    plain = Decision(7, 0.40, "matched", "person 7 at 0.400")
+    other = (Decision(int(learned.split()[1]), 0.5, "matched", learned) if learned.startswith("matched") else
+             Decision(None, None, learned, "ambiguous: person 7 at 0.500, another at 0.510" if learned == "ambiguous"
+                      else learned, candidate=7 if learned == "ambiguous" else None))
+    out = combine(plain, other, _near({7: 0.40, 9: 0.55}))
+    assert out.person == expected
+    if expected is None:
+        assert out.reason == REASONS[6] and "learned metric" in out.why and out.note
+
+
+def test_the_learned_metric_files_only_where_dlib_leaned():
+    from workers.faces.rules import LEARNED_NOTE, REASONS, Decision, combine
+    near = _near({7: 0.45, 9: 0.47})
+    ambiguous = Decision(None, None, REASONS[2], "ambiguous: person 7 at 0.450, another at 0.470", candidate=7)
+    filed = combine(ambiguous, Decision(7, 0.30, "matched", "person 7 at 0.300"), near)
+    assert filed.person == 7 and filed.distance == pytest.approx(0.45) and filed.learned
+    assert filed.note.startswith(LEARNED_NOTE)
+    assert combine(ambiguous, Decision(9, 0.30, "matched", "person 9 at 0.300"), near) is ambiguous

@@ -30,13 +30,12 @@ import sqlalchemy as sa
 from workers import db as dbmod
 from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
 from workers.faces.metric import IDENTITY, Fitted, Metric, MetricRules
-from workers.faces.rules import REASONS, Candidates, Decision, People, Rules, decide
+from workers.faces.rules import LEARNED_NOTE, REASONS, Candidates, Decision, People, Rules, combine, decide
 from workers.schema import face_rejections, faces
 
 log = logging.getLogger("workers.faces.filing")
 
 FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
-LEARNED_NOTE = "learned metric: "    # match_note of a face the learned metric filed
 NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at most
 # rule 5: an unknown face this much nearer to the face than the person is (and no nearer the
 # person than the face) is a crowd of its own, even if it would be filed under the person too
@@ -67,10 +66,8 @@ class Matcher:
     """Decisions for a batch of unknown faces against the current approvals of one database.
 
     The rule runs in dlib's distance; once the library has taught a metric (workers/faces/
-    metric.py) it runs there too, and the two are combined conservatively: the learned metric
-    files a face dlib's distance left ambiguous or just outside a radius only when it picks the
-    same person dlib's distance leaned to, and a dlib filing the learned metric puts under
-    someone else, or finds ambiguous between two people, is left to a reviewer."""
+    metric.py) it runs there too, and the two decisions are combined conservatively
+    (rules.combine)."""
 
     def __init__(self, conn: sa.Connection, engine: sa.Engine, settings):
         self.conn, self.settings = conn, settings
@@ -120,20 +117,7 @@ class Matcher:
         learned = decide(self.approved.candidates(face.encoding, self.learned_rules, learned=True),
                          self.learned_people, self.learned_rules, excluded,
                          self._unknown_closer(face, learned=True))
-        if plain.person is not None:
-            if learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]):
-                return plain        # agreed, or too far for the learned metric to say (it is tighter)
-            seen = (f"person {learned.person}" if learned.person is not None else
-                    f"ambiguous ({learned.why.removeprefix('ambiguous: ')})")
-            return Decision(None, None, REASONS[6], f"person {plain.person} at {plain.distance:.3f}, "
-                                                    f"but in the learned metric {seen}")
-        if learned.person is None or learned.person != plain.candidate:
-            return plain
-        # the stored distance stays dlib's (the Laravel app and one-per-photo compare it)
-        d = float(near.distances[near.persons == learned.person].min())
-        return Decision(learned.person, d, "matched",
-                        f"{LEARNED_NOTE}person {learned.person} at {learned.distance:.3f} "
-                        f"(dlib's distance alone: {plain.why})", learned=True)
+        return combine(plain, learned, near)
 
     def _unknown_closer(self, face: Face, learned: bool = False):
         """For rule 5: unknown faces without a person closer than d, not counting those that

@@ -79,6 +79,7 @@ class Decision:
         return self.why[:255] if self.person is None or self.learned else None
 
 
+LEARNED_NOTE = "learned metric: "    # match_note of a face the learned metric filed
 REASONS = ("no person within the threshold", "outside the radius", "ambiguous",
            "closer to unapproved faces", "person already in the photo", "no root within the threshold",
            "the learned distance disagrees")
@@ -187,3 +188,26 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
         if crowd >= rules.unknown_neighbours:
             return Decision(None, None, REASONS[3], f"closer to {crowd} unknown faces than to person {winner}")
     return Decision(winner, d_win, "matched", f"person {winner} at {d_win:.3f}")
+
+
+def combine(plain: Decision, learned: Decision, near: Candidates) -> Decision:
+    """One face's decision from the rule in dlib's distance (`plain`, with its candidates `near`)
+    and in the learned metric, conservatively: a dlib filing stands when the learned metric agrees
+    or finds no one near enough (it is tighter where it learned little), and goes to a reviewer
+    when the learned metric picks someone else or finds the face between two people; the learned
+    metric files a face dlib's distance left ambiguous or outside a radius only under the person
+    dlib's distance leaned to."""
+    if plain.person is not None:
+        if learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]):
+            return plain
+        seen = (f"person {learned.person}" if learned.person is not None else
+                f"ambiguous ({learned.why.removeprefix('ambiguous: ')})")
+        return Decision(None, None, REASONS[6], f"person {plain.person} at {plain.distance:.3f}, "
+                                                f"but in the learned metric {seen}")
+    if learned.person is None or learned.person != plain.candidate:
+        return plain
+    # the stored distance stays dlib's (the Laravel app and one-per-photo compare it)
+    d = float(near.distances[near.persons == learned.person].min())
+    return Decision(learned.person, d, "matched", f"{LEARNED_NOTE}person {learned.person} at "
+                                                  f"{learned.distance:.3f} (dlib's distance alone: {plain.why})",
+                    learned=True)
