@@ -96,6 +96,35 @@ def test_no_guess_between_two_people(lib):
     assert lib.parent(clear) == a and b
 
 
+@pytest.mark.parametrize("spread, expected", [
+    ((0.45, 0.5, 0.55, 0.55), "ambiguous"),    # one of five faces close: as likely chance as B's one
+    ((0.27, 0.28, 0.29, 0.29), "a"),           # all five close: a
+])
+def test_people_are_compared_at_equal_numbers_of_approved_faces(lib, spread, expected):
+    q = at((0, 1.0))
+    a = lib.face(q + e(1, 0.26), status="ok")
+    for axis, d in enumerate(spread, start=2):
+        lib.face(q + e(axis, d), status="ok", parent=a)
+    b = lib.face(q + e(10, 0.32), status="ok")          # 0.26 / 0.32 passes the plain ratio test
+    face = lib.face(q)
+    lib.rematch()
+    if expected == "a":
+        assert lib.parent(face) == a
+    else:
+        note = lib.row(face).match_note
+        assert lib.parent(face) is None and note.startswith("ambiguous") and f"person {b}" in note
+        assert "nearest of 1 approved faces each" in note
+
+
+def test_expected_nearest_of_m_faces():
+    from workers.faces.rules import expected_nearest
+    assert expected_nearest([0.1, 0.2, 0.3], 3, 1, 0.7) == pytest.approx(0.2)       # the mean
+    assert expected_nearest([0.1, 0.2, 0.3], 3, 3, 0.7) == pytest.approx(0.1)       # the nearest
+    assert expected_nearest([0.1, 0.2, 0.3], 3, 2, 0.7) == pytest.approx(0.1 * 2 / 3 + 0.2 / 3)
+    assert expected_nearest([0.1], 3, 1, 0.7) == pytest.approx(0.5)                 # two not looked up
+    assert expected_nearest([0.4], 1, 1, 0.7) == pytest.approx(0.4)
+
+
 def test_a_face_among_an_unapproved_cluster_is_left_out(lib):
     person = lib.face(e(0, 0.0), status="ok")
     face = lib.face(e(0, 0.5))                                     # would match the person at 0.5...

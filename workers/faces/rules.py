@@ -13,7 +13,9 @@ keeps pointing at an approved root as the Laravel app expects.
      times that distance (Lowe's ratio test), else the face is left to a reviewer ("ambiguous")
      instead of picking one of two look-alikes. A ratio, not a fixed margin, because people of
      one population sit closer together in dlib's space than others: what counts as clearly
-     nearer scales with how close the people around the face are;
+     nearer scales with how close the people around the face are. People with different
+     numbers of approved faces are also compared at the same number (`expected_nearest`): five
+     approved faces have more chances than one that one of them lies close by;
   5. if `unknown_neighbours` unknown faces without a person are closer to it than the winner
      is, it belongs with them (an unapproved cluster: the look-alike nobody approved yet).
 
@@ -156,6 +158,40 @@ def _radius(root: int, count: int, vecs: np.ndarray, rules: Rules) -> Person:
     return Person(root, count, radius, why)
 
 
+def expected_nearest(distances: list[float], count: int, m: int, beyond: float) -> float:
+    """The expected distance to the nearest of m faces drawn at random from a person's `count`
+    approved faces, given the sorted distances of those looked up (the others count as `beyond`).
+    The i-th nearest is the nearest of the m with probability C(count-1-i, m-1) / C(count, m)."""
+    weight, total, used = m / count, 0.0, 0.0
+    for i, d in enumerate(distances[:count - m + 1]):
+        total, used = total + weight * d, used + weight
+        weight *= (count - i - m) / (count - i - 1) if count - i - 1 > 0 else 0.0
+    return total + (1.0 - used) * beyond
+
+
+def _close_at_equal_count(winner: int, persons: np.ndarray, dists: np.ndarray, people: People,
+                          rules: Rules) -> tuple[int, int, float, float] | None:
+    """The ratio test again, each person against the winner at the same number of approved
+    faces: a person with many approved faces has more chances that one of them lies close to
+    any face, so the winner's nearest of m is compared with the other's nearest of m (m the
+    smaller count). The first person too close that way, or None."""
+    by_person: dict[int, list[float]] = {}
+    for p, d in zip(persons.tolist(), dists.tolist()):
+        by_person.setdefault(p, []).append(d)            # nearest first: sorted already
+    n_win = people.counts.get(winner, 1)
+    worst = expected_nearest(by_person[winner], n_win, 1, rules.reach)   # the winner's at m = 1
+    for other, ds in by_person.items():
+        n_other = people.counts.get(other, 1)
+        if other == winner or n_other == n_win or rules.ratio * ds[0] > worst:
+            continue        # equal counts: the test above; farther: cannot be too close
+        m = min(n_win, n_other)
+        e_win = expected_nearest(by_person[winner], n_win, m, rules.reach)
+        e_other = expected_nearest(ds, n_other, m, rules.reach)
+        if e_win >= rules.ratio * e_other:
+            return other, m, e_win, e_other
+    return None
+
+
 def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
            unknown_closer: Callable[[float, int], int] | None = None) -> Decision:
     """One face's person. `near` must hold every approved face within `rules.reach`, nearest
@@ -183,6 +219,13 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
     if d_win >= rules.ratio * runner:
         return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, "
                                                 f"another at {runner:.3f}", candidate=winner)
+    close = _close_at_equal_count(winner, persons, dists, people, rules)
+    if close is not None:
+        other, m, e_win, e_other = close
+        return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, person {other} "
+                                                f"at {nearest[other]:.3f}; "
+                                                f"nearest of {m} approved faces each: {e_win:.3f} against "
+                                                f"{e_other:.3f}", candidate=winner)
     if rules.unknown_neighbours and unknown_closer is not None:
         crowd = unknown_closer(d_win, winner)
         if crowd >= rules.unknown_neighbours:
