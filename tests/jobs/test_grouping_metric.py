@@ -190,3 +190,42 @@ def test_the_learned_metric_files_only_where_dlib_leaned():
     assert filed.person == 7 and filed.distance == pytest.approx(0.45) and filed.learned
     assert filed.note.startswith(LEARNED_NOTE)
     assert combine(ambiguous, Decision(9, 0.30, "matched", "person 9 at 0.300"), near) is ambiguous
+
+
+def test_the_learned_metric_files_where_dlib_leaned_and_it_finds_that_person_clearly_nearest():
+    from workers.faces.rules import REASONS, Decision, combine
+    near = _near({7: 0.45, 9: 0.47})
+    outside = Decision(None, None, REASONS[1], "outside the radius of person 7: 0.450 >= 0.420", candidate=7)
+    too_far = Decision(None, None, REASONS[1], "outside the radius of person 7 in the learned metric")
+    filed = combine(outside, too_far, near, clear=(7, 0.31, 0.52))
+    assert filed.person == 7 and filed.distance == pytest.approx(0.45) and filed.learned
+    assert "clearly nearer than anyone else (0.520)" in filed.why
+    assert combine(outside, too_far, near, clear=(9, 0.31, 0.52)) is outside     # not where dlib leaned
+    assert combine(outside, too_far, near, clear=None) is outside
+
+
+@pytest.mark.parametrize("distances, counts, expected", [
+    ({7: 0.30, 9: 0.50}, {7: 3, 9: 3}, 7),            # clearly nearer
+    ({7: 0.30, 9: 0.31}, {7: 3, 9: 3}, None),         # between two people
+    ({7: 0.50}, {7: 3}, 7),                           # nobody else within reach: reach is the runner-up
+    ({7: 0.62}, {7: 3}, None),                        # ...but that is not clearly farther
+    ({}, {}, None),
+])
+def test_clearly_nearest(distances, counts, expected):
+    from workers.faces.rules import People, Rules, clearly_nearest
+    people = People(Rules(), counts=counts)
+    got = clearly_nearest(_near(distances), people, Rules())
+    assert (got[0] if got else None) == expected
+
+
+def test_clearly_nearest_compares_people_at_equal_numbers_of_approved_faces():
+    from workers.faces.rules import Candidates, People, Rules, clearly_nearest
+    # One person has five approved faces, one of them at 0.30 and the rest far; the other has one
+    # at 0.34. 0.30 < 0.92 * 0.34 passes the plain ratio test either way.
+    five = [0.30, 0.55, 0.56, 0.57, 0.58]
+    # the single face is the nearest: at one face each it is still clearly nearer
+    near = Candidates(np.arange(1, 7), np.array([7, 9, 9, 9, 9, 9]), np.array([0.30, 0.34, *five[1:]]))
+    assert clearly_nearest(near, People(Rules(), counts={7: 1, 9: 5}), Rules())[0] == 7
+    # one of five faces lies close by chance: one face drawn from the five is farther than 0.34
+    near = Candidates(np.arange(1, 7), np.array([9, 7, 9, 9, 9, 9]), np.array([0.30, 0.34, *five[1:]]))
+    assert clearly_nearest(near, People(Rules(), counts={9: 5, 7: 1}), Rules()) is None

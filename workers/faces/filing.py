@@ -30,7 +30,8 @@ import sqlalchemy as sa
 from workers import db as dbmod
 from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
 from workers.faces.metric import IDENTITY, Fitted, Metric, MetricRules
-from workers.faces.rules import LEARNED_NOTE, REASONS, Candidates, Decision, People, Rules, combine, decide
+from workers.faces.rules import (LEARNED_NOTE, REASONS, Candidates, Decision, People, Rules, clearly_nearest,
+                                 combine, decide)
 from workers.schema import face_rejections, faces
 
 log = logging.getLogger("workers.faces.filing")
@@ -114,10 +115,16 @@ class Matcher:
     def _with_metric(self, face: Face, near: Candidates, plain: Decision, excluded) -> Decision:
         if plain.person is None and plain.candidate is None:
             return plain        # nothing near enough, or an unapproved crowd: no metric changes that
-        learned = decide(self.approved.candidates(face.encoding, self.learned_rules, learned=True),
-                         self.learned_people, self.learned_rules, excluded,
+        near_learned = self.approved.candidates(face.encoding, self.learned_rules, learned=True)
+        learned = decide(near_learned, self.learned_people, self.learned_rules, excluded,
                          self._unknown_closer(face, learned=True))
-        return combine(plain, learned, near)
+        clear = clearly_nearest(near_learned, self.learned_people, self.learned_rules, excluded)
+        out = combine(plain, learned, near, clear)
+        if out.learned and self.rules.unknown_neighbours:
+            crowd = self._unknown_closer(face)(out.distance, out.person)
+            if crowd >= self.rules.unknown_neighbours:      # rule 5 holds in dlib's distance too
+                return Decision(None, None, REASONS[3], f"closer to {crowd} unknown faces than to person {out.person}")
+        return out
 
     def _unknown_closer(self, face: Face, learned: bool = False):
         """For rule 5: unknown faces without a person closer than d, not counting those that

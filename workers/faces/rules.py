@@ -233,13 +233,37 @@ def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
     return Decision(winner, d_win, "matched", f"person {winner} at {d_win:.3f}")
 
 
-def combine(plain: Decision, learned: Decision, near: Candidates) -> Decision:
+def clearly_nearest(near: Candidates, people: People, rules: Rules,
+                    excluded=frozenset()) -> tuple[int, float, float] | None:
+    """(person, its distance, the runner-up's) when one person's approved faces are clearly
+    nearer than every other person's: the ratio test of `decide`, also at equal numbers of
+    approved faces, a runner-up beyond the candidates counting as at `rules.reach`. No radius and
+    no threshold: in the learned metric this says only *who*, once dlib's distance has said the
+    face is near enough."""
+    keep = np.array([int(p) not in excluded for p in near.persons], dtype=bool)
+    persons, dists = near.persons[keep], near.distances[keep]
+    nearest: dict[int, float] = {}
+    for p, d in zip(persons.tolist(), dists.tolist()):
+        nearest.setdefault(p, d)
+    if not nearest:
+        return None
+    winner = min(nearest, key=nearest.get)
+    runner = min((d for p, d in nearest.items() if p != winner), default=rules.reach)
+    if nearest[winner] >= rules.ratio * runner or _close_at_equal_count(winner, persons, dists, people, rules):
+        return None
+    return winner, nearest[winner], runner
+
+
+def combine(plain: Decision, learned: Decision, near: Candidates,
+            clear: tuple[int, float, float] | None = None) -> Decision:
     """One face's decision from the rule in dlib's distance (`plain`, with its candidates `near`)
     and in the learned metric, conservatively: a dlib filing stands when the learned metric agrees
     or finds no one near enough (it is tighter where it learned little), and goes to a reviewer
     when the learned metric picks someone else or finds the face between two people; the learned
     metric files a face dlib's distance left ambiguous or outside a radius only under the person
-    dlib's distance leaned to."""
+    dlib's distance leaned to, when its own rule files the face there or it finds that person
+    clearly nearest (`clear`, from `clearly_nearest`: with three approved faces each a person's
+    radius in the learned metric is tight, yet who is nearest is told apart better there)."""
     if plain.person is not None:
         if learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]):
             return plain
@@ -247,10 +271,15 @@ def combine(plain: Decision, learned: Decision, near: Candidates) -> Decision:
                 f"ambiguous ({learned.why.removeprefix('ambiguous: ')})")
         return Decision(None, None, REASONS[6], f"person {plain.person} at {plain.distance:.3f}, "
                                                 f"but in the learned metric {seen}")
-    if learned.person is None or learned.person != plain.candidate:
+    if plain.candidate is None:
+        return plain
+    if learned.person == plain.candidate:
+        seen = f"person {learned.person} at {learned.distance:.3f}"
+    elif clear is not None and clear[0] == plain.candidate:
+        seen = f"person {clear[0]} at {clear[1]:.3f}, clearly nearer than anyone else ({clear[2]:.3f})"
+    else:
         return plain
     # the stored distance stays dlib's (the Laravel app and one-per-photo compare it)
-    d = float(near.distances[near.persons == learned.person].min())
-    return Decision(learned.person, d, "matched", f"{LEARNED_NOTE}person {learned.person} at "
-                                                  f"{learned.distance:.3f} (dlib's distance alone: {plain.why})",
+    d = float(near.distances[near.persons == plain.candidate].min())
+    return Decision(plain.candidate, d, "matched", f"{LEARNED_NOTE}{seen} (dlib's distance alone: {plain.why})",
                     learned=True)
