@@ -202,6 +202,9 @@ def test_the_learned_metric_files_where_dlib_leaned_and_it_finds_that_person_cle
     assert "clearly nearer than anyone else (0.520)" in filed.why
     assert combine(outside, too_far, near, clear=(9, 0.31, 0.52)) is outside     # not where dlib leaned
     assert combine(outside, too_far, near, clear=None) is outside
+    # the learned rule's votes lean to someone else although person 7 is nearest: no filing
+    votes_elsewhere = Decision(None, None, REASONS[2], "ambiguous: person 9 at 0.35, another at 0.31", candidate=9)
+    assert combine(outside, votes_elsewhere, near, clear=(7, 0.31, 0.35)) is outside
 
 
 @pytest.mark.parametrize("distances, counts, expected", [

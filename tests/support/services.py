@@ -60,12 +60,13 @@ class MariaDB:
         self.socket = self.base / "mysqld.sock"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
-        self.log = open(self.base / "mysqld.log", "ab")
+        self.log = None
 
     def url(self, database: str = "photo") -> str:
         return f"mysql+pymysql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> "MariaDB":
+        self.log = self.log or open(self.base / "mysqld.log", "ab")
         fresh = not self.datadir.exists()
         if fresh:
             self.datadir.mkdir(parents=True)
@@ -99,12 +100,14 @@ class MariaDB:
             self.proc.terminate()
             self.proc.wait(60)
         self.proc = None
+        _close_log(self)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
         self.proc = None
+        _close_log(self)
 
     def restart(self) -> None:
         self.stop()
@@ -118,7 +121,7 @@ class RabbitMQ:
         self.dist_port = free_port()
         self.node = f"photo-test-{self.port}@localhost"
         self.proc: subprocess.Popen | None = None
-        self.log = open(self.base / "rabbitmq.out", "ab")
+        self.log = None
         (self.base / "home").mkdir(parents=True, exist_ok=True)
         conf = self.base / "rabbitmq.conf"
         conf.write_text("loopback_users = none\nlisteners.tcp.1 = 127.0.0.1:%d\n"
@@ -146,6 +149,7 @@ class RabbitMQ:
                 }
 
     def start(self) -> "RabbitMQ":
+        self.log = self.log or open(self.base / "rabbitmq.out", "ab")
         self.proc = subprocess.Popen(["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=self.env(), stdout=self.log, stdin=subprocess.DEVNULL,
                                      stderr=self.log, start_new_session=True)
         wait_for(self._amqp_ready, 120, "RabbitMQ")
@@ -172,10 +176,18 @@ class RabbitMQ:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait(10)
         self.proc = None
+        _close_log(self)
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _close_log(server) -> None:
+    """The server's output file, opened again by its next start()."""
+    if server.log:
+        server.log.close()
+        server.log = None
 
 
 def _user() -> str:

@@ -262,8 +262,9 @@ def combine(plain: Decision, learned: Decision, near: Candidates,
     when the learned metric picks someone else or finds the face between two people; the learned
     metric files a face dlib's distance left ambiguous or outside a radius only under the person
     dlib's distance leaned to, when its own rule files the face there or it finds that person
-    clearly nearest (`clear`, from `clearly_nearest`: with three approved faces each a person's
-    radius in the learned metric is tight, yet who is nearest is told apart better there)."""
+    clearly nearest and its votes lean to no one else (`clear`, from `clearly_nearest`: with
+    three approved faces each a person's radius in the learned metric is tight, yet who is
+    nearest is told apart better there)."""
     if plain.person is not None:
         if learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]):
             return plain
@@ -275,7 +276,8 @@ def combine(plain: Decision, learned: Decision, near: Candidates,
         return plain
     if learned.person == plain.candidate:
         seen = f"person {learned.person} at {learned.distance:.3f}"
-    elif clear is not None and clear[0] == plain.candidate:
+    elif (clear is not None and clear[0] == plain.candidate and learned.person is None
+          and learned.candidate in (None, plain.candidate)):      # its votes lean nowhere else
         seen = f"person {clear[0]} at {clear[1]:.3f}, clearly nearer than anyone else ({clear[2]:.3f})"
     else:
         return plain
