@@ -232,3 +232,14 @@ def test_clearly_nearest_compares_people_at_equal_numbers_of_approved_faces():
     # one of five faces lies close by chance: one face drawn from the five is farther than 0.34
     near = Candidates(np.arange(1, 7), np.array([9, 7, 9, 9, 9, 9]), np.array([0.30, 0.34, *five[1:]]))
     assert clearly_nearest(near, People(Rules(), counts={9: 5, 7: 1}), Rules()) is None
+
+
+def test_one_odd_approved_photo_does_not_open_the_radius():
+    from workers.faces.rules import People, Rules
+    e = np.eye(128)
+    three_close, odd = [0 * e[0], 0.3 * e[1], 0.3 * e[2]], 0.5 * e[3]
+    four = People.learn(np.arange(4), np.zeros(4, int), np.array([*three_close, odd]), Rules())
+    assert four.person(0).radius == pytest.approx(0.4) and "farthest one left out" in four.person(0).why
+    # with three approved faces, each one counts: the odd photo sets the radius
+    three = People.learn(np.arange(3), np.zeros(3, int), np.array([three_close[0], three_close[1], odd]), Rules())
+    assert three.person(0).radius == pytest.approx(0.6)

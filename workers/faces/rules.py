@@ -22,7 +22,8 @@ keeps pointing at an approved root as the Laravel app expects.
 A person's radius is learned from its approved faces: the largest leave-one-out distance from an
 approved face to the person's nearest other approved face, plus `radius_slack` (a new photo of
 the person is as far from the approved ones as they are from each other), capped by the
-threshold. One approved face teaches nothing: the radius is the threshold. Look-alikes a
+threshold; from four approved faces on the farthest one is left out (one odd photo would open
+the radius to everyone nearby). One approved face teaches nothing: the radius is the threshold. Look-alikes a
 reviewer filed apart are kept apart by the ratio test: a face between them is near both.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 # Pairwise work per person is capped so a person with thousands of approved faces stays cheap:
 # the radius and the nearest other person use the first SAMPLE faces (by id) of each person.
 SAMPLE = 400
+OUTLIER_FROM = 4    # approved faces from which the farthest one does not set the radius
 
 
 @dataclass(frozen=True)
@@ -151,10 +153,14 @@ def _radius(root: int, count: int, vecs: np.ndarray, rules: Rules) -> Person:
         return Person(root, count, rules.threshold, "one approved face: the threshold")
     d = _sq_dists(vecs, vecs)
     np.fill_diagonal(d, np.inf)
-    loo = float(np.sqrt(d.min(axis=1).max()))
-    radius = min(rules.threshold, loo + rules.radius_slack)
-    why = (f"approved faces up to {loo:.3f} from each other + slack {rules.radius_slack}"
-           + (" (capped by the threshold)" if radius == rules.threshold else ""))
+    loo = np.sort(np.sqrt(d.min(axis=1)))
+    # From four approved faces on, the one farthest from the others is left out: one odd photo
+    # would otherwise open the radius for every face; a new photo like it is near it anyway.
+    spread = float(loo[-2] if len(loo) >= OUTLIER_FROM else loo[-1])
+    radius = min(rules.threshold, spread + rules.radius_slack)
+    why = (f"approved faces up to {spread:.3f} from each other"
+           + (" (the farthest one left out)" if len(loo) >= OUTLIER_FROM else "")
+           + f" + slack {rules.radius_slack}" + (" (capped by the threshold)" if radius == rules.threshold else ""))
     return Person(root, count, radius, why)
 
 
