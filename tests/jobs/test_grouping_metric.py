@@ -193,18 +193,18 @@ def test_the_learned_metric_files_only_where_dlib_leaned():
 
 
 def test_the_learned_metric_files_where_dlib_leaned_and_it_finds_that_person_clearly_nearest():
-    from workers.faces.rules import REASONS, Decision, combine
+    from workers.faces.rules import REASONS, Clear, Decision, combine
     near = _near({7: 0.45, 9: 0.47})
     outside = Decision(None, None, REASONS[1], "outside the radius of person 7: 0.450 >= 0.420", candidate=7)
     too_far = Decision(None, None, REASONS[1], "outside the radius of person 7 in the learned metric")
-    filed = combine(outside, too_far, near, clear=(7, 0.31, 0.52))
+    filed = combine(outside, too_far, near, clear=Clear(7, 0.31, 0.52))
     assert filed.person == 7 and filed.distance == pytest.approx(0.45) and filed.learned
     assert "clearly nearer than anyone else (0.520)" in filed.why
-    assert combine(outside, too_far, near, clear=(9, 0.31, 0.52)) is outside     # not where dlib leaned
+    assert combine(outside, too_far, near, clear=Clear(9, 0.31, 0.52)) is outside     # not where dlib leaned
     assert combine(outside, too_far, near, clear=None) is outside
     # the learned rule's votes lean to someone else although person 7 is nearest: no filing
     votes_elsewhere = Decision(None, None, REASONS[2], "ambiguous: person 9 at 0.35, another at 0.31", candidate=9)
-    assert combine(outside, votes_elsewhere, near, clear=(7, 0.31, 0.35)) is outside
+    assert combine(outside, votes_elsewhere, near, clear=Clear(7, 0.31, 0.35)) is outside
 
 
 @pytest.mark.parametrize("distances, counts, expected", [
@@ -218,7 +218,7 @@ def test_clearly_nearest(distances, counts, expected):
     from workers.faces.rules import People, Rules, clearly_nearest
     people = People(Rules(), counts=counts)
     got = clearly_nearest(_near(distances), people, Rules())
-    assert (got[0] if got else None) == expected
+    assert (got.person if got else None) == expected
 
 
 def test_clearly_nearest_compares_people_at_equal_numbers_of_approved_faces():
@@ -228,7 +228,7 @@ def test_clearly_nearest_compares_people_at_equal_numbers_of_approved_faces():
     five = [0.30, 0.55, 0.56, 0.57, 0.58]
     # the single face is the nearest: at one face each it is still clearly nearer
     near = Candidates(np.arange(1, 7), np.array([7, 9, 9, 9, 9, 9]), np.array([0.30, 0.34, *five[1:]]))
-    assert clearly_nearest(near, People(Rules(), counts={7: 1, 9: 5}), Rules())[0] == 7
+    assert clearly_nearest(near, People(Rules(), counts={7: 1, 9: 5}), Rules()).person == 7
     # one of five faces lies close by chance: one face drawn from the five is farther than 0.34
     near = Candidates(np.arange(1, 7), np.array([9, 7, 9, 9, 9, 9]), np.array([0.30, 0.34, *five[1:]]))
     assert clearly_nearest(near, People(Rules(), counts={9: 5, 7: 1}), Rules()) is None

@@ -31,7 +31,7 @@ from workers import db as dbmod
 from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
 from workers.faces.metric import IDENTITY, Fitted, Metric, MetricRules
 from workers.faces.rules import (LEARNED_NOTE, REASONS, Candidates, Decision, People, Rules, clearly_nearest,
-                                 combine, decide)
+                                 combine, crowded, decide)
 from workers.schema import face_rejections, faces
 
 log = logging.getLogger("workers.faces.filing")
@@ -118,12 +118,14 @@ class Matcher:
         near_learned = self.approved.candidates(face.encoding, self.learned_rules, learned=True)
         learned = decide(near_learned, self.learned_people, self.learned_rules, excluded,
                          self._unknown_closer(face, learned=True))
-        clear = clearly_nearest(near_learned, self.learned_people, self.learned_rules, excluded)
+        # only a face dlib's distance left unfiled can be filed by who is clearly nearest
+        clear = (clearly_nearest(near_learned, self.learned_people, self.learned_rules, excluded)
+                 if plain.person is None else None)
         out = combine(plain, learned, near, clear)
         if out.learned and self.rules.unknown_neighbours:
             crowd = self._unknown_closer(face)(out.distance, out.person)
             if crowd >= self.rules.unknown_neighbours:      # rule 5 holds in dlib's distance too
-                return Decision(None, None, REASONS[3], f"closer to {crowd} unknown faces than to person {out.person}")
+                return crowded(crowd, out.person)
         return out
 
     def _unknown_closer(self, face: Face, learned: bool = False):

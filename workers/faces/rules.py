@@ -23,13 +23,14 @@ A person's radius is learned from its approved faces: the largest leave-one-out 
 approved face to the person's nearest other approved face, plus `radius_slack` (a new photo of
 the person is as far from the approved ones as they are from each other), capped by the
 threshold; from four approved faces on the farthest one is left out (one odd photo would open
-the radius to everyone nearby). One approved face teaches nothing: the radius is the threshold. Look-alikes a
-reviewer filed apart are kept apart by the ratio test: a face between them is near both.
+the radius to everyone nearby). One approved face teaches nothing: the radius is the threshold.
+Look-alikes a reviewer filed apart are kept apart by the ratio test: a face between them is near
+both.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -156,11 +157,12 @@ def _radius(root: int, count: int, vecs: np.ndarray, rules: Rules) -> Person:
     loo = np.sort(np.sqrt(d.min(axis=1)))
     # From four approved faces on, the one farthest from the others is left out: one odd photo
     # would otherwise open the radius for every face; a new photo like it is near it anyway.
-    spread = float(loo[-2] if len(loo) >= OUTLIER_FROM else loo[-1])
+    trimmed = len(loo) >= OUTLIER_FROM
+    spread = float(loo[-2] if trimmed else loo[-1])
     radius = min(rules.threshold, spread + rules.radius_slack)
     why = (f"approved faces up to {spread:.3f} from each other"
-           + (" (the farthest one left out)" if len(loo) >= OUTLIER_FROM else "")
-           + f" + slack {rules.radius_slack}" + (" (capped by the threshold)" if radius == rules.threshold else ""))
+           + (" (the farthest one left out)" if trimmed else "") + f" + slack {rules.radius_slack}"
+           + (" (capped by the threshold)" if radius == rules.threshold else ""))
     return Person(root, count, radius, why)
 
 
@@ -198,70 +200,91 @@ def _close_at_equal_count(winner: int, persons: np.ndarray, dists: np.ndarray, p
     return None
 
 
+def _allowed(near: Candidates, excluded) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
+    """The candidates of the persons not excluded, and each such person's nearest distance."""
+    keep = np.array([int(p) not in excluded for p in near.persons], dtype=bool)
+    persons, dists = near.persons[keep], near.distances[keep]
+    nearest: dict[int, float] = {}
+    for p, d in zip(persons.tolist(), dists.tolist()):
+        nearest.setdefault(p, d)                    # nearest first: the first one is the min
+    return persons, dists, nearest
+
+
+def _runner_up(winner: int, nearest: dict[int, float], rules: Rules) -> float:
+    """The nearest other person's distance; one beyond the candidates counts as at the reach."""
+    return min((d for p, d in nearest.items() if p != winner), default=rules.reach)
+
+
+def _ambiguity(winner: int, persons: np.ndarray, dists: np.ndarray, nearest: dict[int, float],
+               people: People, rules: Rules) -> str | None:
+    """Why `winner` is not clearly nearer than every other person (the ratio test, plainly and at
+    equal numbers of approved faces), or None when it is."""
+    d_win, runner = nearest[winner], _runner_up(winner, nearest, rules)
+    if d_win >= rules.ratio * runner:
+        return f"ambiguous: person {winner} at {d_win:.3f}, another at {runner:.3f}"
+    close = _close_at_equal_count(winner, persons, dists, people, rules)
+    if close is not None:
+        other, m, e_win, e_other = close
+        return (f"ambiguous: person {winner} at {d_win:.3f}, person {other} at {nearest[other]:.3f}; "
+                f"nearest of {m} approved faces each: {e_win:.3f} against {e_other:.3f}")
+    return None
+
+
+def crowded(crowd: int, person: int) -> Decision:
+    """Rule 5's decision: the face belongs with `crowd` unknown faces rather than with `person`."""
+    return Decision(None, None, REASONS[3], f"closer to {crowd} unknown faces than to person {person}")
+
+
 def decide(near: Candidates, people: People, rules: Rules, excluded=frozenset(),
            unknown_closer: Callable[[float, int], int] | None = None) -> Decision:
     """One face's person. `near` must hold every approved face within `rules.reach`, nearest
     first; `excluded`: persons this face may not go to (a reviewer's "not this person", a person
     already in the photo); `unknown_closer(d, person)`: how many unknown faces without a
     person, other than the person's own, are closer to the face than d (None: not checked)."""
-    keep = np.array([int(p) not in excluded for p in near.persons], dtype=bool)
-    persons, dists = near.persons[keep], near.distances[keep]
+    persons, dists, nearest = _allowed(near, excluded)
     inside = dists < rules.threshold
     if not inside.any():
         return Decision(None, None, REASONS[0], "no person within the threshold")
     votes: dict[int, int] = {}
     for p in persons[inside][:rules.vote_k].tolist():
         votes[p] = votes.get(p, 0) + 1
-    nearest = {}
-    for p, d in zip(persons.tolist(), dists.tolist()):
-        nearest.setdefault(p, d)                    # nearest first: the first one is the min
     winner = max(votes, key=lambda p: (votes[p], -nearest[p]))
     d_win = nearest[winner]
     radius = people.person(winner).radius
     if d_win >= radius:
         return Decision(None, None, REASONS[1], f"outside the radius of person {winner}: {d_win:.3f} >= "
                                                 f"{radius:.3f}", candidate=winner)
-    runner = min((d for p, d in nearest.items() if p != winner), default=np.inf)
-    if d_win >= rules.ratio * runner:
-        return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, "
-                                                f"another at {runner:.3f}", candidate=winner)
-    close = _close_at_equal_count(winner, persons, dists, people, rules)
-    if close is not None:
-        other, m, e_win, e_other = close
-        return Decision(None, None, REASONS[2], f"ambiguous: person {winner} at {d_win:.3f}, person {other} "
-                                                f"at {nearest[other]:.3f}; "
-                                                f"nearest of {m} approved faces each: {e_win:.3f} against "
-                                                f"{e_other:.3f}", candidate=winner)
+    why = _ambiguity(winner, persons, dists, nearest, people, rules)
+    if why:
+        return Decision(None, None, REASONS[2], why, candidate=winner)
     if rules.unknown_neighbours and unknown_closer is not None:
         crowd = unknown_closer(d_win, winner)
         if crowd >= rules.unknown_neighbours:
-            return Decision(None, None, REASONS[3], f"closer to {crowd} unknown faces than to person {winner}")
+            return crowded(crowd, winner)
     return Decision(winner, d_win, "matched", f"person {winner} at {d_win:.3f}")
 
 
-def clearly_nearest(near: Candidates, people: People, rules: Rules,
-                    excluded=frozenset()) -> tuple[int, float, float] | None:
-    """(person, its distance, the runner-up's) when one person's approved faces are clearly
-    nearer than every other person's: the ratio test of `decide`, also at equal numbers of
-    approved faces, a runner-up beyond the candidates counting as at `rules.reach`. No radius and
-    no threshold: in the learned metric this says only *who*, once dlib's distance has said the
-    face is near enough."""
-    keep = np.array([int(p) not in excluded for p in near.persons], dtype=bool)
-    persons, dists = near.persons[keep], near.distances[keep]
-    nearest: dict[int, float] = {}
-    for p, d in zip(persons.tolist(), dists.tolist()):
-        nearest.setdefault(p, d)
+class Clear(NamedTuple):
+    """The person a face is clearly nearest to, its distance and the runner-up's."""
+    person: int
+    distance: float
+    runner_up: float
+
+
+def clearly_nearest(near: Candidates, people: People, rules: Rules, excluded=frozenset()) -> Clear | None:
+    """The person whose approved faces are clearly nearer than every other person's (the ratio
+    test of `decide`), or None. No radius and no threshold: in the learned metric this says only
+    *who*, once dlib's distance has said the face is near enough."""
+    persons, dists, nearest = _allowed(near, excluded)
     if not nearest:
         return None
     winner = min(nearest, key=nearest.get)
-    runner = min((d for p, d in nearest.items() if p != winner), default=rules.reach)
-    if nearest[winner] >= rules.ratio * runner or _close_at_equal_count(winner, persons, dists, people, rules):
+    if _ambiguity(winner, persons, dists, nearest, people, rules):
         return None
-    return winner, nearest[winner], runner
+    return Clear(winner, nearest[winner], _runner_up(winner, nearest, rules))
 
 
-def combine(plain: Decision, learned: Decision, near: Candidates,
-            clear: tuple[int, float, float] | None = None) -> Decision:
+def combine(plain: Decision, learned: Decision, near: Candidates, clear: Clear | None = None) -> Decision:
     """One face's decision from the rule in dlib's distance (`plain`, with its candidates `near`)
     and in the learned metric, conservatively: a dlib filing stands when the learned metric agrees
     or finds no one near enough (it is tighter where it learned little), and goes to a reviewer
@@ -282,9 +305,10 @@ def combine(plain: Decision, learned: Decision, near: Candidates,
         return plain
     if learned.person == plain.candidate:
         seen = f"person {learned.person} at {learned.distance:.3f}"
-    elif (clear is not None and clear[0] == plain.candidate and learned.person is None
+    elif (clear is not None and clear.person == plain.candidate and learned.person is None
           and learned.candidate in (None, plain.candidate)):      # its votes lean nowhere else
-        seen = f"person {clear[0]} at {clear[1]:.3f}, clearly nearer than anyone else ({clear[2]:.3f})"
+        seen = (f"person {clear.person} at {clear.distance:.3f}, clearly nearer than anyone else "
+                f"({clear.runner_up:.3f})")
     else:
         return plain
     # the stored distance stays dlib's (the Laravel app and one-per-photo compare it)
