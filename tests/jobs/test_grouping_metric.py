@@ -183,13 +183,18 @@ def test_a_dlib_filing_stands_only_where_the_learned_metric_does_not_object(lear
 
 
 def test_the_learned_metric_files_only_where_dlib_leaned():
-    from workers.faces.rules import LEARNED_NOTE, REASONS, Decision, combine
+    from workers.faces.rules import LEARNED_NOTE, REASONS, Clear, Decision, combine
     near = _near({7: 0.45, 9: 0.47})
     ambiguous = Decision(None, None, REASONS[2], "ambiguous: person 7 at 0.450, another at 0.470", candidate=7)
-    filed = combine(ambiguous, Decision(7, 0.30, "matched", "person 7 at 0.300"), near)
+    learned = Decision(7, 0.30, "matched", "person 7 at 0.300")
+    filed = combine(ambiguous, learned, near, clear=Clear(7, 0.30, 0.50))
     assert filed.person == 7 and filed.distance == pytest.approx(0.45) and filed.learned
     assert filed.note.startswith(LEARNED_NOTE)
-    assert combine(ambiguous, Decision(9, 0.30, "matched", "person 9 at 0.300"), near) is ambiguous
+    assert combine(ambiguous, Decision(9, 0.30, "matched", "person 9 at 0.300"), near,
+                   clear=Clear(9, 0.30, 0.50)) is ambiguous
+    # the learned rule alone is not enough: who is clearly nearest must agree
+    assert combine(ambiguous, learned, near) is ambiguous
+    assert combine(ambiguous, learned, near, clear=Clear(9, 0.30, 0.50)) is ambiguous
 
 
 def test_the_learned_metric_files_where_dlib_leaned_and_it_finds_that_person_clearly_nearest():
@@ -243,3 +248,38 @@ def test_one_odd_approved_photo_does_not_open_the_radius():
     # with three approved faces, each one counts: the odd photo sets the radius
     three = People.learn(np.arange(3), np.zeros(3, int), np.array([three_close[0], three_close[1], odd]), Rules())
     assert three.person(0).radius == pytest.approx(0.6)
+
+
+def _two_alike(rng, n_faces: int = 3):
+    """Six people of n_faces approved faces: persons 1 and 2 differ only a little, along one
+    direction, while each one's photos vary a lot along others; persons 3-6 are far away."""
+    e = np.eye(128)
+    centres = {1: 0.5 * e[0], 2: 0.5 * e[0] + 0.3 * e[1]}
+    centres.update({p: 0.5 * e[0] + 1.0 * e[p + 10] for p in range(3, 7)})
+    def photo(p):
+        return centres[p] + rng.normal(0, 0.06, 60) @ e[20:80]
+    return {p: np.array([photo(p) for _ in range(n_faces)]) for p in centres}, photo
+
+
+def test_the_nearby_metric_tells_apart_people_dlibs_distance_finds_between():
+    from workers.faces.metric import IDENTITY, around, nearby
+    from workers.faces.rules import People, Rules, clearly_nearest
+    rng = np.random.default_rng(3)
+    vectors_of, photo = _two_alike(rng)
+    people = People(Rules(), counts={p: len(v) for p, v in vectors_of.items()})
+    local = nearby(vectors_of)
+    assert local.learned and 0 < local.weight < 0.5      # few faces: mostly the prior, yet enough
+    plain, learned = [], []
+    for _ in range(40):
+        face = photo(1)
+        for metric, out in ((IDENTITY, plain), (local, learned)):
+            got = clearly_nearest(around(face, vectors_of, metric), people, Rules())
+            out.append(got.person if got else None)
+    assert learned.count(1) >= plain.count(1) + 10 and learned.count(2) == 0
+
+
+def test_the_nearby_metric_needs_people_with_two_approved_faces():
+    from workers.faces.metric import nearby
+    rng = np.random.default_rng(4)
+    vectors_of, _ = _two_alike(rng, n_faces=1)
+    assert not nearby(vectors_of).learned

@@ -29,9 +29,10 @@ import sqlalchemy as sa
 
 from workers import db as dbmod
 from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
-from workers.faces.metric import IDENTITY, Fitted, Metric, MetricRules
-from workers.faces.rules import (LEARNED_NOTE, REASONS, Candidates, Decision, People, Rules, clearly_nearest,
-                                 combine, crowded, decide)
+from workers.faces.metric import (IDENTITY, NEARBY_KNOWN, NEARBY_PEOPLE, Fitted, Metric, MetricRules, around,
+                                  nearby)
+from workers.faces.rules import (LEARNED_NOTE, REASONS, Candidates, Clear, Decision, People, Rules,
+                                 clearly_nearest, combine, crowded, decide, nearest_people)
 from workers.schema import face_rejections, faces
 
 log = logging.getLogger("workers.faces.filing")
@@ -83,6 +84,8 @@ class Matcher:
         else:
             self.approved = index_for(engine, ApprovedIndex)
             self.approved.refresh(conn)
+            self.metric_rules = MetricRules.from_settings(settings)
+            self._nearby: dict[tuple[int, ...], Metric] = {}
             self.metric = learned_metric(conn, engine, settings, self.approved)
             self.approved.use(self.metric)
             self.unknown = index_for(engine, UnknownIndex)
@@ -119,14 +122,30 @@ class Matcher:
         learned = decide(near_learned, self.learned_people, self.learned_rules, excluded,
                          self._unknown_closer(face, learned=True))
         # only a face dlib's distance left unfiled can be filed by who is clearly nearest
-        clear = (clearly_nearest(near_learned, self.learned_people, self.learned_rules, excluded)
-                 if plain.person is None else None)
+        clear = self._clearly_nearest(face, near, near_learned, excluded) if plain.person is None else None
         out = combine(plain, learned, near, clear)
         if out.learned and self.rules.unknown_neighbours:
             crowd = self._unknown_closer(face)(out.distance, out.person)
             if crowd >= self.rules.unknown_neighbours:      # rule 5 holds in dlib's distance too
                 return crowded(crowd, out.person)
         return out
+
+    def _clearly_nearest(self, face: Face, near: Candidates, near_learned: Candidates, excluded) -> Clear | None:
+        """Who the face is clearly nearest to, in the metric fitted on the people around it
+        (metric.nearby) when two or more are near, each known by NEARBY_KNOWN approved faces, and
+        they teach something; else in the library's learned metric."""
+        persons = nearest_people(near, excluded, NEARBY_PEOPLE)
+        known = len(persons) >= 2 and all(self.people.counts[p] >= NEARBY_KNOWN for p in persons)
+        local = self._nearby_metric(tuple(sorted(persons))) if known else IDENTITY
+        if not local.learned:
+            return clearly_nearest(near_learned, self.learned_people, self.learned_rules, excluded)
+        vectors_of = {p: self.people.vectors[p] for p in persons}
+        return clearly_nearest(around(face.encoding, vectors_of, local), self.people, self.rules, excluded)
+
+    def _nearby_metric(self, persons: tuple[int, ...]) -> Metric:
+        if persons not in self._nearby:
+            self._nearby[persons] = nearby({p: self.people.vectors[p] for p in persons}, self.metric_rules)
+        return self._nearby[persons]
 
     def _unknown_closer(self, face: Face, learned: bool = False):
         """For rule 5: unknown faces without a person closer than d, not counting those that

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
 from workers import db as dbmod
+from workers.faces.rules import Candidates
 from workers.schema import face_metrics, face_rejections, faces
 
 DIM = 128
@@ -161,6 +162,34 @@ def fit(vectors: np.ndarray, persons: np.ndarray, negatives: np.ndarray | None =
     return Metric(lmap, 1 - a, n_people, len(vectors), len(neg), time.perf_counter() - started,
                   f"learned from {len(vectors)} approved faces of {n_people} people and "
                   f"{len(neg)} pairs of different people; {100 * (1 - a):.0f} % learned")
+
+
+# A face between a few people is told apart best by a metric fitted on those people only: the
+# directions that separate two members of one group are not the ones that separate the library
+# at large, and a fit over everyone averages them away.
+NEARBY_PEOPLE = 6           # the people nearest a face that its nearby metric is fitted on
+NEARBY_KNOWN = 3            # approved faces each of them needs: fewer do not show how a person varies
+NEARBY_FACES = 50           # approved faces per person used at most
+NEARBY_SHRINKAGE = 100.0    # a few people's faces: the prior's weight in degrees of freedom
+
+
+def nearby(vectors_of: dict[int, np.ndarray], rules: MetricRules = MetricRules()) -> Metric:
+    """The metric fitted on the approved faces (dlib's encodings) of a few people around one
+    face, person -> (m, 128); the identity when they teach nothing."""
+    persons = np.concatenate([np.full(min(len(v), NEARBY_FACES), p) for p, v in vectors_of.items()])
+    vectors = np.concatenate([v[:NEARBY_FACES] for v in vectors_of.values()])
+    return fit(vectors, persons, rules=MetricRules(shrinkage=NEARBY_SHRINKAGE, beta=rules.beta, hard=rules.hard,
+                                                   min_people=2))
+
+
+def around(encoding: np.ndarray, vectors_of: dict[int, np.ndarray], metric: Metric) -> Candidates:
+    """The approved faces of these people (person -> (m, 128)) as candidates of one face in
+    `metric`, nearest first; which face is which does not matter there (ids are -1)."""
+    f = metric.project(encoding)
+    persons = np.concatenate([np.full(len(v), p) for p, v in vectors_of.items()])
+    dists = np.concatenate([np.linalg.norm(metric.project(v) - f, axis=1) for v in vectors_of.values()])
+    order = np.argsort(dists, kind="stable")
+    return Candidates(np.full(len(order), -1), persons[order], dists[order])
 
 
 # ---------------------------------------------------------------- from the database

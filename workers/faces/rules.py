@@ -210,6 +210,12 @@ def _allowed(near: Candidates, excluded) -> tuple[np.ndarray, np.ndarray, dict[i
     return persons, dists, nearest
 
 
+def nearest_people(near: Candidates, excluded, k: int) -> list[int]:
+    """The k persons (not excluded) whose approved faces come nearest, nearest first."""
+    _, _, nearest = _allowed(near, excluded)
+    return sorted(nearest, key=nearest.get)[:k]
+
+
 def _runner_up(winner: int, nearest: dict[int, float], rules: Rules) -> float:
     """The nearest other person's distance; one beyond the candidates counts as at the reach."""
     return min((d for p, d in nearest.items() if p != winner), default=rules.reach)
@@ -288,12 +294,13 @@ def combine(plain: Decision, learned: Decision, near: Candidates, clear: Clear |
     """One face's decision from the rule in dlib's distance (`plain`, with its candidates `near`)
     and in the learned metric, conservatively: a dlib filing stands when the learned metric agrees
     or finds no one near enough (it is tighter where it learned little), and goes to a reviewer
-    when the learned metric picks someone else or finds the face between two people; the learned
-    metric files a face dlib's distance left ambiguous or outside a radius only under the person
-    dlib's distance leaned to, when its own rule files the face there or it finds that person
-    clearly nearest and its votes lean to no one else (`clear`, from `clearly_nearest`: with
-    three approved faces each a person's radius in the learned metric is tight, yet who is
-    nearest is told apart better there)."""
+    when the learned metric picks someone else or finds the face between two people. The learned
+    side files a face dlib's distance left ambiguous or outside a radius only under the person
+    dlib's distance leaned to, and only when that person is clearly nearest (`clear`, from
+    `clearly_nearest`, in the metric of the people around the face where it can be fitted) and
+    the learned rule files the face there or its votes lean to no one else: with three approved
+    faces each a person's radius in the learned metric is tight, yet who is nearest is told
+    apart better there."""
     if plain.person is not None:
         if learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]):
             return plain
@@ -303,10 +310,11 @@ def combine(plain: Decision, learned: Decision, near: Candidates, clear: Clear |
                                                 f"but in the learned metric {seen}")
     if plain.candidate is None:
         return plain
+    if clear is None or clear.person != plain.candidate:
+        return plain
     if learned.person == plain.candidate:
         seen = f"person {learned.person} at {learned.distance:.3f}"
-    elif (clear is not None and clear.person == plain.candidate and learned.person is None
-          and learned.candidate in (None, plain.candidate)):      # its votes lean nowhere else
+    elif learned.person is None and learned.candidate in (None, plain.candidate):   # its votes lean nowhere else
         seen = (f"person {clear.person} at {clear.distance:.3f}, clearly nearer than anyone else "
                 f"({clear.runner_up:.3f})")
     else:
