@@ -171,7 +171,7 @@ def _near(distances: dict[int, float]):
     ("ambiguous", None),                    # ...or sees the face between two people
 ])
 def test_a_dlib_filing_stands_only_where_the_learned_metric_does_not_object(learned, expected):
-    from workers.faces.rules import REASONS, Decision, combine
+    from workers.faces.rules import REASONS, Clear, Decision, combine
     plain = Decision(7, 0.40, "matched", "person 7 at 0.400")
     other = (Decision(int(learned.split()[1]), 0.5, "matched", learned) if learned.startswith("matched") else
              Decision(None, None, learned, "ambiguous: person 7 at 0.500, another at 0.510" if learned == "ambiguous"
@@ -180,6 +180,9 @@ def test_a_dlib_filing_stands_only_where_the_learned_metric_does_not_object(lear
     assert out.person == expected
     if expected is None:
         assert out.reason == REASONS[6] and "learned metric" in out.why and out.note
+        # ...unless the person dlib's distance found is clearly nearest in the nearby metric
+        assert combine(plain, other, _near({7: 0.40, 9: 0.55}), clear=Clear(7, 0.3, 0.5)) is plain
+        assert combine(plain, other, _near({7: 0.40, 9: 0.55}), clear=Clear(9, 0.3, 0.5)).person is None
 
 
 def test_the_learned_metric_files_only_where_dlib_leaned():
@@ -205,8 +208,15 @@ def test_the_learned_metric_files_where_dlib_leaned_and_it_finds_that_person_cle
     filed = combine(outside, too_far, near, clear=Clear(7, 0.31, 0.52))
     assert filed.person == 7 and filed.distance == pytest.approx(0.45) and filed.learned
     assert "clearly nearer than anyone else (0.520)" in filed.why
-    assert combine(outside, too_far, near, clear=Clear(9, 0.31, 0.52)) is outside     # not where dlib leaned
     assert combine(outside, too_far, near, clear=None) is outside
+    # just outside the radius of its nearest person: whoever is clearly nearest, within the threshold
+    other = combine(outside, too_far, near, clear=Clear(9, 0.31, 0.52))
+    assert other.person == 9 and other.distance == pytest.approx(0.47) and other.learned
+    assert combine(outside, too_far, near, clear=Clear(9, 0.31, 0.52), threshold=0.46) is outside
+    # between two people: only the one dlib's distance leaned to
+    ambiguous = Decision(None, None, REASONS[2], "ambiguous: person 7 at 0.450, another at 0.470", candidate=7)
+    assert combine(ambiguous, too_far, near, clear=Clear(9, 0.31, 0.52)) is ambiguous
+    assert combine(ambiguous, too_far, near, clear=Clear(7, 0.31, 0.52)).person == 7
     # the learned rule's votes lean to someone else although person 7 is nearest: no filing
     votes_elsewhere = Decision(None, None, REASONS[2], "ambiguous: person 9 at 0.35, another at 0.31", candidate=9)
     assert combine(outside, votes_elsewhere, near, clear=Clear(7, 0.31, 0.35)) is outside

@@ -32,7 +32,7 @@ from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_fo
 from workers.faces.metric import (IDENTITY, NEARBY_KNOWN, NEARBY_PEOPLE, Fitted, Metric, MetricRules, around,
                                   nearby)
 from workers.faces.rules import (LEARNED_NOTE, REASONS, Candidates, Clear, Decision, People, Rules,
-                                 clearly_nearest, combine, crowded, decide, nearest_people)
+                                 agrees, clearly_nearest, combine, crowded, decide, nearest_people)
 from workers.schema import face_rejections, faces
 
 log = logging.getLogger("workers.faces.filing")
@@ -121,9 +121,8 @@ class Matcher:
         near_learned = self.approved.candidates(face.encoding, self.learned_rules, learned=True)
         learned = decide(near_learned, self.learned_people, self.learned_rules, excluded,
                          self._unknown_closer(face, learned=True))
-        # only a face dlib's distance left unfiled can be filed by who is clearly nearest
-        clear = self._clearly_nearest(face, near, near_learned, excluded) if plain.person is None else None
-        out = combine(plain, learned, near, clear)
+        clear = None if agrees(plain, learned) else self._clearly_nearest(face, near, near_learned, excluded)
+        out = combine(plain, learned, near, clear, self.rules.threshold)
         if out.learned and self.rules.unknown_neighbours:
             crowd = self._unknown_closer(face)(out.distance, out.person)
             if crowd >= self.rules.unknown_neighbours:      # rule 5 holds in dlib's distance too

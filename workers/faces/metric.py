@@ -20,6 +20,10 @@ mean, which keeps the rule's threshold, margin and radii in comparable units.
 Below `min_people` people with two approved faces the metric is the identity: the rule then is
 exactly the Euclidean one. The encodings themselves stay dlib's 128 floats; the map is stored
 beside them (table face_metrics) and applied when distances are computed.
+
+`nearby` fits the same map on the approved faces of the few people nearest one face only, when
+the rule asks who among them the face is (the face's candidates decide which people; the fit is
+cached per set of people for one matching pass, never stored).
 """
 from __future__ import annotations
 

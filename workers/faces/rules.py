@@ -290,36 +290,45 @@ def clearly_nearest(near: Candidates, people: People, rules: Rules, excluded=fro
     return Clear(winner, nearest[winner], _runner_up(winner, nearest, rules))
 
 
-def combine(plain: Decision, learned: Decision, near: Candidates, clear: Clear | None = None) -> Decision:
+def agrees(plain: Decision, learned: Decision) -> bool:
+    """Whether the learned metric lets a dlib filing stand: it files the face under the same
+    person, or finds no one near enough (it is tighter where it learned little)."""
+    return plain.person is not None and (
+        learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]))
+
+
+def combine(plain: Decision, learned: Decision, near: Candidates, clear: Clear | None = None,
+            threshold: float = Rules.threshold) -> Decision:
     """One face's decision from the rule in dlib's distance (`plain`, with its candidates `near`)
-    and in the learned metric, conservatively: a dlib filing stands when the learned metric agrees
-    or finds no one near enough (it is tighter where it learned little), and goes to a reviewer
-    when the learned metric picks someone else or finds the face between two people. The learned
-    side files a face dlib's distance left ambiguous or outside a radius only under the person
-    dlib's distance leaned to, and only when that person is clearly nearest (`clear`, from
-    `clearly_nearest`, in the metric of the people around the face where it can be fitted) and
-    the learned rule files the face there or its votes lean to no one else: with three approved
-    faces each a person's radius in the learned metric is tight, yet who is nearest is told
-    apart better there."""
+    and in the learned metric (`learned`; `clear`: whom `clearly_nearest` finds the face clearly
+    nearest to, in the metric of the people around it where that can be fitted). dlib's distance
+    says whether a face is near enough; the learned side says better *who*.
+
+    A dlib filing stands when the learned metric agrees (`agrees`) or finds that person clearly
+    nearest; else it goes to a reviewer. A face dlib's distance left unfiled is filed when the
+    person clearly nearest is one dlib's distance allows: for a face between two people
+    (ambiguous) only the one dlib's distance leaned to; for a face just outside the radius of its
+    nearest person, anyone within the threshold. The learned rule's votes must lean to no one
+    else."""
     if plain.person is not None:
-        if learned.person == plain.person or (learned.person is None and learned.reason != REASONS[2]):
+        if agrees(plain, learned) or (clear is not None and clear.person == plain.person):
             return plain
         seen = (f"person {learned.person}" if learned.person is not None else
                 f"ambiguous ({learned.why.removeprefix('ambiguous: ')})")
         return Decision(None, None, REASONS[6], f"person {plain.person} at {plain.distance:.3f}, "
                                                 f"but in the learned metric {seen}")
-    if plain.candidate is None:
+    if plain.candidate is None or clear is None:
         return plain
-    if clear is None or clear.person != plain.candidate:
+    if plain.reason == REASONS[2] and clear.person != plain.candidate:
+        return plain            # between two people, dlib's distance is not overruled on who
+    dlib = near.distances[near.persons == clear.person]
+    if not (dlib < threshold).any():
         return plain
-    if learned.person == plain.candidate:
-        seen = f"person {learned.person} at {learned.distance:.3f}"
-    elif learned.person is None and learned.candidate in (None, plain.candidate):   # its votes lean nowhere else
-        seen = (f"person {clear.person} at {clear.distance:.3f}, clearly nearer than anyone else "
-                f"({clear.runner_up:.3f})")
-    else:
-        return plain
+    if learned.person not in (None, clear.person) or learned.candidate not in (None, clear.person):
+        return plain            # the learned rule's votes lean elsewhere
+    seen = (f"person {learned.person} at {learned.distance:.3f}" if learned.person is not None else
+            f"person {clear.person} at {clear.distance:.3f}, clearly nearer than anyone else "
+            f"({clear.runner_up:.3f})")
     # the stored distance stays dlib's (the Laravel app and one-per-photo compare it)
-    d = float(near.distances[near.persons == plain.candidate].min())
-    return Decision(plain.candidate, d, "matched", f"{LEARNED_NOTE}{seen} (dlib's distance alone: {plain.why})",
-                    learned=True)
+    return Decision(clear.person, float(dlib.min()), "matched",
+                    f"{LEARNED_NOTE}{seen} (dlib's distance alone: {plain.why})", learned=True)
