@@ -283,7 +283,8 @@ def test_the_nearby_metric_tells_apart_people_dlibs_distance_finds_between():
     for _ in range(40):
         face = photo(1)
         for metric, out in ((IDENTITY, plain), (local, learned)):
-            got = clearly_nearest(around(face, vectors_of, metric), people, Rules())
+            mapped = {p: metric.project(v) for p, v in vectors_of.items()}
+            got = clearly_nearest(around(metric.project(face), mapped), people, Rules())
             out.append(got.person if got else None)
     assert learned.count(1) >= plain.count(1) + 10 and learned.count(2) == 0
 

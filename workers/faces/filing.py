@@ -85,7 +85,7 @@ class Matcher:
             self.approved = index_for(engine, ApprovedIndex)
             self.approved.refresh(conn)
             self.metric_rules = MetricRules.from_settings(settings)
-            self._nearby: dict[tuple[int, ...], Metric] = {}
+            self._nearby: dict[tuple[int, ...], tuple[Metric, dict[int, np.ndarray]]] = {}
             self.metric = learned_metric(conn, engine, settings, self.approved)
             self.approved.use(self.metric)
             self.unknown = index_for(engine, UnknownIndex)
@@ -134,17 +134,17 @@ class Matcher:
         (metric.nearby) when two or more are near, each known by NEARBY_KNOWN approved faces, and
         they teach something; else in the library's learned metric."""
         persons = nearest_people(near, excluded, NEARBY_PEOPLE)
-        known = len(persons) >= 2 and all(self.people.counts[p] >= NEARBY_KNOWN for p in persons)
-        local = self._nearby_metric(tuple(sorted(persons))) if known else IDENTITY
-        if not local.learned:
-            return clearly_nearest(near_learned, self.learned_people, self.learned_rules, excluded)
-        vectors_of = {p: self.people.vectors[p] for p in persons}
-        return clearly_nearest(around(face.encoding, vectors_of, local), self.people, self.rules, excluded)
-
-    def _nearby_metric(self, persons: tuple[int, ...]) -> Metric:
-        if persons not in self._nearby:
-            self._nearby[persons] = nearby({p: self.people.vectors[p] for p in persons}, self.metric_rules)
-        return self._nearby[persons]
+        if len(persons) >= 2 and all(self.people.counts[p] >= NEARBY_KNOWN for p in persons):
+            key = tuple(sorted(persons))
+            if key not in self._nearby:
+                # fitted once per set of people in a pass; their approved faces mapped once too
+                local = nearby({p: self.people.vectors[p] for p in persons}, self.metric_rules)
+                self._nearby[key] = local, {p: local.project(self.people.vectors[p]) for p in persons}
+            local, mapped = self._nearby[key]
+            if local.learned:
+                return clearly_nearest(around(local.project(face.encoding), mapped), self.people, self.rules,
+                                       excluded)
+        return clearly_nearest(near_learned, self.learned_people, self.learned_rules, excluded)
 
     def _unknown_closer(self, face: Face, learned: bool = False):
         """For rule 5: unknown faces without a person closer than d, not counting those that

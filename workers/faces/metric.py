@@ -27,6 +27,7 @@ cached per set of people for one matching pass, never stored).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -182,16 +183,15 @@ def nearby(vectors_of: dict[int, np.ndarray], rules: MetricRules = MetricRules()
     face, person -> (m, 128); the identity when they teach nothing."""
     persons = np.concatenate([np.full(min(len(v), NEARBY_FACES), p) for p, v in vectors_of.items()])
     vectors = np.concatenate([v[:NEARBY_FACES] for v in vectors_of.values()])
-    return fit(vectors, persons, rules=MetricRules(shrinkage=NEARBY_SHRINKAGE, beta=rules.beta, hard=rules.hard,
-                                                   min_people=2))
+    return fit(vectors, persons, rules=dataclasses.replace(rules, shrinkage=NEARBY_SHRINKAGE, min_people=2))
 
 
-def around(encoding: np.ndarray, vectors_of: dict[int, np.ndarray], metric: Metric) -> Candidates:
-    """The approved faces of these people (person -> (m, 128)) as candidates of one face in
-    `metric`, nearest first; which face is which does not matter there (ids are -1)."""
-    f = metric.project(encoding)
-    persons = np.concatenate([np.full(len(v), p) for p, v in vectors_of.items()])
-    dists = np.concatenate([np.linalg.norm(metric.project(v) - f, axis=1) for v in vectors_of.values()])
+def around(point: np.ndarray, points_of: dict[int, np.ndarray]) -> Candidates:
+    """Candidates of one point among these people's points (person -> (m, d)), nearest first, in
+    whichever space both are given (project them first); which face is which does not matter
+    there (ids are -1)."""
+    persons = np.concatenate([np.full(len(v), p) for p, v in points_of.items()])
+    dists = np.concatenate([np.linalg.norm(v - point, axis=1) for v in points_of.values()])
     order = np.argsort(dists, kind="stable")
     return Candidates(np.full(len(order), -1), persons[order], dists[order])
 
