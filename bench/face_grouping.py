@@ -324,8 +324,7 @@ def bench_metric(counts=(10_000, 30_000, 100_000), queries: int = 200) -> list[d
             # the six people nearest it (in these synthetic people, any six), fitted and asked
             t = time.perf_counter()
             six = roots[min(i // 10, len(roots) - 6):][:metricmod.NEARBY_PEOPLE]
-            local = metricmod.nearby({p: plain_people.vectors[p] for p in six})
-            mapped = {p: local.project(plain_people.vectors[p]) for p in six}
+            local, mapped = metricmod.nearby_mapped({p: plain_people.vectors[p] for p in six})
             clearly_nearest(metricmod.around(local.project(q), mapped), plain_people, rules)
             times["nearby"].append(time.perf_counter() - t)
         row = {"n": n, "fit s": fit_s, "refit s": refit_s, "learned": fitted.weight}
@@ -364,8 +363,8 @@ def _nearby_nearest(app: np.ndarray, labels: np.ndarray, face: np.ndarray, dlib:
     names, person = np.unique(labels, return_inverse=True)
     order = np.argsort(dlib, kind="stable")
     persons = nearest_people(Candidates(order, person[order], dlib[order]), (), metricmod.NEARBY_PEOPLE)
-    local = metricmod.nearby({p: app[person == p] for p in persons})
-    near = metricmod.around(local.project(face), {p: local.project(app[person == p]) for p in persons})
+    local, mapped = metricmod.nearby_mapped({p: app[person == p] for p in persons})
+    near = metricmod.around(local.project(face), mapped)
     best: dict[str, float] = {}
     for p, d in zip(near.persons.tolist(), near.distances.tolist()):
         best.setdefault(str(names[p]), d)           # nearest first
@@ -394,6 +393,7 @@ def ceiling(data, seeds: int = 3, n: int = 3) -> list[str]:
             app = [i for p in people for i in chosen[p]]
             labels = np.array([data.faces[i].person for i in app])
             m = metricmod.fit(enc[app], labels) if space == "learned" else metricmod.IDENTITY
+            centres = {p: enc[chosen[p]].mean(axis=0) for p in people} if space == "centre" else {}
             proj, papp = m.project(enc), m.project(enc[app])
             taken = set(app)
             for i, f in enumerate(data.faces):
@@ -404,7 +404,7 @@ def ceiling(data, seeds: int = 3, n: int = 3) -> list[str]:
                 for p, dd in zip(labels.tolist(), d.tolist()):
                     best[p] = min(best.get(p, np.inf), dd)
                 if space == "centre":
-                    best = {p: float(np.linalg.norm(enc[app][labels == p].mean(axis=0) - enc[i])) for p in best}
+                    best = {p: float(np.linalg.norm(c - enc[i])) for p, c in centres.items()}
                 if space == "nearby":
                     best = _nearby_nearest(enc[app], labels, enc[i], d)
                 (p1, d1), (_, d2) = sorted(best.items(), key=lambda kv: kv[1])[:2]

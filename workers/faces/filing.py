@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from workers import db as dbmod
 from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
 from workers.faces.metric import (IDENTITY, NEARBY_KNOWN, NEARBY_PEOPLE, Fitted, Metric, MetricRules, around,
-                                  nearby)
+                                  nearby_mapped)
 from workers.faces.rules import (LEARNED_NOTE, REASONS, Candidates, Clear, Decision, People, Rules,
                                  agrees, clearly_nearest, combine, crowded, decide, nearest_people)
 from workers.schema import face_rejections, faces
@@ -138,8 +138,7 @@ class Matcher:
             key = tuple(sorted(persons))
             if key not in self._nearby:
                 # fitted once per set of people in a pass; their approved faces mapped once too
-                local = nearby({p: self.people.vectors[p] for p in persons}, self.metric_rules)
-                self._nearby[key] = local, {p: local.project(self.people.vectors[p]) for p in persons}
+                self._nearby[key] = nearby_mapped({p: self.people.vectors[p] for p in persons}, self.metric_rules)
             local, mapped = self._nearby[key]
             if local.learned:
                 return clearly_nearest(around(local.project(face.encoding), mapped), self.people, self.rules,

@@ -186,6 +186,14 @@ def nearby(vectors_of: dict[int, np.ndarray], rules: MetricRules = MetricRules()
     return fit(vectors, persons, rules=dataclasses.replace(rules, shrinkage=NEARBY_SHRINKAGE, min_people=2))
 
 
+def nearby_mapped(vectors_of: dict[int, np.ndarray], rules: MetricRules = MetricRules()
+                  ) -> tuple[Metric, dict[int, np.ndarray]]:
+    """`nearby`, and the same people's approved faces mapped by it (what `around` compares a
+    face with)."""
+    local = nearby(vectors_of, rules)
+    return local, {p: local.project(v) for p, v in vectors_of.items()}
+
+
 def around(point: np.ndarray, points_of: dict[int, np.ndarray]) -> Candidates:
     """Candidates of one point among these people's points (person -> (m, d)), nearest first, in
     whichever space both are given (project them first); which face is which does not matter
