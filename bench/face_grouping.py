@@ -91,11 +91,12 @@ class Library:
         return filing.rematch(self.engine, self.settings)
 
     def auto_rematch(self) -> None:
-        """What the face workers do after approvals changed: bounded steps until the pass ends."""
+        """What the face workers do after approvals changed: their idle task's bounded steps until
+        no pass is left (the second look's pass included)."""
         while True:
             with self.engine.begin() as conn:
-                counts = filing.auto_rematch(conn, self.engine, self.settings)
-            if not counts:
+                more = filing.idle_rematch(conn, self.engine, self.settings)
+            if not more:
                 return
 
     def parents(self) -> dict[int, int | None]:

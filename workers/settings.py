@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     face_ratio: float = Field(0.92, gt=0, le=1)  # best person's distance / the runner-up's below this
     face_radius_slack: float = 0.1           # person radius = leave-one-out spread + this
     face_unknown_neighbours: int = 2         # this many unknown faces closer than the person: unassigned
+    # A face the rule left unassigned is looked at again with the faces already filed from
+    # approvals counted as their person's (workers/faces/filing.py); 0 = no second look.
+    face_second_ratio: float = Field(0.85, ge=0, le=1)  # the ratio test of that second look
     face_one_per_photo: bool = True          # two faces of one photo never get the same person
     face_rematch_batch: int = 200            # faces per automatic rematch step (one per face job)
     face_cluster_radius: float = 0.45        # suggested groups: DBSCAN eps...

@@ -213,6 +213,25 @@ def test_a_reviewers_move_keeps_look_alikes_apart(lib):
     assert lib.parent(near_moved) != a and a2
 
 
+def test_second_look_files_beside_filed_faces_but_never_in_a_chain(lib):
+    from workers.faces.index import SECOND_NOTE
+    root = lib.face(at((0, 0.0)), status="ok")                  # three approved faces 0.05 from the
+    for axis in (1, 2):                                         # root: a radius of 0.05 + 0.1
+        lib.face(at((axis, 0.05)), status="ok", parent=root)
+    filed = lib.face(at((0, 0.12)))                             # inside the radius: filed at once
+    beside = lib.face(at((0, 0.22)))                            # outside it, 0.10 from `filed`
+    beyond = lib.face(at((0, 0.33)))                            # 0.11 from `beside`, 0.21 from `filed`
+    lib.rematch(face_second_ratio=0)
+    assert [lib.parent(f) for f in (filed, beside, beyond)] == [root, None, None]
+    counts = lib.rematch()
+    assert [lib.parent(f) for f in (filed, beside, beyond)] == [root, root, None]
+    assert lib.row(beside).match_note.startswith(SECOND_NOTE) and lib.row(filed).match_note is None
+    assert counts["of those, by the second look"] == 1 and counts["outside the radius"] == 1
+    lib.review(filed, parent_id=None)                           # "not this person": no evidence left
+    lib.rematch()
+    assert lib.parent(filed) is None and lib.parent(beside) is None
+
+
 def test_rematch_revisits_our_own_filings(lib):
     sister = lib.face(e(0, 0.0), status="ok")
     other = lib.face(at((0, 0.5), (1, 0.1)))                # filed under the sister (one root, radius 0.6)

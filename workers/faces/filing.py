@@ -15,6 +15,14 @@ Constraints on top of the rule:
     the photo is taken; between unknown faces of one photo the nearer match keeps the person;
   * a reviewer's "not this person": a face whose parent_id a reviewer cleared while our
     matched_parent_id was set gets a face_rejections row and never goes back to that person.
+
+The second look: a face the rule left unassigned is decided again with the faces already filed
+from approvals counted as their person's too (index.EvidenceIndex), with a stricter ratio test
+(setting face_second_ratio). A person's filed photos cover the ways they look that three approved
+ones do not, and its unfiled photos that were a crowd of their own (rule 5) are filed with them;
+the learned metric stays fitted on reviewed faces only. A face filed so is marked in its
+match_note (index.SECOND_NOTE) and is never evidence itself. A rematch therefore takes two passes
+to settle after approvals changed: the first files from approvals, the second looks again.
 """
 from __future__ import annotations
 
@@ -28,7 +36,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from workers import db as dbmod
-from workers.faces.index import ApprovedIndex, RootIndex, UnknownIndex, index_for, parse_encoding
+from workers.faces.index import (SECOND_NOTE, ApprovedIndex, EvidenceIndex, RootIndex, UnknownIndex, index_for,
+                                 parse_encoding)
 from workers.faces.metric import (IDENTITY, NEARBY_KNOWN, NEARBY_PEOPLE, Fitted, Metric, MetricRules, around,
                                   nearby_mapped)
 from workers.faces.rules import (LEARNED_NOTE, REASONS, Candidates, Clear, Decision, People, Rules,
@@ -42,6 +51,7 @@ NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at 
 # rule 5: an unknown face this much nearer to the face than the person is (and no nearer the
 # person than the face) is a crowd of its own, even if it would be filed under the person too
 CROWD_NEARER = 0.85
+PASSES = 3      # rematch passes at most while filings keep changing under the same approvals
 OURS = sa.and_(faces.c.status == "unknown",
                sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
 
@@ -69,12 +79,23 @@ class Matcher:
 
     The rule runs in dlib's distance; once the library has taught a metric (workers/faces/
     metric.py) it runs there too, and the two decisions are combined conservatively
-    (rules.combine)."""
+    (rules.combine). Given the `first` matcher, this one is the second look (the module's
+    docstring): the faces filed from approvals count as their person's too, the ratio test is
+    the second look's."""
 
-    def __init__(self, conn: sa.Connection, engine: sa.Engine, settings):
-        self.conn, self.settings = conn, settings
+    def __init__(self, conn: sa.Connection, engine: sa.Engine, settings, first: "Matcher | None" = None):
+        evidence = first is not None
+        self.conn, self.engine, self.settings = conn, engine, settings
+        # who a crowd's faces would go to (rule 5) is asked of approved faces alone, also in the
+        # second look: with filed faces as evidence an unapproved look-alike's photos filed under
+        # the person would vouch for the rest of them
+        self.judge = first or self
         self.rules = Rules.from_settings(settings)
+        if evidence:
+            self.rules = dataclasses.replace(self.rules, ratio=settings.face_second_ratio)
         self.original = settings.face_grouping == "roots"
+        self.second_look = not evidence and not self.original and settings.face_second_ratio > 0
+        self._second: Matcher | None = None
         if settings.face_grouping not in ("roots", "people"):
             raise RuntimeError(f"unknown face_grouping {settings.face_grouping!r} (people or roots)")
         self.metric = IDENTITY
@@ -82,11 +103,14 @@ class Matcher:
             self.roots = index_for(engine, RootIndex)
             self.roots.refresh(conn)
         else:
-            self.approved = index_for(engine, ApprovedIndex)
-            self.approved.refresh(conn)
+            approved = index_for(engine, ApprovedIndex)
+            approved.refresh(conn)
             self.metric_rules = MetricRules.from_settings(settings)
             self._nearby: dict[tuple[int, ...], tuple[Metric, dict[int, np.ndarray]]] = {}
-            self.metric = learned_metric(conn, engine, settings, self.approved)
+            self.metric = learned_metric(conn, engine, settings, approved)     # reviewed faces only
+            self.approved = index_for(engine, EvidenceIndex) if evidence else approved
+            if evidence:
+                self.approved.refresh(conn)
             self.approved.use(self.metric)
             self.unknown = index_for(engine, UnknownIndex)
             self.unknown.use(self.metric)
@@ -110,15 +134,37 @@ class Matcher:
         out = []
         for f in batch:
             excluded = rejected.get(f.id, set()) | taken.get(f.image_id, set())
-            near = self.approved.candidates(f.encoding, self.rules)
-            plain = decide(near, self.people, self.rules, excluded, self._unknown_closer(f))
-            out.append(self._with_metric(f, near, plain, excluded) if self.metric.learned else plain)
+            d = self._decide_one(f, excluded)
+            out.append(self._look_again(f, excluded, d) if d.person is None and self.second_look else d)
         return one_per_photo(batch, out) if self.settings.face_one_per_photo else out
+
+    def _decide_one(self, face: Face, excluded) -> Decision:
+        near = self._candidates(face, self.rules)
+        plain = decide(near, self.people, self.rules, excluded, self._unknown_closer(face))
+        return self._with_metric(face, near, plain, excluded) if self.metric.learned else plain
+
+    def _look_again(self, face: Face, excluded, first: Decision) -> Decision:
+        """The second look (the module's docstring); the first decision if it files no one."""
+        if self._second is None:        # built only when a face needs it: most are filed at once
+            self._second = Matcher(self.conn, self.engine, self.settings, first=self)
+        again = self._second._decide_one(face, excluded)
+        if again.person is None:
+            return first
+        return dataclasses.replace(again, second=True,
+                                   why=f"{SECOND_NOTE}{again.why} (approved faces alone: {first.why})")
+
+    def _candidates(self, face: Face, rules: Rules, learned: bool = False) -> Candidates:
+        """The face's candidates, without itself (a filed face is evidence for others only)."""
+        near = self.approved.candidates(face.encoding, rules, learned)
+        if face.id is None or face.id not in near.ids:
+            return near
+        keep = near.ids != face.id
+        return Candidates(near.ids[keep], near.persons[keep], near.distances[keep])
 
     def _with_metric(self, face: Face, near: Candidates, plain: Decision, excluded) -> Decision:
         if plain.person is None and plain.candidate is None:
             return plain        # nothing near enough, or an unapproved crowd: no metric changes that
-        near_learned = self.approved.candidates(face.encoding, self.learned_rules, learned=True)
+        near_learned = self._candidates(face, self.learned_rules, learned=True)
         learned = decide(near_learned, self.learned_people, self.learned_rules, excluded,
                          self._unknown_closer(face, learned=True))
         clear = None if agrees(plain, learned) else self._clearly_nearest(face, near, near_learned, excluded)
@@ -151,9 +197,16 @@ class Matcher:
         they sit apart from the person with this face (`_apart`)."""
         if not self.rules.unknown_neighbours:
             return None
-        rules, people = (self.learned_rules, self.learned_people) if learned else (self.rules, self.people)
+        judge = self.judge
+        rules, people = (judge.learned_rules, judge.learned_people) if learned else (judge.rules, judge.people)
 
         def count(d: float, winner: int | None = None) -> int:
+            if judge is not self and winner is not None:
+                # in the second look the crowd is one nearer than the person's APPROVED faces:
+                # the filed ones it is near may be an unapproved look-alike's photos
+                near = judge.approved.candidates(face.encoding, rules, learned)
+                own = near.distances[near.persons == winner]
+                d = max(d, float(own[0]) if len(own) else rules.reach)
             ids, vecs = self.unknown.neighbours(face.encoding, d, learned)
             n = 0
             # nearest first, and only as far as needed: each check costs one pass over the
@@ -161,8 +214,8 @@ class Matcher:
             for other_id, vec in list(zip(ids.tolist(), vecs))[:NEIGHBOURS_CHECKED]:
                 if other_id == face.id:
                     continue
-                own = decide(self.approved.candidates(vec, rules, learned), people, rules)
-                n += own.person != winner or self._apart(face.encoding, vec, winner)
+                own = decide(judge.approved.candidates(vec, rules, learned), people, rules)
+                n += own.person != winner or judge._apart(face.encoding, vec, winner)
                 if n >= rules.unknown_neighbours:
                     break
             return n
@@ -285,6 +338,9 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
                              sa.and_(faces.c.parent_id == r.parent_id, faces.c.matched_parent_id == r.parent_id))
         if d.person is not None and d.person == r.parent_id:
             counts["kept"] += 1
+            if not matcher.original and r.match_note != d.note:
+                # why it is filed: the second look's mark decides whether it is evidence
+                conn.execute(faces.update().where(still_ours).values(match_note=d.note))
             continue
         if d.person is None and r.parent_id is None:
             counts[d.reason] += 1
@@ -300,6 +356,8 @@ def rematch_step(conn: sa.Connection, engine: sa.Engine, settings, after_id: int
         counts[outcome if done.rowcount else "changed meanwhile"] += 1
         if done.rowcount and d.learned:
             counts["of those, by the learned metric"] += 1
+        if done.rowcount and d.second:
+            counts["of those, by the second look"] += 1
     return ids[-1], counts
 
 
@@ -332,20 +390,37 @@ def _against_filed(conn: sa.Connection, batch: list[Face], decisions: list[Decis
             for f, d in zip(batch, decisions)]
 
 
+CHANGES = ("matched", "refiled")
+
+
+def _changed(counts: Counter) -> bool:
+    """Whether a rematch step changed any filing (the evidence of the second look)."""
+    return any(counts[k] for k in CHANGES) or any(k.startswith("unfiled") and v for k, v in counts.items())
+
+
 def rematch(engine: sa.Engine, settings, batch: int = 1000) -> Counter:
-    """A full pass over the unknown faces without a parent (`faces rematch`)."""
+    """Full passes over our unknown faces (`faces rematch`): another one while the last changed
+    filings and the second look may use them, PASSES at most. Counts: the last pass's, with the
+    filings the earlier ones changed."""
     with engine.connect() as conn:
         if settings.face_grouping == "roots":
             index_for(engine, RootIndex).refresh(conn, force_sweep=True)
         else:
             index_for(engine, ApprovedIndex).refresh(conn, force_sweep=True)
-    after, total = 0, Counter()
-    while True:
-        with engine.begin() as conn:
-            after, counts = rematch_step(conn, engine, settings, after, batch)
-        total.update(counts)
-        if after < 0:
-            return total
+    again = settings.face_grouping != "roots" and settings.face_second_ratio > 0
+    writes = Counter()      # the filings changed by every pass but the last
+    for _ in range(PASSES if again else 1):
+        after, last = 0, Counter()
+        while after >= 0:
+            with engine.begin() as conn:
+                after, counts = rematch_step(conn, engine, settings, after, batch)
+            last.update(counts)
+        if not _changed(last):
+            break
+        writes.update({k: v for k, v in last.items() if k not in REASONS and k not in ("kept", "unusable encoding")})
+    # a face an earlier pass filed is "kept" by the last: counted once, as filed
+    last["kept"] -= min(last["kept"], writes["matched"] + writes["refiled"])
+    return last + writes
 
 
 # ---------------------------------------------------------------- automatic rematch
@@ -355,6 +430,8 @@ class _Pass:
     token: tuple | None = None      # the approvals this pass files against
     after: int = 0
     done: bool = True
+    changed: bool = False           # this pass changed a filing: the second look may use it
+    passes: int = 0                 # passes run under this token
 
 
 _passes: dict[tuple[int, str], _Pass] = {}
@@ -375,12 +452,20 @@ def auto_rematch(conn: sa.Connection, engine: sa.Engine, settings, exclude_image
     if state.done and token != state.token:
         # a pass in progress is finished first (restarting it at every approval of a busy
         # review session would never reach the newest faces); then one more pass if needed
-        state.token, state.after, state.done = token, 0, False
+        state.token, state.after, state.done, state.changed, state.passes = token, 0, False, False, 1
     if state.done:
         return Counter()
     after, counts = rematch_step(conn, engine, settings, state.after, settings.face_rematch_batch,
                                  exclude_image)
-    state.after, state.done = max(after, state.after), after < 0
+    state.after, state.changed = max(after, state.after), state.changed or _changed(counts)
+    if after < 0:
+        if state.changed and state.passes < PASSES and settings.face_second_ratio > 0:
+            # the filings this pass made are the second look's evidence: one more pass
+            state.after, state.changed, state.passes = 0, False, state.passes + 1
+            if not counts:      # an empty step means "pass over" to callers: begin the next one
+                return auto_rematch(conn, engine, settings, exclude_image)
+        else:
+            state.done = True
     if counts:
         log.info("automatic rematch: %s", dict(counts))
     return counts

@@ -5,7 +5,9 @@
     the NEAREST root whose Euclidean distance is < threshold (strict; face_recognition's
     compare_faces uses <=, the original job used <);
   * `ApprovedIndex`: every approved face, labelled with its person (workers/faces/rules.py);
-  * `UnknownIndex`: unknown faces without a parent (the unapproved clusters of rule 5).
+  * `EvidenceIndex`: the approved faces and the unknown faces filed from them (the second look
+    of workers/faces/filing.py);
+  * `UnknownIndex`: unknown faces no reviewer decided (the unapproved clusters of rule 5).
 
 Speed: one float32 matrix-vector product over the set (|r|^2 - 2 r.q + |q|^2), then the few
 candidates within a small margin of the limit (or of the best) are recomputed exactly in
@@ -364,7 +366,9 @@ class RootIndex(FaceMatrix):
 
 
 APPROVED = faces.c.status == "ok"
-UNKNOWN_FREE = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_(None))
+# unknown faces no reviewer decided: without a parent, or filed by the rule (parent = matched_parent_id)
+UNKNOWN_UNREVIEWED = sa.and_(faces.c.status == "unknown",
+                             sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
 
 
 class ApprovedIndex(FaceMatrix):
@@ -412,10 +416,27 @@ class ApprovedIndex(FaceMatrix):
             return Candidates(self._ids[rows][keep], person[keep], dist[keep])
 
 
-class UnknownIndex(FaceMatrix):
-    """Unknown faces without a person: the unapproved clusters a new face may belong to."""
+SECOND_NOTE = "with filed faces: "    # match_note of a face filed by the second look
+FILED_FROM_APPROVALS = sa.and_(faces.c.status == "unknown", faces.c.parent_id.is_not(None),
+                               sa.or_(faces.c.match_note.is_(None), ~faces.c.match_note.like(SECOND_NOTE + "%")))
 
-    where = UNKNOWN_FREE
+
+class EvidenceIndex(ApprovedIndex):
+    """The approved faces and the unknown faces filed under a person from approved faces alone
+    (a reviewer's or the rule's first look), each labelled with that person. Faces the second
+    look filed are left out: evidence never rests on evidence, so a wrong filing cannot pull in
+    a chain of others."""
+
+    where = sa.or_(APPROVED, FILED_FROM_APPROVALS)
+
+
+class UnknownIndex(FaceMatrix):
+    """Unknown faces no reviewer decided, filed by the rule or not: the unapproved clusters a new
+    face may belong to. The rule's own filings are counted too, so that what rule 5 sees does not
+    depend on how far a rematch has got (a pass that filed a crowd would otherwise open the way
+    for the face it kept out)."""
+
+    where = UNKNOWN_UNREVIEWED
 
     def neighbours(self, encoding, limit: float, learned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float64 encodings) of these faces closer than `limit`, nearest first."""

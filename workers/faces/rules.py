@@ -77,11 +77,13 @@ class Decision:
     why: str = ""               # the same with the numbers, kept in faces.match_note
     candidate: int | None = None    # the person it was nearly filed under (outside the radius, ambiguous)
     learned: bool = False       # filed because the learned metric was sure where dlib's distance was not
+    second: bool = False        # filed by the second look (with the faces filed from approvals)
 
     @property
     def note(self) -> str | None:
-        """faces.match_note: why a face was left without a person, or that the learned metric filed it."""
-        return self.why[:255] if self.person is None or self.learned else None
+        """faces.match_note: why a face was left without a person, or that the learned metric or
+        the second look filed it (the second look's mark keeps that face from being evidence)."""
+        return self.why[:255] if self.person is None or self.learned or self.second else None
 
 
 LEARNED_NOTE = "learned metric: "    # match_note of a face the learned metric filed
