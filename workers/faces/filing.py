@@ -409,13 +409,14 @@ def rematch(engine: sa.Engine, settings, batch: int = 1000) -> Counter:
             index_for(engine, ApprovedIndex).refresh(conn, force_sweep=True)
     again = settings.face_grouping != "roots" and settings.face_second_ratio > 0
     writes = Counter()      # the filings changed by every pass but the last
-    for _ in range(PASSES if again else 1):
+    passes = PASSES if again else 1
+    for n in range(passes):
         after, last = 0, Counter()
         while after >= 0:
             with engine.begin() as conn:
                 after, counts = rematch_step(conn, engine, settings, after, batch)
             last.update(counts)
-        if not _changed(last):
+        if not _changed(last) or n == passes - 1:
             break
         writes.update({k: v for k, v in last.items() if k not in REASONS and k not in ("kept", "unusable encoding")})
     # a face an earlier pass filed is "kept" by the last: counted once, as filed
