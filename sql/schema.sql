@@ -132,6 +132,8 @@ CREATE INDEX faces_review_index ON faces (suggested_group, status, parent_id);
 
 CREATE INDEX faces_suggested_group_index ON faces (suggested_group);
 
+CREATE INDEX faces_unreviewed_index ON faces (status, parent_id, matched_parent_id);
+
 CREATE TABLE face_rejections (
 	face_id BIGINT UNSIGNED NOT NULL, 
 	person_id BIGINT UNSIGNED NOT NULL, 

@@ -15,7 +15,8 @@ def test_migrate_extends_the_apps_existing_tables(mariadb):
         c.execute(sa.text("CREATE TABLE images (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,"
                           " path VARCHAR(255) NOT NULL, user_id BIGINT)"))
         c.execute(sa.text("INSERT INTO images (path, user_id) VALUES ('a.jpg', 7)"))
-    assert db.migrate(eng) == ["0001_initial", "0002_face_grouping", "0003_face_review_index", "0004_face_metrics"]
+    assert db.migrate(eng) == ["0001_initial", "0002_face_grouping", "0003_face_review_index", "0004_face_metrics",
+                                "0005_face_unreviewed_index"]
     cols = {c["name"] for c in sa.inspect(eng).get_columns("images")}
     assert {"user_id", "latitude", "thumbnails", "city"} <= cols
     with eng.begin() as c:

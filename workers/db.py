@@ -57,21 +57,23 @@ def _m0001_initial(conn: sa.Connection) -> None:
                    s.rate_limits, s.geocode_cache)
 
 
-def _m0002_face_grouping(conn: sa.Connection) -> None:
-    """Issue 10: faces.matched_parent_id / match_note / suggested_group, face_rejections."""
-    _ensure_tables(conn, schema.faces, schema.face_rejections)
+def _ensure_face_indexes(conn: sa.Connection) -> None:
+    """Create the indexes of `faces` it lacks (never drop one)."""
     have = {ix["name"] for ix in sa.inspect(conn).get_indexes("faces")}
     for ix in schema.faces.indexes:
         if ix.name not in have:
             ix.create(conn)
+
+
+def _m0002_face_grouping(conn: sa.Connection) -> None:
+    """Issue 10: faces.matched_parent_id / match_note / suggested_group, face_rejections."""
+    _ensure_tables(conn, schema.faces, schema.face_rejections)
+    _ensure_face_indexes(conn)
 
 
 def _m0003_face_review_index(conn: sa.Connection) -> None:
     """faces_review_index: the review page's lists without reading a face's row."""
-    have = {ix["name"] for ix in sa.inspect(conn).get_indexes("faces")}
-    for ix in schema.faces.indexes:
-        if ix.name not in have:
-            ix.create(conn)
+    _ensure_face_indexes(conn)
 
 
 def _m0004_face_metrics(conn: sa.Connection) -> None:
@@ -79,8 +81,14 @@ def _m0004_face_metrics(conn: sa.Connection) -> None:
     _ensure_tables(conn, schema.face_metrics)
 
 
+def _m0005_face_unreviewed_index(conn: sa.Connection) -> None:
+    """faces_unreviewed_index: the unknown faces no reviewer decided, without reading a face's row."""
+    _ensure_face_indexes(conn)
+
+
 MIGRATIONS = [(1, "initial", _m0001_initial), (2, "face_grouping", _m0002_face_grouping),
-              (3, "face_review_index", _m0003_face_review_index), (4, "face_metrics", _m0004_face_metrics)]
+              (3, "face_review_index", _m0003_face_review_index), (4, "face_metrics", _m0004_face_metrics),
+              (5, "face_unreviewed_index", _m0005_face_unreviewed_index)]
 
 
 def migrate(engine: Engine) -> list[str]:

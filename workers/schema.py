@@ -75,6 +75,9 @@ faces = sa.Table(
     # The review page's lists (suggested people, unknown faces) and counts, read from the index
     # alone: status and suggested_group sit behind the encoding in the row.
     sa.Index("faces_review_index", "suggested_group", "status", "parent_id"),
+    # Rule 5's pool and the rematch's faces (unknown, no parent or our own filing), from the
+    # index alone: matched_parent_id is compared with parent_id.
+    sa.Index("faces_unreviewed_index", "status", "parent_id", "matched_parent_id"),
 )
 
 # A reviewer's "not this person": the face is never filed under that person (root) again.

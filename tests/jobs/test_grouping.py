@@ -378,10 +378,11 @@ def test_migration_adds_the_grouping_columns_to_an_existing_faces_table(mariadb)
         from workers.schema import schema_migrations
         schema_migrations.create(conn)
         conn.execute(schema_migrations.insert().values(version=1, name="initial", applied_at=db.now()))
-    assert db.migrate(engine) == ["0002_face_grouping", "0003_face_review_index", "0004_face_metrics"]
+    assert db.migrate(engine) == ["0002_face_grouping", "0003_face_review_index", "0004_face_metrics",
+                                  "0005_face_unreviewed_index"]
     insp = sa.inspect(engine)
     assert {"matched_parent_id", "match_note", "suggested_group"} <= {c["name"] for c in insp.get_columns("faces")}
-    assert "faces_suggested_group_index" in {ix["name"] for ix in insp.get_indexes("faces")}
+    assert {"faces_suggested_group_index", "faces_unreviewed_index"} <= {ix["name"] for ix in insp.get_indexes("faces")}
     assert insp.has_table("face_rejections")
     with engine.connect() as conn:
         assert conn.execute(sa.select(faces.c.status)).scalar() == "ok"

@@ -52,11 +52,18 @@ NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at 
 # person than the face) is a crowd of its own, even if it would be filed under the person too
 CROWD_NEARER = 0.85
 PASSES = 3      # rematch passes at most while filings keep changing under the same approvals
+# what a rematch step's counts say of faces it left as they were, rather than of filings it changed
+UNCHANGED = (*REASONS, "kept", "unusable encoding")
 OURS = sa.and_(faces.c.status == "unknown",
                sa.or_(faces.c.parent_id.is_(None), faces.c.parent_id == faces.c.matched_parent_id))
 
 
 _fitted: dict[tuple[int, str], Fitted] = {}
+
+
+def looks_twice(settings) -> bool:
+    """Whether the second look runs (the module's docstring): the people rule, and a ratio for it."""
+    return settings.face_grouping == "people" and settings.face_second_ratio > 0
 
 
 def learned_metric(conn: sa.Connection, engine: sa.Engine, settings, approved: ApprovedIndex) -> Metric:
@@ -94,7 +101,7 @@ class Matcher:
         if evidence:
             self.rules = dataclasses.replace(self.rules, ratio=settings.face_second_ratio)
         self.original = settings.face_grouping == "roots"
-        self.second_look = not evidence and not self.original and settings.face_second_ratio > 0
+        self.second_look = not evidence and looks_twice(settings)
         self._second: Matcher | None = None
         if settings.face_grouping not in ("roots", "people"):
             raise RuntimeError(f"unknown face_grouping {settings.face_grouping!r} (people or roots)")
@@ -390,12 +397,9 @@ def _against_filed(conn: sa.Connection, batch: list[Face], decisions: list[Decis
             for f, d in zip(batch, decisions)]
 
 
-CHANGES = ("matched", "refiled")
-
-
 def _changed(counts: Counter) -> bool:
     """Whether a rematch step changed any filing (the evidence of the second look)."""
-    return any(counts[k] for k in CHANGES) or any(k.startswith("unfiled") and v for k, v in counts.items())
+    return any(v for k, v in counts.items() if k == "matched" or k == "refiled" or k.startswith("unfiled"))
 
 
 def rematch(engine: sa.Engine, settings, batch: int = 1000) -> Counter:
@@ -407,9 +411,8 @@ def rematch(engine: sa.Engine, settings, batch: int = 1000) -> Counter:
             index_for(engine, RootIndex).refresh(conn, force_sweep=True)
         else:
             index_for(engine, ApprovedIndex).refresh(conn, force_sweep=True)
-    again = settings.face_grouping != "roots" and settings.face_second_ratio > 0
     writes = Counter()      # the filings changed by every pass but the last
-    passes = PASSES if again else 1
+    passes = PASSES if looks_twice(settings) else 1
     for n in range(passes):
         after, last = 0, Counter()
         while after >= 0:
@@ -418,7 +421,7 @@ def rematch(engine: sa.Engine, settings, batch: int = 1000) -> Counter:
             last.update(counts)
         if not _changed(last) or n == passes - 1:
             break
-        writes.update({k: v for k, v in last.items() if k not in REASONS and k not in ("kept", "unusable encoding")})
+        writes.update({k: v for k, v in last.items() if k not in UNCHANGED})
     # a face an earlier pass filed is "kept" by the last: counted once, as filed
     last["kept"] -= min(last["kept"], writes["matched"] + writes["refiled"])
     return last + writes
@@ -460,7 +463,7 @@ def auto_rematch(conn: sa.Connection, engine: sa.Engine, settings, exclude_image
                                  exclude_image)
     state.after, state.changed = max(after, state.after), state.changed or _changed(counts)
     if after < 0:
-        if state.changed and state.passes < PASSES and settings.face_second_ratio > 0:
+        if state.changed and state.passes < PASSES and looks_twice(settings):
             # the filings this pass made are the second look's evidence: one more pass
             state.after, state.changed, state.passes = 0, False, state.passes + 1
             if not counts:      # an empty step means "pass over" to callers: begin the next one

@@ -17,7 +17,10 @@ float64 on those values. The matrix is stored one face per COLUMN (DIM x capacit
 it in one streaming pass that way, faster than `q @ rows.T` (bench/matching.py measures both).
 
 Refresh (`refresh(conn)`, run by every job before matching). Both queries below are answered
-from the (parent_id, status) index, which carries the id: no row (with its encoding's JSON) is read.
+from an index that carries the id, (parent_id, status) or (status, parent_id, matched_parent_id): no
+row (with its encoding's JSON) is read. `EvidenceIndex` is the exception: which filings are evidence
+is in match_note, so its queries read the rows of the unknown faces; a matcher refreshes it only
+when a face is left unassigned.
   * token: `COUNT(*), SUM(id), MAX(id), SUM(parent_id)` of the set. Same as last time -> nothing
     to do. (SUM(parent_id): a face moved between people changes no id.)
   * sweep, when the token changed or every SWEEP_SECONDS (60 s): `SELECT id, parent_id` of the
