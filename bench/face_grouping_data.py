@@ -67,10 +67,13 @@ def _encode(path: Path, detector: str | None = None) -> dict:
 
 
 def _cache_for(cache: Path, detector: str | None) -> Path:
-    """Encodings of one detector per file: a photo's hash alone would mix HOG's and YuNet's."""
+    """Encodings of one detector (and one jitter count) per file: a photo's hash alone would mix
+    HOG's and YuNet's, or plain and jittered encodings."""
     from face_api.settings import Settings as FaceSettings
-    name = detector or FaceSettings(debug_images=False).face_detector
-    return cache.with_name(f"{cache.stem}-{name}{cache.suffix}")
+    face = FaceSettings(debug_images=False)
+    name = detector or face.face_detector
+    jitters = f"-jitters{face.face_jitters}" if face.face_jitters > 1 else ""
+    return cache.with_name(f"{cache.stem}-{name}{jitters}{cache.suffix}")
 
 
 def load(people_dir: Path = DEFAULT_PEOPLE, cache: Path = CACHE, verbose: bool = False,
