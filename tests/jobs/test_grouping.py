@@ -319,6 +319,26 @@ def test_suggested_groups_split_two_chained_people(seed, apart, bridge_at):
     assert sorted(sorted(g.face_ids) for g in groups) == [list(range(1, 7)), list(range(7, 13))]
 
 
+def test_suggested_groups_split_several_chains_at_once():
+    """Three chained pairs of people far apart, and one lone dense person: every chain splits in
+    the same pass, no sub-group reaches into another group, the lone person stays whole."""
+    rng = np.random.default_rng(4)
+    parts, want, start = [], [], 1
+    for axis in (0, 2, 4):
+        a = at((axis, 1.0)) + rng.normal(0, 0.005, (5, 128))
+        b = at((axis, 1.0), (axis + 1, 0.82)) + rng.normal(0, 0.005, (7, 128))
+        bridge = at((axis, 1.0), (axis + 1, 0.41))[None, :]
+        parts += [a, b, bridge]
+        want += [list(range(start, start + 5)), list(range(start + 5, start + 12))]
+        start += 13
+    parts.append(at((6, 1.0)) + rng.normal(0, 0.005, (4, 128)))
+    want.append(list(range(start, start + 4)))
+    mat = np.vstack(parts)
+    ids = np.arange(1, len(mat) + 1)
+    groups = suggestions.cluster(ids, ids, mat, radius=0.45, min_faces=3)
+    assert sorted(g.face_ids for g in groups) == sorted(want)
+
+
 def test_suggested_groups_pairwise_pass_in_blocks(monkeypatch):
     """The pairs found block by block are exactly the pairs closer than the radius."""
     rng = np.random.default_rng(2)

@@ -109,28 +109,39 @@ def dbscan(adj: csr_matrix, mat: np.ndarray, min_faces: int) -> tuple[np.ndarray
 
 
 def split(adj: csr_matrix, mat: np.ndarray, labels: np.ndarray, tighter: float, min_faces: int) -> np.ndarray:
-    """Labels after splitting each group that holds two substantial groups at radius `tighter`."""
+    """Labels after splitting each group that holds two substantial groups at radius `tighter`.
+    Every group is clustered again at once: the pairs kept are those within one group, so no
+    sub-group reaches across two of them."""
     out = labels.copy()
-    fresh = labels.max() + 1 if len(labels) else 0
-    tight = within(adj, tighter)
     sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.empty(0, int)
-    for label in np.flatnonzero(sizes >= 2 * min_faces):      # smaller ones cannot hold two groups
-        members = np.flatnonzero(labels == label)
-        sub, _ = dbscan(tight[members][:, members], mat[members], min_faces)
-        kept = [s for s in np.unique(sub[sub >= 0]) if (sub == s).sum() >= min_faces]
-        if len(kept) < 2:
-            continue
-        anchored = np.isin(sub, kept)
-        anchors, anchor_sub = members[anchored], sub[anchored]
-        for i in np.flatnonzero(~anchored):
+    big = np.flatnonzero(sizes >= 2 * min_faces)              # smaller ones cannot hold two groups
+    pool = np.flatnonzero(np.isin(labels, big))
+    if len(pool) == 0:
+        return out
+    group = labels[pool]
+    tight = within(adj, tighter)[pool][:, pool].tocoo()
+    same = group[tight.row] == group[tight.col]
+    tight = csr_matrix((tight.data[same], (tight.row[same], tight.col[same])), shape=tight.shape)
+    sub, _ = dbscan(tight, mat[pool], min_faces)
+    sub_size = np.bincount(sub[sub >= 0]) if (sub >= 0).any() else np.empty(0, int)
+    group_of_sub = np.zeros(len(sub_size), int)
+    group_of_sub[sub[sub >= 0]] = group[sub >= 0]
+    kept_per_group = np.bincount(group_of_sub[sub_size >= min_faces], minlength=len(sizes))
+    fresh = labels.max() + 1
+    for label in np.flatnonzero(kept_per_group >= 2):
+        members, subs = pool[group == label], sub[group == label]
+        kept = [s for s in np.unique(subs) if s >= 0 and sub_size[s] >= min_faces]
+        anchored = np.isin(subs, kept)
+        anchors, anchor_sub = members[anchored], subs[anchored]
+        for j in np.flatnonzero(~anchored):
             # the rest: the sub-group of the nearest face, when clearly nearer than any other
             # sub-group (a face between two people leaves the group rather than mix them)
-            d = np.linalg.norm(mat[anchors] - mat[members[i]], axis=1)
+            d = np.linalg.norm(mat[anchors] - mat[members[j]], axis=1)
             nearest = sorted(d[anchor_sub == s].min() for s in kept)
-            sub[i] = anchor_sub[int(d.argmin())] if nearest[0] < JOIN_RATIO * nearest[1] else -1
-        out[members[sub < 0]] = -1
+            subs[j] = anchor_sub[int(d.argmin())] if nearest[0] < JOIN_RATIO * nearest[1] else -1
+        out[members[subs < 0]] = -1
         for s in kept:
-            out[members[sub == s]] = fresh
+            out[members[subs == s]] = fresh
             fresh += 1
     return out
 
@@ -140,13 +151,19 @@ def one_per_photo(mat: np.ndarray, image_ids: np.ndarray, labels: np.ndarray) ->
     the face nearest the group's centre stays and the others leave the group (ungrouped)."""
     out = labels.copy()
     grouped = np.flatnonzero(labels >= 0)
-    key = labels[grouped] * (int(image_ids.max()) + 1 if len(image_ids) else 1) + image_ids[grouped]
+    if len(grouped) == 0:
+        return out
+    key = labels[grouped] * (int(image_ids.max()) + 1) + image_ids[grouped]
     uniq, counts = np.unique(key, return_counts=True)
-    for k in uniq[counts > 1]:
+    shared = uniq[counts > 1]
+    if len(shared) == 0:
+        return out
+    sums = np.zeros((labels.max() + 1, mat.shape[1]))
+    np.add.at(sums, labels[grouped], mat[grouped])
+    centres = sums / np.maximum(np.bincount(labels[grouped]), 1)[:, None]   # labels a split retired count 0
+    for k in shared:
         same = grouped[key == k]
-        members = np.flatnonzero(labels == labels[same[0]])
-        centre = mat[members].mean(axis=0)
-        keep = same[int(np.linalg.norm(mat[same] - centre, axis=1).argmin())]
+        keep = same[int(np.linalg.norm(mat[same] - centres[labels[same[0]]], axis=1).argmin())]
         out[same[same != keep]] = -1
     return out
 
@@ -160,12 +177,13 @@ def cluster(ids: np.ndarray, image_ids: np.ndarray, mat: np.ndarray, radius: flo
         labels = split(adj, mat, labels, radius - level * SPLIT_STEP, min_faces)
     labels = one_per_photo(mat, np.asarray(image_ids, np.int64), labels)
     # a group that lost faces may have become smaller than a group is
-    for label in np.unique(labels[labels >= 0]):
-        if (labels == label).sum() < min_faces:
-            labels[labels == label] = -1
+    grouped = np.flatnonzero(labels >= 0)
+    small = np.bincount(labels[grouped]) < min_faces if len(grouped) else np.empty(0, bool)
+    labels[grouped[small[labels[grouped]]]] = -1
+    grouped = np.flatnonzero(labels >= 0)
+    order = grouped[np.argsort(labels[grouped], kind="stable")]
     groups = []
-    for label in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero(labels == label)
+    for members in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1) if len(order) else []:
         rep = members[np.lexsort((ids[members], -count[members]))[0]]
         groups.append(Group(int(ids[rep]), int(image_ids[rep]), len(members),
                             len(set(image_ids[members].tolist())), sorted(ids[members].tolist())))
