@@ -163,9 +163,13 @@ def scenario_lookalikes(data, tmp, n: int) -> tuple[dict, list]:
     return totals, rows
 
 
+ALONG = ("steps with wrong faces", "most wrong at once", "wrong, summed over steps")
+
+
 def scenario_random(data, tmp, seed: int, share: float) -> dict[str, Counter]:
     """A reviewer goes through `share` of the labelled faces in a random order: confirms a right
-    filing, moves a wrong one, files an unassigned one; the workers rematch after each."""
+    filing, moves a wrong one, files an unassigned one; the workers rematch after each. Beside
+    the end state, the wrong filings the library showed along the way (after each rematch)."""
     out = {}
     for mode in MODES:
         lib = Library(data, mode, tmp, f"random{seed}")
@@ -183,6 +187,10 @@ def scenario_random(data, tmp, seed: int, share: float) -> dict[str, Counter]:
                 lib.rematch()           # the original has no automatic rematch: the command
             else:
                 lib.auto_rematch()
+            wrong = lib.score()["wrong"]       # what the library shows between two reviews
+            work["steps with wrong faces"] += wrong > 0
+            work["most wrong at once"] = max(work["most wrong at once"], wrong)
+            work["wrong, summed over steps"] += wrong
         out[mode] = lib.score() + Counter({f"work: {k}": v for k, v in work.items()})
     return out
 
@@ -538,8 +546,12 @@ def main() -> int:
         for seed in range(args.seeds):
             r = scenario_random(data, tmp, seed, args.share)
             for mode in MODES:
-                work = ", ".join(f"{k[6:]} {v}" for k, v in sorted(r[mode].items()) if k.startswith("work"))
-                print(f"  seed {seed} {mode:<9} {fmt(r[mode])}   reviewer: {work}")
+                work = ", ".join(f"{k[6:]} {v}" for k, v in sorted(r[mode].items())
+                                 if k.startswith("work") and k[6:] not in ALONG)
+                along = (f"wrong along the way: at most {r[mode]['work: most wrong at once']} at once, "
+                         f"{r[mode]['work: wrong, summed over steps']} summed over steps, "
+                         f"{r[mode]['work: steps with wrong faces']} steps with any")
+                print(f"  seed {seed} {mode:<9} {fmt(r[mode])}   reviewer: {work}; {along}")
 
         s = scenario_suggest(data, tmp)
         print(f"\nsuggested groups, nothing approved: {s['groups']} groups; faces of people with >= 3 "

@@ -152,6 +152,19 @@ def test_a_face_before_a_tight_unapproved_crowd_is_left_out(lib):
     assert lib.row(crowd[0]).status == "unknown"
 
 
+def test_the_first_approval_does_not_draw_in_a_crowd_of_someone_else(lib):
+    """With one approved face nothing says how the person's photos spread, so a crowd of unknown
+    faces much nearer each other than to it is someone else's, on whichever side it lies; the
+    person's own photos around the approved face are filed."""
+    person = lib.face(e(0, 0.0), status="ok")
+    crowd = [lib.face(at((0, 0.5), (1 + i, 0.15))) for i in range(3)]   # 0.52 from it, 0.21 apart
+    own = [lib.face(at((5 + i, 0.3))) for i in range(3)]                # 0.30 from it, 0.42 apart
+    lib.rematch()
+    assert [lib.parent(f) for f in crowd] == [None] * 3
+    assert all("unknown faces" in lib.row(f).match_note for f in crowd)
+    assert [lib.parent(f) for f in own] == [person] * 3
+
+
 def test_one_person_once_per_photo(lib):
     person = lib.face(e(0, 0.0), status="ok")
     photo = lib.image()
@@ -244,7 +257,7 @@ def test_rematch_revisits_our_own_filings(lib):
 
 def test_automatic_rematch_after_approvals_change(lib):
     root = lib.face(e(0, 0.0))
-    waiting = [lib.face(e(0, 0.1 + 0.01 * i)) for i in range(5)]
+    waiting = [lib.face(at((1 + i, 0.3))) for i in range(5)]     # the person's photos, around the root
     settings = lib.settings.model_copy(update={"face_rematch_batch": 2})
     steps = 0
 
@@ -270,7 +283,7 @@ def test_idle_faces_consumer_files_faces_after_approvals(mysql_url, rabbitmq, tm
 
     lib = Lib(mysql_url)
     root = lib.face(e(0, 0.0))
-    waiting = [lib.face(e(0, 0.1 + 0.01 * i)) for i in range(5)]
+    waiting = [lib.face(at((1 + i, 0.3))) for i in range(5)]     # the person's photos, around the root
     env = consumer_env(mysql_url, rabbitmq.url, idle_interval=0.3, face_rematch_batch=2)
     proc = start_consumer("faces", env, tmp_path)
     try:

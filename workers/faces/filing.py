@@ -233,9 +233,12 @@ class Matcher:
         crowd with `face` away from the person: no nearer the person's approved faces than
         `face` is, and much nearer to `face` than those are. An unapproved look-alike's photos
         gather so; the person's own unfiled photos mostly lie between or around the approved
-        ones. Required in dlib's distance and, once learned, in the learned metric. One approved
-        face says nothing of how the person's photos spread around it: never apart then."""
-        if self.people.counts.get(person, 0) < 2:
+        ones. With one approved face there is no spread to say which side of a crowd is the
+        person's, so both faces must be much nearer each other than either is to it: else the
+        first approval of a library draws in every person of its population within the
+        threshold. Required in dlib's distance and, once learned, in the learned metric."""
+        count = self.people.counts.get(person, 0)
+        if count == 0:
             return False
         spaces = [(IDENTITY, self.people)] + ([(self.metric, self.learned_people)] if self.metric.learned else [])
         for metric, people in spaces:
@@ -243,7 +246,11 @@ class Matcher:
             f, o = metric.project(face), metric.project(other)
             d_face = np.sqrt(((own - f) ** 2).sum(1).min())
             d_other = np.sqrt(((own - o) ** 2).sum(1).min())
-            if d_other < d_face or np.linalg.norm(f - o) > CROWD_NEARER * d_face:
+            between = np.linalg.norm(f - o)
+            if count == 1:
+                if between > CROWD_NEARER * min(d_face, d_other):
+                    return False
+            elif d_other < d_face or between > CROWD_NEARER * d_face:
                 return False
         return True
 
