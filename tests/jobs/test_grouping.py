@@ -165,6 +165,15 @@ def test_the_first_approval_does_not_draw_in_a_crowd_of_someone_else(lib):
     assert [lib.parent(f) for f in own] == [person] * 3
 
 
+def test_the_first_approval_files_the_persons_photos_of_another_day(lib):
+    """Photos of one day sit near each other and farther from the one approved photo of another
+    day: a crowd by distance alone, but one suggested group with the approved face, so filed."""
+    person = lib.face(e(0, 0.0), status="ok")
+    day = [lib.face(at((0, 0.4), (1 + i, 0.08))) for i in range(4)]     # 0.41 from it, 0.11 apart
+    lib.rematch()
+    assert [lib.parent(f) for f in day] == [person] * 4
+
+
 def test_one_person_once_per_photo(lib):
     person = lib.face(e(0, 0.0), status="ok")
     photo = lib.image()

@@ -36,6 +36,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from workers import db as dbmod
+from workers.faces import suggestions
 from workers.faces.index import (SECOND_NOTE, ApprovedIndex, EvidenceIndex, RootIndex, UnknownIndex, index_for,
                                  parse_encoding)
 from workers.faces.metric import (IDENTITY, NEARBY_KNOWN, NEARBY_PEOPLE, Fitted, Metric, MetricRules, around,
@@ -216,17 +217,41 @@ class Matcher:
                 d = max(d, float(own[0]) if len(own) else rules.reach)
             ids, vecs = self.unknown.neighbours(face.encoding, d, learned)
             n = 0
+            together = None
             # nearest first, and only as far as needed: each check costs one pass over the
             # approved faces, and a crowd of the person's own photos must not cost hundreds
             for other_id, vec in list(zip(ids.tolist(), vecs))[:NEIGHBOURS_CHECKED]:
                 if other_id == face.id:
                     continue
                 own = decide(judge.approved.candidates(vec, rules, learned), people, rules)
-                n += own.person != winner or judge._apart(face.encoding, vec, winner)
+                if own.person != winner:
+                    n += 1
+                else:
+                    if together is None:
+                        together = (judge._grouped_with_one_face(winner, face)
+                                    if people.counts.get(winner) == 1 else set())
+                    n += other_id not in together and judge._apart(face.encoding, vec, winner)
                 if n >= rules.unknown_neighbours:
                     break
             return n
         return count
+
+    def _grouped_with_one_face(self, person: int, face: Face) -> set[int]:
+        """The unknown faces that the suggestions' clustering puts in one group with the
+        person's one approved face and `face` (clustering it, the face and the unknown faces
+        within the threshold of it): the person's photos of one day, near each other and
+        farther from the approved photo of another, are one group with it, where another
+        person of the same population splits off. Empty when `face` is not in that group."""
+        approved = self.people.vectors[person][0]
+        ids, vecs = self.unknown.neighbours(approved, self.rules.threshold)
+        others = ids != face.id
+        ids, vecs = ids[others], vecs[others]
+        mat = np.vstack([approved[None], np.asarray(face.encoding, np.float64)[None], vecs])
+        rows = np.arange(len(mat))
+        groups = suggestions.cluster(rows, rows, mat, self.settings.face_cluster_radius,
+                                     self.settings.face_cluster_min_faces)
+        mine = next((g.face_ids for g in groups if 0 in g.face_ids), [])
+        return {int(ids[i - 2]) for i in mine if i >= 2} if 1 in mine else set()
 
     def _apart(self, face: np.ndarray, other: np.ndarray, person: int) -> bool:
         """Whether an unknown face `other` that the rule would file under `person` too forms a
@@ -234,9 +259,10 @@ class Matcher:
         `face` is, and much nearer to `face` than those are. An unapproved look-alike's photos
         gather so; the person's own unfiled photos mostly lie between or around the approved
         ones. With one approved face there is no spread to say which side of a crowd is the
-        person's, so both faces must be much nearer each other than either is to it: else the
-        first approval of a library draws in every person of its population within the
-        threshold. Required in dlib's distance and, once learned, in the learned metric."""
+        person's, so both faces must be much nearer each other than either is to it (unless
+        they are one suggested group with it, `_grouped_with_one_face`): else the first
+        approval of a library draws in every person of its population within the threshold.
+        Required in dlib's distance and, once learned, in the learned metric."""
         count = self.people.counts.get(person, 0)
         if count == 0:
             return False
