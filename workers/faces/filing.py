@@ -52,6 +52,9 @@ NEIGHBOURS_CHECKED = 10    # rule 5 looks at this many nearest unknown faces at 
 # rule 5: an unknown face this much nearer to the face than the person is (and no nearer the
 # person than the face) is a crowd of its own, even if it would be filed under the person too
 CROWD_NEARER = 0.85
+# the suggested group of a person's one approved face is clustered from this many unknown faces
+# nearest it at most: the group is made by the faces around it, and a pass stays bounded
+LOCAL_FACES = 2000
 PASSES = 3      # rematch passes at most while filings keep changing under the same approvals
 # what a rematch step's counts say of faces it left as they were, rather than of filings it changed
 UNCHANGED = (*REASONS, "kept", "unusable encoding")
@@ -115,6 +118,8 @@ class Matcher:
             approved.refresh(conn)
             self.metric_rules = MetricRules.from_settings(settings)
             self._nearby: dict[tuple[int, ...], tuple[Metric, dict[int, np.ndarray]]] = {}
+            self._one_face_groups: dict[int, set[int]] = {}
+            self._cluster_settings = (settings.face_cluster_radius, settings.face_cluster_min_faces)
             self.metric = learned_metric(conn, engine, settings, approved)     # reviewed faces only
             self.approved = index_for(engine, EvidenceIndex) if evidence else approved
             if evidence:
@@ -239,19 +244,21 @@ class Matcher:
     def _grouped_with_one_face(self, person: int, face: Face) -> set[int]:
         """The unknown faces that the suggestions' clustering puts in one group with the
         person's one approved face and `face` (clustering it, the face and the unknown faces
-        within the threshold of it): the person's photos of one day, near each other and
+        nearest it within the threshold): the person's photos of one day, near each other and
         farther from the approved photo of another, are one group with it, where another
-        person of the same population splits off. Empty when `face` is not in that group."""
+        person of the same population splits off. Empty when `face` is not in that group.
+        Clustered once per person for the faces already known (a pass asks for many)."""
         approved = self.people.vectors[person][0]
         ids, vecs = self.unknown.neighbours(approved, self.rules.threshold)
-        others = ids != face.id
-        ids, vecs = ids[others], vecs[others]
-        mat = np.vstack([approved[None], np.asarray(face.encoding, np.float64)[None], vecs])
-        rows = np.arange(len(mat))
-        groups = suggestions.cluster(rows, rows, mat, self.settings.face_cluster_radius,
-                                     self.settings.face_cluster_min_faces)
-        mine = next((g.face_ids for g in groups if 0 in g.face_ids), [])
-        return {int(ids[i - 2]) for i in mine if i >= 2} if 1 in mine else set()
+        ids, vecs = ids[:LOCAL_FACES], vecs[:LOCAL_FACES]
+        if face.id is not None and face.id in ids:
+            if person not in self._one_face_groups:
+                self._one_face_groups[person] = _group_of_first(approved[None], ids, vecs, *self._cluster_settings)
+            group = self._one_face_groups[person]
+            return group if face.id in group else set()
+        group = _group_of_first(np.vstack([approved[None], np.asarray(face.encoding, np.float64)[None]]), ids, vecs,
+                                *self._cluster_settings)
+        return group if -1 in group else set()
 
     def _apart(self, face: np.ndarray, other: np.ndarray, person: int) -> bool:
         """Whether an unknown face `other` that the rule would file under `person` too forms a
@@ -299,6 +306,18 @@ class Matcher:
             for image_id, face_id, parent in rows:
                 out.setdefault(image_id, set()).add(parent or face_id)
         return out
+
+
+def _group_of_first(first: np.ndarray, ids: np.ndarray, vecs: np.ndarray, radius: float,
+                    min_faces: int) -> set[int]:
+    """The ids of the faces in the suggested group of `first[0]`, clustered with the other rows
+    of `first` (id -1 each) and the faces `ids`, `vecs`."""
+    mat = np.vstack([first, vecs])
+    labels = np.concatenate([np.full(len(first), -1), ids])
+    rows = np.arange(len(mat))
+    groups = suggestions.cluster(rows, rows, mat, radius, min_faces)
+    mine = next((g.face_ids for g in groups if 0 in g.face_ids), [])
+    return {int(labels[i]) for i in mine if i > 0}
 
 
 def one_per_photo(batch: list[Face], decisions: list[Decision]) -> list[Decision]:
