@@ -118,8 +118,7 @@ class Matcher:
             approved.refresh(conn)
             self.metric_rules = MetricRules.from_settings(settings)
             self._nearby: dict[tuple[int, ...], tuple[Metric, dict[int, np.ndarray]]] = {}
-            self._one_face_groups: dict[int, set[int]] = {}
-            self._cluster_settings = (settings.face_cluster_radius, settings.face_cluster_min_faces)
+            self._one_face_groups: dict[int, tuple[set[int], set[int]]] = {}    # person -> (clustered, group)
             self.metric = learned_metric(conn, engine, settings, approved)     # reviewed faces only
             self.approved = index_for(engine, EvidenceIndex) if evidence else approved
             if evidence:
@@ -248,17 +247,32 @@ class Matcher:
         farther from the approved photo of another, are one group with it, where another
         person of the same population splits off. Empty when `face` is not in that group.
         Clustered once per person for the faces already known (a pass asks for many)."""
-        approved = self.people.vectors[person][0]
-        ids, vecs = self.unknown.neighbours(approved, self.rules.threshold)
-        ids, vecs = ids[:LOCAL_FACES], vecs[:LOCAL_FACES]
-        if face.id is not None and face.id in ids:
-            if person not in self._one_face_groups:
-                self._one_face_groups[person] = _group_of_first(approved[None], ids, vecs, *self._cluster_settings)
-            group = self._one_face_groups[person]
+        if person not in self._one_face_groups:
+            ids, vecs = self._around_one_face(person)
+            self._one_face_groups[person] = (set(ids.tolist()), self._group_of_first(person, ids, vecs))
+        clustered, group = self._one_face_groups[person]
+        if face.id is not None and face.id in clustered:
             return group if face.id in group else set()
-        group = _group_of_first(np.vstack([approved[None], np.asarray(face.encoding, np.float64)[None]]), ids, vecs,
-                                *self._cluster_settings)
+        ids, vecs = self._around_one_face(person)
+        group = self._group_of_first(person, ids, vecs, np.asarray(face.encoding, np.float64)[None])
         return group if -1 in group else set()
+
+    def _around_one_face(self, person: int) -> tuple[np.ndarray, np.ndarray]:
+        """The unknown faces nearest the person's one approved face, within the threshold."""
+        ids, vecs = self.unknown.neighbours(self.people.vectors[person][0], self.rules.threshold)
+        return ids[:LOCAL_FACES], vecs[:LOCAL_FACES]
+
+    def _group_of_first(self, person: int, ids: np.ndarray, vecs: np.ndarray,
+                        extra: np.ndarray = np.empty((0, 128))) -> set[int]:
+        """The ids of the faces in the suggested group of the person's one approved face,
+        clustered with the faces `ids`, `vecs` and the rows of `extra` (id -1 each)."""
+        mat = np.vstack([self.people.vectors[person][:1], extra, vecs])
+        labels = np.concatenate([np.full(1 + len(extra), -1), ids])
+        rows = np.arange(len(mat))
+        groups = suggestions.cluster(rows, rows, mat, self.settings.face_cluster_radius,
+                                     self.settings.face_cluster_min_faces)
+        mine = next((g.face_ids for g in groups if 0 in g.face_ids), [])
+        return {int(labels[i]) for i in mine if i > 0}
 
     def _apart(self, face: np.ndarray, other: np.ndarray, person: int) -> bool:
         """Whether an unknown face `other` that the rule would file under `person` too forms a
@@ -306,18 +320,6 @@ class Matcher:
             for image_id, face_id, parent in rows:
                 out.setdefault(image_id, set()).add(parent or face_id)
         return out
-
-
-def _group_of_first(first: np.ndarray, ids: np.ndarray, vecs: np.ndarray, radius: float,
-                    min_faces: int) -> set[int]:
-    """The ids of the faces in the suggested group of `first[0]`, clustered with the other rows
-    of `first` (id -1 each) and the faces `ids`, `vecs`."""
-    mat = np.vstack([first, vecs])
-    labels = np.concatenate([np.full(len(first), -1), ids])
-    rows = np.arange(len(mat))
-    groups = suggestions.cluster(rows, rows, mat, radius, min_faces)
-    mine = next((g.face_ids for g in groups if 0 in g.face_ids), [])
-    return {int(labels[i]) for i in mine if i > 0}
 
 
 def one_per_photo(batch: list[Face], decisions: list[Decision]) -> list[Decision]:
